@@ -1,0 +1,1 @@
+"""mlx_notebook: local LLMs in Jupyter."""

@@ -1,0 +1,71 @@
+"""The exceptions a user of mlx_notebook can see, all rooted in :class:`MLXNotebookError`.
+
+::
+
+    MLXNotebookError(Exception)
+     ├── RunnerStartError          the runner could not be started or failed to load
+     │    └── RunnerStartTimeout   no progress for too long while starting
+     ├── InsufficientMemoryError   the memory pre-flight refused a model
+     ├── RunnerExitedError         the runner process died (exit code or signal, stderr lines)
+     ├── RunnerUnavailableError    the runner does not answer (hung, unreachable)
+     ├── GenerationError           the runner reported an error for one request
+     ├── ProtocolError             the runner answered something the protocol does not allow
+     └── ModelNotLoadedError       no model of that name is loaded in this kernel
+
+Only the client boundary (``client.py``) translates httpx errors into these,
+always keeping the cause (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+
+class MLXNotebookError(Exception):
+    """Base of every error mlx_notebook raises on purpose."""
+
+
+class RunnerStartError(MLXNotebookError):
+    """The runner could not be started, or it exited/failed while loading its model."""
+
+
+class RunnerStartTimeout(RunnerStartError):
+    """The runner made no progress for longer than the start timeout."""
+
+
+class InsufficientMemoryError(MLXNotebookError):
+    """The model (weights + KV cache) would not fit in the memory available to MLX."""
+
+
+class RunnerExitedError(MLXNotebookError):
+    """The runner process is gone; the message names the exit code or signal and its last errors."""
+
+
+class RunnerUnavailableError(MLXNotebookError):
+    """The runner process exists but does not answer."""
+
+
+class GenerationError(MLXNotebookError):
+    """The runner rejected or failed one request; the runner itself stays usable."""
+
+
+class ProtocolError(MLXNotebookError):
+    """The runner sent something the protocol does not allow (or speaks another version)."""
+
+
+class ModelNotLoadedError(MLXNotebookError, KeyError):
+    """No model of that name is loaded in this kernel."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+__all__ = [
+    "MLXNotebookError",
+    "RunnerStartError",
+    "RunnerStartTimeout",
+    "InsufficientMemoryError",
+    "RunnerExitedError",
+    "RunnerUnavailableError",
+    "GenerationError",
+    "ProtocolError",
+    "ModelNotLoadedError",
+]

@@ -1,0 +1,455 @@
+"""Wire protocol between the kernel (client) and a runner subprocess.
+
+This module is the single source of truth for the protocol; ``docs/protocol.md``
+documents it and ``tests/test_protocol_doc.py`` keeps the two in step. It imports
+neither MLX nor httpx, so both sides (and tests) can use it.
+
+Transport: HTTP/1.1 on loopback, JSON bodies, snake_case. Every request carries
+``Authorization: Bearer <token>``; the token reaches the runner through the
+``MLX_NOTEBOOK_TOKEN`` environment variable, never argv.
+
+Handshake: before loading the model, the runner prints one JSON line on stdout::
+
+    {"event": "listening", "host": "127.0.0.1", "port": 50123, "pid": 4242, "protocol": 1}
+
+Endpoints:
+
+========================  =========================================================
+``GET  /v1/status``       :class:`Status` (never waits on the MLX thread)
+``POST /v1/completion``   :class:`CompletionRequest` -> NDJSON stream of
+                          :class:`ChunkEvent` lines, then one :class:`DoneEvent`
+                          (or an :class:`ErrorEvent`)
+``POST /v1/tokenize``     :class:`TokenizeRequest` -> :class:`TokenizeResponse`
+``POST /v1/detokenize``   :class:`DetokenizeRequest` -> :class:`DetokenizeResponse`
+``POST /v1/cancel``       :class:`CancelRequest` -> :class:`CancelResponse`
+``POST /v1/shutdown``     -> ``{"ok": true}``; the runner exits shortly after
+========================  =========================================================
+
+Errors: any rejected request gets a 4xx status and :class:`ErrorBody`
+(``{"error": "...", "field": "options.top_p"}``). 401 for a missing or wrong
+token, 404 for an unknown path, 405 for a wrong method, 413 for a body over
+:data:`MAX_BODY_BYTES`, 400 for anything malformed, 409 while the model is not
+ready, 503 while the runner shuts down.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+PROTOCOL_VERSION = 1
+TOKEN_ENV = "MLX_NOTEBOOK_TOKEN"
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_STOP_STRINGS = 16
+MAX_LOGPROBS = 20
+
+RunnerState = Literal["loading", "ready", "error", "stopping"]
+DoneReason = Literal["stop", "length", "cancel", "error"]
+DONE_REASONS: tuple[str, ...] = ("stop", "length", "cancel", "error")
+
+ENDPOINTS: dict[str, tuple[str, str]] = {
+    "status": ("GET", "/v1/status"),
+    "completion": ("POST", "/v1/completion"),
+    "tokenize": ("POST", "/v1/tokenize"),
+    "detokenize": ("POST", "/v1/detokenize"),
+    "cancel": ("POST", "/v1/cancel"),
+    "shutdown": ("POST", "/v1/shutdown"),
+}
+
+
+class ValidationError(ValueError):
+    """A request that does not follow the protocol; names the offending field."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
+# ---------------------------------------------------------------- validation helpers
+
+
+def _expect_object(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValidationError(name, f"expected a JSON object, got {_kind(value)}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _reject_unknown(data: dict[str, Any], allowed: set[str], prefix: str) -> None:
+    extra = sorted(set(data) - allowed)
+    if extra:
+        raise ValidationError(f"{prefix}{extra[0]}", "unknown field")
+
+
+def _number(data: dict, key: str, prefix: str, default: float, lo: float, hi: float) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValidationError(prefix + key, f"expected a finite number, got {_kind(value)}")
+    if not lo <= value <= hi:
+        raise ValidationError(prefix + key, f"must be between {lo} and {hi}, got {value}")
+    return float(value)
+
+
+def _integer(data: dict, key: str, prefix: str, default: int | None, lo: int, hi: int) -> int | None:
+    value = data.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(prefix + key, f"expected an integer, got {_kind(value)}")
+    if not lo <= value <= hi:
+        raise ValidationError(prefix + key, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _string(data: dict, key: str, prefix: str, *, required: bool = False,
+            max_len: int = 1 << 22) -> str | None:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise ValidationError(prefix + key, "is required")
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(prefix + key, f"expected a string, got {_kind(value)}")
+    if len(value) > max_len:
+        raise ValidationError(prefix + key, f"longer than {max_len} characters")
+    return value
+
+
+# ---------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to sample; defaults are greedy decoding of up to 256 tokens."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    top_k: int = 0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    max_tokens: int = 256
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["stop"] = list(self.stop)
+        return data
+
+    @classmethod
+    def from_json(cls, value: Any, prefix: str = "options.") -> SamplingOptions:
+        data = _expect_object({} if value is None else value, prefix.rstrip("."))
+        _reject_unknown(data, {f.name for f in fields(cls)}, prefix)
+        stop = data.get("stop", [])
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise ValidationError(prefix + "stop", "expected a list of non-empty strings")
+        if len(stop) > MAX_STOP_STRINGS:
+            raise ValidationError(prefix + "stop", f"at most {MAX_STOP_STRINGS} stop strings")
+        return cls(
+            temperature=_number(data, "temperature", prefix, 0.0, 0.0, 100.0),
+            top_p=_number(data, "top_p", prefix, 1.0, 0.0, 1.0),
+            min_p=_number(data, "min_p", prefix, 0.0, 0.0, 1.0),
+            top_k=_integer(data, "top_k", prefix, 0, 0, 1 << 20) or 0,
+            repeat_penalty=_number(data, "repeat_penalty", prefix, 1.0, 0.0, 100.0),
+            repeat_last_n=_integer(data, "repeat_last_n", prefix, 64, 0, 1 << 20) or 0,
+            presence_penalty=_number(data, "presence_penalty", prefix, 0.0, -100.0, 100.0),
+            max_tokens=_integer(data, "max_tokens", prefix, 256, 1, 1 << 20) or 1,
+            seed=_integer(data, "seed", prefix, None, 0, 2**63 - 1),
+            stop=tuple(stop),
+            logprobs=_integer(data, "logprobs", prefix, 0, 0, MAX_LOGPROBS) or 0,
+        )
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+    @classmethod
+    def from_json(cls, value: Any, name: str) -> ChatMessage:
+        data = _expect_object(value, name)
+        _reject_unknown(data, {"role", "content"}, name + ".")
+        role = _string(data, "role", name + ".", required=True)
+        if role not in ("system", "user", "assistant"):
+            raise ValidationError(name + ".role", f"must be system, user or assistant, got {role!r}")
+        content = _string(data, "content", name + ".", required=True)
+        return cls(role=role, content=content or "")
+
+
+def _messages_from_json(value: Any, name: str = "messages") -> tuple[ChatMessage, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValidationError(name, "expected a non-empty array of {role, content} objects")
+    return tuple(ChatMessage.from_json(m, f"{name}[{i}]") for i, m in enumerate(value))
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """Either a raw ``prompt`` (sent as is) or chat ``messages`` (templated by the runner)."""
+
+    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+    options: SamplingOptions = field(default_factory=SamplingOptions)
+    request_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"options": self.options.to_json()}
+        if self.prompt is not None:
+            data["prompt"] = self.prompt
+        if self.messages is not None:
+            data["messages"] = [asdict(m) for m in self.messages]
+        if self.request_id is not None:
+            data["request_id"] = self.request_id
+        return data
+
+    @classmethod
+    def from_json(cls, value: Any) -> CompletionRequest:
+        data = _expect_object(value, "body")
+        _reject_unknown(data, {"prompt", "messages", "options", "request_id"}, "")
+        prompt = _string(data, "prompt", "")
+        messages = _messages_from_json(data["messages"]) if "messages" in data else None
+        if (prompt is None) == (messages is None):
+            raise ValidationError("prompt", "give exactly one of prompt or messages")
+        if prompt == "":
+            raise ValidationError("prompt", "must not be empty")
+        request_id = _string(data, "request_id", "", max_len=128)
+        return cls(prompt=prompt, messages=messages,
+                   options=SamplingOptions.from_json(data.get("options")), request_id=request_id)
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """Tokenize ``text`` as is, or ``messages`` after the chat template."""
+
+    text: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.messages is not None:
+            return {"messages": [asdict(m) for m in self.messages]}
+        return {"text": self.text}
+
+    @classmethod
+    def from_json(cls, value: Any) -> TokenizeRequest:
+        data = _expect_object(value, "body")
+        _reject_unknown(data, {"text", "messages"}, "")
+        text = _string(data, "text", "")
+        messages = _messages_from_json(data["messages"]) if "messages" in data else None
+        if (text is None) == (messages is None):
+            raise ValidationError("text", "give exactly one of text or messages")
+        return cls(text=text, messages=messages)
+
+
+@dataclass(frozen=True)
+class TokenizeResponse:
+    tokens: list[int]
+    pieces: list[str]
+    text: str  # the text that was tokenized (after the chat template, for messages)
+
+
+@dataclass(frozen=True)
+class DetokenizeRequest:
+    tokens: list[int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tokens": list(self.tokens)}
+
+    @classmethod
+    def from_json(cls, value: Any) -> DetokenizeRequest:
+        data = _expect_object(value, "body")
+        _reject_unknown(data, {"tokens"}, "")
+        tokens = data.get("tokens")
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in tokens
+        ):
+            raise ValidationError("tokens", "expected an array of non-negative integers")
+        return cls(tokens=tokens)
+
+
+@dataclass(frozen=True)
+class DetokenizeResponse:
+    text: str
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    request_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"request_id": self.request_id}
+
+    @classmethod
+    def from_json(cls, value: Any) -> CancelRequest:
+        data = _expect_object(value, "body")
+        _reject_unknown(data, {"request_id"}, "")
+        return cls(request_id=_string(data, "request_id", "", required=True, max_len=128) or "")
+
+
+@dataclass(frozen=True)
+class CancelResponse:
+    cancelled: bool
+
+
+@dataclass(frozen=True)
+class ErrorBody:
+    error: str
+    field: str | None = None
+
+
+# ---------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    """Bytes. ``active``/``peak``/``cache`` come from MLX; ``limit`` is what MLX may use."""
+
+    active: int = 0
+    peak: int = 0
+    cache: int = 0
+    weights: int = 0
+    limit: int = 0
+    rss: int = 0
+
+
+@dataclass(frozen=True)
+class Status:
+    state: RunnerState
+    progress: float  # 0-100 while loading
+    pid: int
+    protocol: int = PROTOCOL_VERSION
+    progress_message: str = ""
+    model: str = ""
+    source: str = ""
+    weights_format: str = ""
+    context_length: int = 0
+    memory: MemoryInfo = field(default_factory=MemoryInfo)
+    active_requests: int = 0
+    last_tokens_per_second: float = 0.0
+    device: str = ""
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Status:
+        data = dict(data)
+        data["memory"] = MemoryInfo(**{k: v for k, v in (data.get("memory") or {}).items()
+                                       if k in {f.name for f in fields(MemoryInfo)}})
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# ---------------------------------------------------------------- stream events
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token: int
+    text: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The sampled token's log-probability and the ``k`` most likely alternatives."""
+
+    token: int
+    text: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChunkEvent:
+    """A piece of generated text; never splits a UTF-8 character, never contains a stop string."""
+
+    content: str
+    tokens: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+    type: Literal["chunk"] = "chunk"
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    done_reason: DoneReason
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    prompt_duration: float = 0.0  # seconds spent on the prompt (prefill)
+    eval_duration: float = 0.0  # seconds spent decoding after the first token
+    time_to_first_token: float = 0.0  # seconds from request arrival to first token
+    peak_memory: int = 0
+    request_id: str = ""
+    error: str | None = None
+    type: Literal["done"] = "done"
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """Sent instead of (never after) a DoneEvent when a request fails mid-stream."""
+
+    error: str
+    request_id: str = ""
+    type: Literal["error"] = "error"
+
+
+Event = ChunkEvent | DoneEvent | ErrorEvent
+
+
+def encode_event(event: Event) -> bytes:
+    """One NDJSON line."""
+    return (json.dumps(asdict(event), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def decode_event(line: bytes | str) -> Event:
+    """Parse one NDJSON line into an event; raises ValueError on anything else."""
+    data = json.loads(line)
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {_kind(data)}")
+    kind = data.get("type")
+    if kind == "chunk":
+        logprobs = tuple(
+            TokenLogprob(token=lp["token"], text=lp["text"], logprob=lp["logprob"],
+                         top=tuple(TopLogprob(**t) for t in lp.get("top", ())))
+            for lp in data.get("logprobs", ())
+        )
+        return ChunkEvent(content=data["content"], tokens=tuple(data.get("tokens", ())),
+                          logprobs=logprobs)
+    if kind == "done":
+        known = {f.name for f in fields(DoneEvent)}
+        return DoneEvent(**{k: v for k, v in data.items() if k in known})
+    if kind == "error":
+        return ErrorEvent(error=str(data.get("error")), request_id=data.get("request_id", ""))
+    raise ValueError(f"unknown event type {kind!r}")
+
+
+@dataclass(frozen=True)
+class Handshake:
+    port: int
+    pid: int
+    protocol: int
+    host: str = "127.0.0.1"
+    event: str = "listening"
+
+    def to_line(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_line(cls, line: str) -> Handshake:
+        data = json.loads(line)
+        if not isinstance(data, dict) or data.get("event") != "listening":
+            raise ValueError(f"not a runner handshake: {line[:200]!r}")
+        return cls(port=int(data["port"]), pid=int(data["pid"]), protocol=int(data["protocol"]),
+                   host=str(data.get("host", "127.0.0.1")))
