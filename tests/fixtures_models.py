@@ -1,0 +1,1 @@
+"""Fixtures: model folders for tests (owned by the models area)."""

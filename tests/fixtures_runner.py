@@ -1,0 +1,1 @@
+"""Fixtures: running runners shared per test session (owned by the runner area)."""
