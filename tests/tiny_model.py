@@ -1,0 +1,149 @@
+"""A tiny random-weight llama in the MLX/HF folder layout, for fast plumbing tests.
+
+It answers nonsense, but it loads with ``mlx_lm.load`` in well under a second, has a
+real byte-level BPE tokenizer (built with the ``tokenizers`` library), an eos token
+and a chat template, so everything between the notebook and MLX can be exercised.
+Weights and tokenizer are seeded: the same folder (and the same greedy text) every time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+# Chat template in the ChatML style SmolLM2 uses, so tiny and demo behave alike.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+CONFIG = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "max_position_embeddings": 512,
+    "tie_word_embeddings": True,
+    "torch_dtype": "float32",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+_TRAINING_TEXT = """\
+The capital of France is Paris. The capital of Italy is Rome.
+Hello! How can I help you today? I am a small language model.
+Jupyter notebooks run cells of Python code and show their output.
+MLX is an array framework for machine learning on Apple silicon.
+The quick brown fox jumps over the lazy dog. 0123456789
+What is the answer? The answer is forty-two.
+"""
+
+
+def _build_tokenizer(path: Path, vocab_size: int) -> int:
+    """Train a byte-level BPE on a few sentences; returns the real vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_TRAINING_TEXT.splitlines() * 4, trainer=trainer)
+    tok.save(str(path / "tokenizer.json"))
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "model_max_length": CONFIG["max_position_embeddings"],
+        "clean_up_tokenization_spaces": False,
+        "add_bos_token": False,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    (path / "special_tokens_map.json").write_text(
+        json.dumps({k: tokenizer_config[k] for k in ("bos_token", "eos_token", "unk_token")})
+    )
+    return tok.get_vocab_size()
+
+
+def _printable_rows(path: Path, vocab_size: int) -> np.ndarray:
+    """1.0 for tokens that decode to printable text, 0.0 for stray bytes and specials.
+
+    Zeroing the other embedding rows (tied to the output head) keeps the random
+    model's text readable, without invalid UTF-8 fragments.
+    """
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    mask = np.zeros(vocab_size, np.float32)
+    for token_id in range(vocab_size):
+        text = tok.decode([token_id], skip_special_tokens=True)
+        if text and "\ufffd" not in text and text.isprintable():
+            mask[token_id] = 1.0
+    return mask
+
+
+def _weights(config: dict, seed: int, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Random float32 llama weights with the names mlx_lm's llama expects."""
+    rng = np.random.default_rng(seed)
+    h, inter = config["hidden_size"], config["intermediate_size"]
+    hd = config["head_dim"]
+    q_out, kv_out = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
+
+    def mat(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) * 0.5).astype(np.float32)
+
+    w = {
+        "model.embed_tokens.weight": mat(config["vocab_size"], h) * rows[:, None],
+        "model.norm.weight": np.ones(h, np.float32),
+    }
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        w[p + "self_attn.q_proj.weight"] = mat(q_out, h)
+        w[p + "self_attn.k_proj.weight"] = mat(kv_out, h)
+        w[p + "self_attn.v_proj.weight"] = mat(kv_out, h)
+        w[p + "self_attn.o_proj.weight"] = mat(h, q_out)
+        w[p + "mlp.gate_proj.weight"] = mat(inter, h)
+        w[p + "mlp.up_proj.weight"] = mat(inter, h)
+        w[p + "mlp.down_proj.weight"] = mat(h, inter)
+        w[p + "input_layernorm.weight"] = np.ones(h, np.float32)
+        w[p + "post_attention_layernorm.weight"] = np.ones(h, np.float32)
+    return w
+
+
+def make_tiny_model(path: Path, *, seed: int = 0, vocab_size: int = 384) -> Path:
+    """Write the tiny model into ``path`` (created if needed) and return ``path``."""
+    import mlx.core as mx
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    real_vocab = _build_tokenizer(path, vocab_size)
+    config = dict(CONFIG, vocab_size=real_vocab)
+    ids = json.loads((path / "tokenizer.json").read_text())["model"]["vocab"]
+    config["bos_token_id"] = ids["<|im_start|>"]
+    config["eos_token_id"] = ids["<|im_end|>"]
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    arrays = {
+        k: mx.array(v) for k, v in _weights(config, seed, _printable_rows(path, real_vocab)).items()
+    }
+    mx.save_safetensors(str(path / "model.safetensors"), arrays, metadata={"format": "mlx"})
+    return path
