@@ -1,0 +1,150 @@
+"""``python -m mlx_notebook.runner --model SPEC``: serve one MLX model on loopback.
+
+The runner binds first and announces its port on stdout (one JSON line), then
+loads the model in the background while ``/v1/status`` reports progress. The
+token comes from ``MLX_NOTEBOOK_TOKEN`` (never argv). It exits non-zero on a
+load error (one line on stderr), and by itself when its parent dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import signal
+import sys
+import threading
+import time
+
+from ..protocol import PROTOCOL_VERSION, TOKEN_ENV, Handshake
+
+EXIT_LOAD_ERROR = 2
+EXIT_USAGE = 64
+_ERROR_LINGER_SECONDS = 0.5  # lets a polling client read the "error" status before we exit
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mlx_notebook.runner",
+        description="Serve one MLX model over mlx_notebook's authenticated loopback protocol.")
+    parser.add_argument("--model", required=True,
+                        help="demo, a Hugging Face repo id, a local model folder or a .gguf file")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    parser.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="allow binding beyond loopback (a token is then mandatory)")
+    parser.add_argument("--no-auth", action="store_true",
+                        help=f"serve without a token (only when {TOKEN_ENV} is unset; loopback only)")
+    parser.add_argument("--context", type=int, default=None, help="cap the context length")
+    parser.add_argument("--dtype", default=None,
+                        help="cast weights: float32, bfloat16, float16 (default: keep)")
+    parser.add_argument("--max-batch", type=int, default=8,
+                        help="concurrent generations decoded together (default 8)")
+    parser.add_argument("--prompt-cache-bytes", type=int, default=None,
+                        help="byte budget of the reusable KV cache (default: 10%% of memory, <=1 GiB)")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="exit when this process dies (also exits on stdin EOF)")
+    parser.add_argument("--no-stdin-watch", action="store_true",
+                        help="do not exit on stdin EOF (for runners started by hand)")
+    parser.add_argument("--prefetch", action="store_true",
+                        help="download/convert the model into the cache, then exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.prefetch:
+        return _prefetch(args.model)
+    token = os.environ.get(TOKEN_ENV) or None
+    problem = _check_bind_policy(args.host, token, args)
+    if problem:
+        print(f"mlx_notebook runner: {problem}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+
+    from .engine import Engine
+    from .server import RunnerServer
+    from .watch import watch_parent
+
+    engine = Engine(args.model, dtype=args.dtype, context_length=args.context,
+                    max_batch=args.max_batch, prompt_cache_bytes=args.prompt_cache_bytes)
+    try:
+        server = RunnerServer((args.host, args.port), engine, token)
+    except OSError as exc:
+        print(f"mlx_notebook runner: cannot listen on {args.host}:{args.port}: {exc.strerror}",
+              file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    host, port = server.server_address[:2]
+    print(Handshake(port=port, pid=os.getpid(), protocol=PROTOCOL_VERSION, host=host).to_line(),
+          flush=True)
+
+    exit_code = [0]
+
+    def stop(reason: str, code: int = 0) -> None:
+        exit_code[0] = exit_code[0] or code
+        server.request_shutdown()
+        # Never hang on the way out: a stuck MLX call must not keep an orphan alive.
+        threading.Timer(3.0, lambda: os._exit(exit_code[0] or 1)).start()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: stop(signal.Signals(signum).name))
+    watch_parent(lambda reason: stop(reason), parent_pid=args.parent_pid,
+                 watch_stdin=not args.no_stdin_watch)
+    engine.start()
+    threading.Thread(target=_report_load_failure, args=(engine, stop), daemon=True).start()
+    server.serve_forever(poll_interval=0.1)
+    server.server_close()
+    engine.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code[0])  # skip interpreter teardown: MLX threads may still be winding down
+
+
+def _report_load_failure(engine, stop) -> None:  # noqa: ANN001 - internal callback plumbing
+    engine.ready_event.wait()
+    if engine.state == "error":
+        print(f"mlx_notebook runner: cannot load model {engine.spec!r}: {engine.error}",
+              file=sys.stderr, flush=True)
+        time.sleep(_ERROR_LINGER_SECONDS)
+        stop("load error", EXIT_LOAD_ERROR)
+
+
+def _check_bind_policy(host: str, token: str | None, args: argparse.Namespace) -> str | None:
+    if token is None and not args.no_auth:
+        return (f"no token: set {TOKEN_ENV} in the environment, or pass --no-auth to serve "
+                "without one (loopback only)")
+    if token is not None and args.no_auth:
+        return f"--no-auth given but {TOKEN_ENV} is set; drop one of them"
+    if not _is_loopback(host):
+        if not args.allow_remote:
+            return f"refusing to listen on {host}: pass --allow-remote to serve beyond loopback"
+        if token is None:
+            return f"refusing to listen on {host} without a token ({TOKEN_ENV})"
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _prefetch(spec: str) -> int:
+    from .models import ModelLoadError, prefetch
+
+    def show(percent: float, message: str) -> None:
+        print(f"\r[{percent:5.1f}%] {message[:70]:<70}", end="", file=sys.stderr, flush=True)
+
+    try:
+        path = prefetch(spec, progress=show)
+    except ModelLoadError as exc:
+        print(f"\nmlx_notebook runner: cannot prefetch {spec!r}: {exc}", file=sys.stderr)
+        return EXIT_LOAD_ERROR
+    print(f"\n{path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""The runner's MLX side: one worker thread loads the model, then serves every request.
+
+HTTP handler threads never touch MLX: they put a :class:`Job` on a queue and read
+its events. The worker feeds all jobs through mlx-lm's ``BatchGenerator``
+(continuous batching: concurrent cells decode together), and reuses the KV cache
+of earlier requests that share a prefix (chat turns) through mlx-lm's
+``LRUPromptCache`` with a byte budget.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
+
+from ..protocol import ChunkEvent, DoneEvent, ErrorEvent, Event, MemoryInfo, SamplingOptions
+from .models import LoadedModel, load_model
+from .sampling import make_request_processors, make_request_sampler, token_logprob
+from .stops import StopStringFilter
+
+_CACHE_KEY = "model"  # one model per runner: every cache entry shares this key
+_IDLE_POLL_SECONDS = 0.5
+
+
+@dataclass
+class Job:
+    """One completion request as the worker sees it; events flow back through ``events``."""
+
+    request_id: str
+    prompt_tokens: list[int]
+    options: SamplingOptions
+    arrived: float = field(default_factory=time.perf_counter)
+    events: queue.SimpleQueue[Event] = field(default_factory=queue.SimpleQueue)
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    # Worker-side state.
+    uid: int = -1
+    detokenizer: Any = None
+    stop_filter: StopStringFilter | None = None
+    started: float = 0.0
+    first_token_at: float = 0.0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    finished: bool = False
+
+
+class Engine:
+    """Owns the model and the worker thread; thread-safe ``submit``/``cancel``/``status``."""
+
+    def __init__(self, spec: str, *, dtype: str | None = None, context_length: int | None = None,
+                 max_batch: int = 8, prompt_cache_bytes: int | None = None,
+                 prefill_step: int = 512) -> None:
+        self.spec = spec
+        self.dtype = dtype
+        self.max_batch = max_batch
+        self.prefill_step = prefill_step
+        self.requested_context = context_length
+        self.prompt_cache_bytes = prompt_cache_bytes
+        self.state = "loading"
+        self.progress = 0.0
+        self.progress_message = "starting"
+        self.error: str | None = None
+        self.loaded: LoadedModel | None = None
+        self.last_tokens_per_second = 0.0
+        self.ready_event = threading.Event()  # set when the state leaves "loading"
+        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._jobs: dict[str, Job] = {}
+        self._jobs_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="mlx-worker", daemon=True)
+
+    # ------------------------------------------------------------ called from any thread
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def context_length(self) -> int:
+        native = self.loaded.context_length if self.loaded else 0
+        if self.requested_context:
+            return min(self.requested_context, native) if native else self.requested_context
+        return native
+
+    def submit(self, job: Job) -> None:
+        with self._jobs_lock:
+            self._jobs[job.request_id] = job
+        self._inbox.put(job)
+
+    def cancel(self, request_id: str) -> bool:
+        with self._jobs_lock:
+            job = self._jobs.get(request_id)
+        if job is None or job.finished:
+            return False
+        job.cancel_requested.set()
+        self._inbox.put(None)  # wake the worker if it sleeps
+        return True
+
+    def active_requests(self) -> int:
+        with self._jobs_lock:
+            return len(self._jobs)
+
+    def memory(self) -> MemoryInfo:
+        weights = self.loaded.weight_bytes if self.loaded else 0
+        try:
+            import psutil
+
+            rss = psutil.Process().memory_info().rss
+        except Exception:  # psutil is optional on the runner side
+            rss = 0
+        return MemoryInfo(active=mx.get_active_memory(), peak=mx.get_peak_memory(),
+                          cache=mx.get_cache_memory(), weights=weights,
+                          limit=mx.get_memory_limit(), rss=rss)
+
+    def shutdown(self, timeout: float = 2.0) -> None:
+        self._stopping.set()
+        self._inbox.put(None)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------ worker thread
+
+    def _main(self) -> None:
+        try:
+            self.loaded = load_model(self.spec, progress=self._on_load_progress, dtype=self.dtype)
+        except Exception as exc:  # the load error is reported, not raised: the process exits
+            self.error = " ".join(str(exc).split()) or type(exc).__name__
+            self.state = "error"
+            self.ready_event.set()
+            return
+        try:
+            self._serve()
+        except Exception as exc:  # a bug in the loop: fail every request, report, exit
+            traceback.print_exc(file=sys.stderr)
+            self.error = f"runner worker failed: {type(exc).__name__}: {exc}"
+            self.state = "error"
+            self.ready_event.set()
+            self._fail_all(self.error)
+
+    def _on_load_progress(self, percent: float, message: str) -> None:
+        self.progress = max(0.0, min(100.0, float(percent)))
+        self.progress_message = message
+
+    def _serve(self) -> None:
+        assert self.loaded is not None
+        model, tokenizer = self.loaded.model, self.loaded.tokenizer
+        stream = mx.new_stream(mx.default_device())  # streams are per thread in MLX
+        eos = sorted(tokenizer.eos_token_ids)
+        generator = BatchGenerator(
+            model, stop_tokens=[[t] for t in eos], completion_batch_size=self.max_batch,
+            prefill_batch_size=self.max_batch, prefill_step_size=self.prefill_step, stream=stream)
+        budget = self.prompt_cache_bytes
+        if budget is None:
+            budget = min(1 << 30, max(64 << 20, mx.get_memory_limit() // 10))
+        cache = LRUPromptCache(max_size=16, max_bytes=budget)
+        self._warm_up(generator)
+        self.progress, self.progress_message = 100.0, "ready"
+        self.state = "ready"
+        self.ready_event.set()
+        active: dict[int, Job] = {}
+        eos_set = set(eos)
+        while not self._stopping.is_set():
+            self._admit(generator, cache, active, block=not active)
+            self._reap_cancelled(generator, cache, active)
+            if not active:
+                mx.clear_cache()  # give freed buffers back between bursts
+                continue
+            _, responses = generator.next()
+            for response in responses:
+                job = active.get(response.uid)
+                if job is not None:
+                    self._on_token(job, response, eos_set, generator, cache, active)
+        self._fail_all("runner is shutting down")
+
+    def _warm_up(self, generator: BatchGenerator) -> None:
+        """One tiny generation so the first real request does not pay for lazy set-up."""
+        self.progress_message = "warming up"
+        (uid,) = generator.insert([[0, 0]], max_tokens=[1])
+        for _ in range(1000):
+            _, responses = generator.next()
+            if any(r.uid == uid and r.finish_reason for r in responses):
+                return
+        generator.remove([uid])
+
+    def _admit(self, generator: BatchGenerator, cache: LRUPromptCache,
+               active: dict[int, Job], block: bool) -> None:
+        try:
+            item = self._inbox.get(timeout=_IDLE_POLL_SECONDS) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if item is not None and not item.cancel_requested.is_set():
+                self._start_job(item, generator, cache, active)
+            elif item is not None:
+                self._finish(item, "cancel")
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _start_job(self, job: Job, generator: BatchGenerator, cache: LRUPromptCache,
+                   active: dict[int, Job]) -> None:
+        assert self.loaded is not None
+        tokens = job.prompt_tokens
+        prompt_cache, rest = cache.fetch_nearest_cache(_CACHE_KEY, tokens)
+        if prompt_cache is not None and not rest:
+            trim_prompt_cache(prompt_cache, 1)  # exact hit: re-feed the last token for logits
+            rest = tokens[-1:]
+        cached = len(tokens) - len(rest)
+        job.cached_tokens = cached
+        job.started = time.perf_counter()
+        job.detokenizer = self.loaded.tokenizer.detokenizer
+        job.stop_filter = StopStringFilter(job.options.stop)
+        (job.uid,) = generator.insert(
+            [rest], max_tokens=[job.options.max_tokens], caches=[prompt_cache],
+            all_tokens=[tokens[:cached]], samplers=[make_request_sampler(job.options)],
+            logits_processors=[make_request_processors(job.options)])
+        active[job.uid] = job
+
+    def _reap_cancelled(self, generator: BatchGenerator, cache: LRUPromptCache,
+                        active: dict[int, Job]) -> None:
+        cancelled = [uid for uid, job in active.items() if job.cancel_requested.is_set()]
+        if not cancelled:
+            return
+        generator.remove(cancelled)
+        for uid in cancelled:
+            self._finish(active.pop(uid), "cancel")
+
+    def _on_token(self, job: Job, response: Any, eos: set[int], generator: BatchGenerator,
+                  cache: LRUPromptCache, active: dict[int, Job]) -> None:
+        assert self.loaded is not None and job.stop_filter is not None
+        if not job.first_token_at:
+            job.first_token_at = time.perf_counter()
+        token = int(response.token)
+        is_eos = response.finish_reason == "stop" and token in eos
+        logprobs = ()
+        if not is_eos:
+            job.completion_tokens += 1
+            job.detokenizer.add_token(token)
+            if job.options.logprobs:
+                logprobs = (token_logprob(response.logprobs, token, job.options.logprobs,
+                                          self.loaded.tokenizer.decode),)
+        if response.finish_reason is not None:
+            job.detokenizer.finalize()
+        text = job.stop_filter.feed(job.detokenizer.last_segment)
+        if text or logprobs:
+            job.events.put(ChunkEvent(content=text, tokens=() if is_eos else (token,),
+                                      logprobs=logprobs))
+        if job.stop_filter.stopped:
+            generator.remove([job.uid])
+            active.pop(job.uid, None)
+            self._finish(job, "stop")
+        elif response.finish_reason is not None:
+            tail = job.stop_filter.flush()
+            if tail:
+                job.events.put(ChunkEvent(content=tail))
+            active.pop(job.uid, None)
+            if response.prompt_cache is not None and response.all_tokens:
+                cache.insert_cache(_CACHE_KEY, list(response.all_tokens), response.prompt_cache)
+            self._finish(job, "stop" if response.finish_reason == "stop" else "length")
+
+    def _finish(self, job: Job, reason: str, error: str | None = None) -> None:
+        if job.finished:
+            return
+        job.finished = True
+        now = time.perf_counter()
+        first = job.first_token_at or now
+        prompt_done = first if job.first_token_at else now
+        eval_duration = max(0.0, now - first)
+        if job.completion_tokens > 1 and eval_duration > 0:
+            self.last_tokens_per_second = (job.completion_tokens - 1) / eval_duration
+        job.events.put(DoneEvent(
+            done_reason=reason,  # type: ignore[arg-type]
+            prompt_tokens=len(job.prompt_tokens), completion_tokens=job.completion_tokens,
+            cached_tokens=job.cached_tokens,
+            prompt_duration=max(0.0, prompt_done - (job.started or job.arrived)),
+            eval_duration=eval_duration,
+            time_to_first_token=max(0.0, first - job.arrived) if job.first_token_at else 0.0,
+            peak_memory=mx.get_peak_memory(), request_id=job.request_id, error=error))
+        with self._jobs_lock:
+            self._jobs.pop(job.request_id, None)
+
+    def _fail_all(self, message: str) -> None:
+        with self._jobs_lock:
+            jobs = list(self._jobs.values())
+            self._jobs.clear()
+        for job in jobs:
+            if not job.finished:
+                job.finished = True
+                job.events.put(ErrorEvent(error=message, request_id=job.request_id))
+
+
+def runner_device() -> str:
+    """A short description of where MLX runs, for the status."""
+    device = mx.default_device()
+    blas = " + OpenBLAS" if "openblas" in os.environ.get("LD_PRELOAD", "") else ""
+    return f"{device.type.name.lower()}{blas}"
