@@ -70,6 +70,6 @@ def token_logprob(logprobs: mx.array, token: int, k: int, decode: Callable[[list
         ids_list = ids[order].tolist()
         values_list = values[order].tolist()
         top = tuple(TopLogprob(token=int(i), text=decode([int(i)]), logprob=float(v))
-                    for i, v in zip(ids_list, values_list))
+                    for i, v in zip(ids_list, values_list, strict=True))
     return TokenLogprob(token=token, text=decode([token]),
                         logprob=float(logprobs[token].item()), top=top)
