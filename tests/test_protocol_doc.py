@@ -1,0 +1,60 @@
+"""docs/protocol.md and mlx_notebook/protocol.py describe the same protocol."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from mlx_notebook import protocol
+
+DOC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+WIRE_TYPES = [
+    protocol.CompletionRequest, protocol.SamplingOptions, protocol.ChatMessage,
+    protocol.ChunkEvent, protocol.DoneEvent, protocol.ErrorEvent, protocol.TokenLogprob,
+    protocol.TopLogprob, protocol.Status, protocol.MemoryInfo, protocol.TokenizeRequest,
+    protocol.TokenizeResponse, protocol.DetokenizeRequest, protocol.DetokenizeResponse,
+    protocol.CancelRequest, protocol.CancelResponse, protocol.ErrorBody, protocol.Handshake,
+]
+
+
+@pytest.mark.parametrize("name", sorted(protocol.ENDPOINTS))
+def test_every_endpoint_is_documented(name):
+    method, path = protocol.ENDPOINTS[name]
+    assert re.search(rf"\| {method} \| `{re.escape(path)}` \|", DOC), (method, path)
+
+
+def test_no_documented_endpoint_is_missing_from_the_code():
+    documented = set(re.findall(r"\| (?:GET|POST) \| `(/v1/[a-z]+)` \|", DOC))
+    assert documented == {path for _, path in protocol.ENDPOINTS.values()}
+
+
+@pytest.mark.parametrize("cls", WIRE_TYPES, ids=lambda c: c.__name__)
+def test_every_field_is_documented(cls):
+    if cls is not protocol.Handshake:
+        assert f"`{cls.__name__}`" in DOC
+    for field in dataclasses.fields(cls):
+        assert f"`{field.name}`" in DOC or f'"{field.name}"' in DOC, (cls.__name__, field.name)
+
+
+def test_documented_defaults_match_the_code():
+    defaults = protocol.SamplingOptions()
+    rows = dict(re.findall(r"\| `(\w+)` \| ([^|]+) \|", DOC))
+    for field in dataclasses.fields(protocol.SamplingOptions):
+        value = getattr(defaults, field.name)
+        shown = {None: "null", (): "[]"}.get(value, str(value)) if not isinstance(value, tuple) \
+            else "[]"
+        assert rows[field.name].strip() == shown, field.name
+
+
+def test_events_round_trip_through_ndjson():
+    chunk = protocol.ChunkEvent(content="é", tokens=(1, 2), logprobs=(
+        protocol.TokenLogprob(1, "a", -0.5, (protocol.TopLogprob(1, "a", -0.5),)),))
+    done = protocol.DoneEvent(done_reason="stop", prompt_tokens=3, cached_tokens=2)
+    error = protocol.ErrorEvent(error="boom", request_id="r")
+    for event in (chunk, done, error):
+        line = protocol.encode_event(event)
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        assert protocol.decode_event(line) == event
