@@ -1,0 +1,223 @@
+"""End to end in a real browser: JupyterLab + Debian's Chromium, driven by Playwright.
+
+Opens notebooks/quickstart.ipynb (a copy) in a JupyterLab started on 127.0.0.1 with
+a token, runs "Restart Kernel and Run All Cells", waits for the streamed answer and
+the status widget in the DOM, checks them (a MutationObserver proves the answer grew
+while it streamed) and saves a screenshot for the README (docs/quickstart.png, or
+$MLX_NOTEBOOK_SCREENSHOT). Needs /usr/bin/chromium (or $MLX_NOTEBOOK_CHROMIUM):
+`apt-get install chromium`; never `playwright install`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
+CHROMIUM = os.environ.get("MLX_NOTEBOOK_CHROMIUM", "/usr/bin/chromium")
+SCREENSHOT = Path(os.environ.get("MLX_NOTEBOOK_SCREENSHOT", ROOT / "docs" / "quickstart.png"))
+TOKEN = "mlx-notebook-e2e"
+CHROME_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+RUN_TIMEOUT_MS = 240_000  # the whole quickstart; ~30 s on a 2-core CPU machine
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.timeout(480),
+    pytest.mark.skipif(
+        not os.access(CHROMIUM, os.X_OK),
+        reason=f"no Chromium at {CHROMIUM}: apt-get install chromium "
+        "(./scripts/test does it when root) or set MLX_NOTEBOOK_CHROMIUM",
+    ),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(base: str, path: str, method: str = "GET"):
+    req = urllib.request.Request(f"{base}{path}?token={TOKEN}", method=method)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        body = r.read()
+    return json.loads(body) if body else None
+
+
+def _write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, demo_model_ready):
+    root = tmp_path_factory.mktemp("lab")
+    work = root / "work"
+    work.mkdir()
+    shutil.copy(NOTEBOOK, work / NOTEBOOK.name)  # JupyterLab may save; never into the repo
+    settings = root / "settings"
+    _write(settings / "@jupyterlab/apputils-extension/notification.jupyterlab-settings",
+           {"fetchNews": "false", "checkForUpdates": False})
+    # every cell stays in the DOM (no virtual scrolling), so locators find them all
+    _write(settings / "@jupyterlab/notebook-extension/tracker.jupyterlab-settings",
+           {"windowingMode": "none"})
+    env = dict(
+        os.environ,
+        JUPYTER_CONFIG_DIR=str(root / "config"),
+        JUPYTER_RUNTIME_DIR=str(root / "runtime"),
+        JUPYTER_DATA_DIR=str(root / "data"),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(root / "workspaces"),
+        JUPYTER_PREFER_ENV_PATH="1",  # the kernel is this environment's python
+    )
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = root / "lab.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
+             f"--port={port}", f"--IdentityProvider.token={TOKEN}",
+             f"--ServerApp.root_dir={work}", "--allow-root",
+             "--LabApp.expose_app_in_browser=True"],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                _api(base, "/api/status")
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("JupyterLab did not start:\n" + log_path.read_text()) from None
+                time.sleep(0.2)
+        yield base
+        for kernel in _api(base, "/api/kernels"):  # shut kernels (and their runners) down
+            with contextlib.suppress(OSError):
+                _api(base, f"/api/kernels/{kernel['id']}", method="DELETE")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def page(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+            args=CHROME_ARGS, viewport={"width": 1280, "height": 960})
+        try:
+            pg = ctx.pages[0] if ctx.pages else ctx.new_page()
+            pg.set_default_timeout(60_000)
+            errors: list[str] = []
+            pg.on("pageerror", lambda e: errors.append(str(e)))
+            yield pg
+        finally:
+            ctx.close()
+        assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+# Records, per code cell (by index among code cells), every distinct text its output
+# area shows, in order: proves that the answer grew while it streamed.
+OBSERVER_JS = """() => {
+  window.__seen = {};
+  const record = () => {
+    document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell')
+      .forEach((cell, i) => {
+        const out = cell.querySelector('.jp-OutputArea');
+        const text = out ? out.innerText : '';
+        const seen = (window.__seen[i] = window.__seen[i] || []);
+        if (text && seen[seen.length - 1] !== text) seen.push(text);
+      });
+  };
+  new MutationObserver(record).observe(document.body,
+    {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
+
+def _code_cell_index(source_start: str) -> int:
+    nb = json.loads(NOTEBOOK.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    for i, cell in enumerate(code):
+        if "".join(cell["source"]).startswith(source_start):
+            return i
+    raise AssertionError(f"no code cell starting with {source_start!r} in {NOTEBOOK}")
+
+
+def test_quickstart_in_jupyterlab(lab, page):
+    from playwright.sync_api import expect
+
+    t0 = time.monotonic()
+    page.goto(f"{lab}/lab/tree/{NOTEBOOK.name}?token={TOKEN}&reset")
+    panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    expect(page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle")
+    n_code = sum(c["cell_type"] == "code" for c in json.loads(NOTEBOOK.read_text())["cells"])
+    cells = panel.locator(".jp-CodeCell")
+    expect(cells).to_have_count(n_code)
+    # more room for the notebook in the screenshot: hide the file browser
+    page.evaluate("() => { window.jupyterapp.commands.execute('application:toggle-left-area'); }")
+    page.evaluate(OBSERVER_JS)
+
+    page.locator(".lm-MenuBar-item", has_text="Run").click()
+    page.locator(".lm-Menu-item[data-command='runmenu:restart-and-run-all']").click()
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+
+    # every code cell ran: prompts [1]..[n], none left at [*] or [ ]
+    last_prompt = cells.nth(n_code - 1).locator(".jp-InputPrompt")
+    try:
+        expect(last_prompt).to_have_text(re.compile(r"\[\d+\]:"), timeout=RUN_TIMEOUT_MS)
+    except AssertionError:
+        errors = panel.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+        raise AssertionError(f"run-all did not finish; stderr outputs: {errors.all_inner_texts()}") from None
+    prompts = [t.strip() for t in cells.locator(".jp-InputPrompt").all_inner_texts()]
+    assert prompts == [f"[{i}]:" for i in range(1, n_code + 1)], prompts
+    expect(page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle")
+
+    # the streamed answer: visible, right, and it grew while it streamed
+    gen_i = _code_cell_index("%%mlx generate --max-tokens")
+    gen_out = cells.nth(gen_i).locator(".jp-OutputArea")
+    expect(gen_out).to_be_visible()
+    expect(gen_out).to_contain_text("Paris")
+    seen = page.evaluate("() => window.__seen")[str(gen_i)]
+    partial = [s for s in seen if "Paris" not in s and s.strip()]
+    assert len(partial) >= 2, f"answer did not stream (distinct texts seen: {seen})"
+
+    # the status widget: a live ipywidget showing the demo model
+    st_i = _code_cell_index("%mlx status")
+    widget = cells.nth(st_i).locator(".jp-OutputArea .jupyter-widgets").first
+    expect(widget).to_be_visible()
+    st_seen = " ".join(page.evaluate("() => window.__seen")[str(st_i)])
+    assert "demo" in st_seen and "ready" in st_seen, st_seen
+
+    errors = panel.locator(".jp-OutputArea-output", has_text="Traceback")
+    expect(errors).to_have_count(0)
+    expect(panel.locator(".jp-OutputArea-output", has_text="UsageError")).to_have_count(0)
+
+    # screenshot for the README: the top of the notebook, answer and widget in view
+    page.evaluate("() => document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) "
+                  ".jp-WindowedPanel-outer')?.scrollTo(0, 0)")
+    cells.nth(gen_i).scroll_into_view_if_needed()
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+    print(f"quickstart in JupyterLab: {time.monotonic() - t0:.1f}s; screenshot {SCREENSHOT}")
