@@ -1,1 +1,88 @@
-"""mlx_notebook: local LLMs in Jupyter."""
+"""mlx_notebook: local LLMs in Jupyter.
+
+In a notebook::
+
+    %load_ext mlx_notebook
+    %mlx load demo
+
+    %%mlx generate --max-tokens 20
+    What is the capital of France?
+
+From Python (the same operations as the magics)::
+
+    import mlx_notebook as mn
+    mn.load("demo")
+    print(mn.generate("What is the capital of France?", max_tokens=20).text)
+
+Importing this package is cheap: the API, the runner manager and httpx load on
+first use, and MLX is only ever imported by the runner subprocesses.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import (
+        Generation,
+        GenerationResult,
+        chat,
+        conversation,
+        generate,
+        load,
+        ps,
+        reset_chat,
+        status,
+        stream,
+        tokenize,
+        unload,
+        use,
+    )
+
+__all__ = [
+    "Generation",
+    "GenerationResult",
+    "chat",
+    "conversation",
+    "generate",
+    "load",
+    "load_ipython_extension",
+    "ps",
+    "reset_chat",
+    "status",
+    "stream",
+    "tokenize",
+    "unload",
+    "unload_ipython_extension",
+    "use",
+]
+
+_API = {name for name in __all__ if not name.endswith("_ipython_extension")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from . import api
+
+        value = getattr(api, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mlx_notebook' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+def load_ipython_extension(shell: Any) -> None:
+    """``%load_ext mlx_notebook``: register ``%mlx``/``%%mlx`` and the ``MLXConfig`` defaults."""
+    from .magics import load_ipython_extension as load
+
+    load(shell)
+
+
+def unload_ipython_extension(shell: Any) -> None:
+    """``%unload_ext mlx_notebook``: remove the magics (loaded models keep running)."""
+    from .magics import unload_ipython_extension as unload
+
+    unload(shell)

@@ -1,0 +1,367 @@
+"""The plain Python API; every ``%mlx``/``%%mlx`` magic is one call of one of these.
+
+>>> import mlx_notebook as mn
+>>> mn.load("demo")                                   # doctest: +SKIP
+>>> r = mn.generate("What is the capital of France?", max_tokens=12)  # doctest: +SKIP
+>>> r.text, r.tokens_per_second                       # doctest: +SKIP
+>>> for piece in mn.stream("Tell me a story"):        # doctest: +SKIP
+...     print(piece, end="")
+
+Sampling arguments left as ``None`` take their value from :mod:`mlx_notebook.config`.
+The manager (and with it httpx) is imported on first use, never at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from . import protocol
+from .chat_history import get_history
+from .config import get_config
+from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status
+
+if TYPE_CHECKING:
+    from .client import CompletionStream, RunnerClient
+    from .manager import RunnerInfo, RunnerManager
+
+FinishReason = Literal["stop", "length", "cancel", "error"]
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One finished (or stopped) generation: the text and how it was made."""
+
+    text: str
+    model: str
+    finish_reason: FinishReason
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    time_to_first_token: float = 0.0
+    tokens_per_second: float = 0.0
+    duration: float = 0.0
+    options: SamplingOptions = field(default_factory=SamplingOptions)
+    seed: int | None = None
+    stopped: bool = False
+    name: str = ""
+    request_id: str = ""
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        text = self.text if len(self.text) <= 60 else self.text[:57] + "..."
+        return (f"GenerationResult(text={text!r}, model={self.model!r}, "
+                f"finish_reason={self.finish_reason!r}, tokens={self.completion_tokens}, "
+                f"tokens_per_second={self.tokens_per_second:.1f}"
+                f"{', stopped=True' if self.stopped else ''})")
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        from .display import footer_line
+
+        p.text(f"{self.text}\n{footer_line(self)}")
+
+
+class Generation:
+    """A running generation: iterate it for text pieces, then read :attr:`result`.
+
+    >>> with mn.stream("Count to five") as g:   # doctest: +SKIP
+    ...     for piece in g: print(piece, end="")
+    >>> g.result.completion_tokens              # doctest: +SKIP
+    """
+
+    def __init__(self, client: RunnerClient, request: CompletionRequest) -> None:
+        self.client = client
+        self.request = request
+        self.name = client.name
+        self._pieces: list[str] = []
+        self._t0 = time.perf_counter()
+        self._first: float | None = None
+        self._stopped = False
+        self.result: GenerationResult | None = None
+        self._stream: CompletionStream = client.stream(request)
+        _wake_widgets()
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for event in self._stream:
+                if self._first is None:
+                    self._first = time.perf_counter() - self._t0
+                if event.content:
+                    self._pieces.append(event.content)
+                    yield event.content
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+        except GeneratorExit:
+            self.cancel()
+            raise
+        self._finish()
+
+    def cancel(self) -> None:
+        """Stop on the runner (within one decode step); the partial text is kept."""
+        if self.result is not None:
+            return
+        self._stopped = True
+        try:
+            self._stream.cancel()
+        finally:
+            self._finish()
+
+    def close(self) -> None:
+        if self.result is None:
+            self.cancel()
+        self._stream.close()
+
+    def __enter__(self) -> Generation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _finish(self) -> None:
+        if self.result is not None:
+            return
+        done = getattr(self._stream, "result", None)
+        self.result = _make_result(self, done, time.perf_counter() - self._t0)
+        with contextlib.suppress(Exception):  # bookkeeping must never hide the answer
+            _manager().touch(self.name)
+
+
+def _make_result(gen: Generation, done: protocol.DoneEvent | None, wall: float) -> GenerationResult:
+    opts = gen.request.options
+    n = done.completion_tokens if done else 0
+    ttft = (done.time_to_first_token if done and done.time_to_first_token else gen._first) or 0.0
+    tps = 0.0
+    if done and done.eval_duration > 0 and n > 1:
+        tps = (n - 1) / done.eval_duration
+    elif n and wall > ttft:
+        tps = n / max(wall - ttft, 1e-9)
+    reason: FinishReason = "cancel" if gen._stopped else (done.done_reason if done else "cancel")
+    return GenerationResult(
+        text=gen.text, model=getattr(gen.client, "spec", gen.name) or gen.name,
+        finish_reason=reason, prompt_tokens=done.prompt_tokens if done else 0,
+        completion_tokens=n, cached_tokens=done.cached_tokens if done else 0,
+        time_to_first_token=ttft, tokens_per_second=tps, duration=wall, options=opts,
+        seed=opts.seed, stopped=gen._stopped, name=gen.name,
+        request_id=(done.request_id if done else "") or gen._stream.request_id,
+    )
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _manager() -> RunnerManager:
+    from .manager import get_manager
+
+    return get_manager()
+
+
+def _wake_widgets() -> None:
+    widgets = sys.modules.get("mlx_notebook.widgets")
+    if widgets is not None:
+        widgets.wake_all()
+
+
+def _options(max_tokens: int | None, temperature: float | None, top_p: float | None,
+             top_k: int | None, min_p: float | None, seed: int | None,
+             stop: Sequence[str] | None, repeat_penalty: float | None) -> SamplingOptions:
+    if isinstance(stop, str):
+        stop = [stop]
+    opts = get_config().options(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+        seed=seed, stop=tuple(stop) if stop else None, repeat_penalty=repeat_penalty)
+    if opts.seed is None and opts.temperature > 0:
+        # Sampling without a seed: pick one, so the result says how to reproduce it.
+        opts = SamplingOptions(**{**opts.__dict__, "seed": random.randrange(2**31)})
+    return opts
+
+
+def _messages(prompt: str, system: str | None) -> tuple[ChatMessage, ...]:
+    sys_text = get_config().system if system is None else system
+    head = (ChatMessage("system", sys_text),) if sys_text else ()
+    return (*head, ChatMessage("user", prompt))
+
+
+# ---------------------------------------------------------------- public functions
+
+
+def load(model: str = "demo", *, name: str | None = None, context_length: int | None = None,
+         force: bool = False, show: bool = False,
+         on_progress: Callable[[Status], None] | None = None) -> RunnerClient:
+    """Start a runner for ``model`` (``demo``, a Hugging Face id, a folder or a .gguf file).
+
+    ``show=True`` draws a progress bar (text in a terminal) while it loads.
+    """
+    manager = _manager()
+    _wake_widgets()
+    if not show:
+        return manager.load(model, name, context_length=context_length, force=force,
+                            on_progress=on_progress)
+    from .widgets import LoadProgress
+
+    with LoadProgress(name or model) as progress:
+        def report(status: Status) -> None:
+            progress.update(status)
+            if on_progress is not None:
+                on_progress(status)
+
+        client = manager.load(model, name, context_length=context_length, force=force,
+                              on_progress=report, on_message=progress.message)
+        progress.done(client.status())
+    return client
+
+
+def unload(name: str | None = None, *, all: bool = False) -> None:  # noqa: A002
+    """Stop one runner (the default one when ``name`` is None), or every runner."""
+    manager = _manager()
+    if all:
+        manager.unload_all()
+        get_history().reset()
+    else:
+        resolved = manager.get(name).name
+        manager.unload(resolved)
+        get_history().reset(resolved)
+    _wake_widgets()
+
+
+def use(name: str) -> None:
+    """Make ``name`` the model that calls without ``model=`` use."""
+    _manager().use(name)
+
+
+def stream(prompt: str, *, model: str | None = None, system: str | None = None,
+           raw: bool = False, messages: Sequence[ChatMessage] | None = None,
+           max_tokens: int | None = None, temperature: float | None = None,
+           top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
+           seed: int | None = None, stop: Sequence[str] | None = None,
+           repeat_penalty: float | None = None) -> Generation:
+    """Start a generation and return it; iterate it for the text as it is made.
+
+    The chat template is applied unless ``raw=True`` (then ``prompt`` goes as is).
+    """
+    if raw and system:
+        raise ValueError("system has no effect with raw=True (the prompt is sent as is)")
+    client = _manager().get(model)
+    opts = _options(max_tokens, temperature, top_p, top_k, min_p, seed, stop, repeat_penalty)
+    if messages is not None:
+        request = CompletionRequest(messages=tuple(messages), options=opts)
+    elif raw:
+        request = CompletionRequest(prompt=prompt, options=opts)
+    else:
+        request = CompletionRequest(messages=_messages(prompt, system), options=opts)
+    return Generation(client, request)
+
+
+def generate(prompt: str, *, show: bool = False, format: str | None = None,  # noqa: A002
+             on_interrupt: Literal["raise", "return"] = "raise", **kwargs: Any) -> GenerationResult:
+    """Generate a whole answer; takes the same arguments as :func:`stream`.
+
+    ``show=True`` streams the text into the cell (prints in a terminal) with a
+    footer line. On KeyboardInterrupt the generation is cancelled on the runner;
+    ``on_interrupt="return"`` then returns the partial result (``stopped=True``)
+    instead of raising.
+    """
+    return _run(stream(prompt, **kwargs), show=show, format=format, on_interrupt=on_interrupt)
+
+
+def _run(gen: Generation, *, show: bool, format: str | None,  # noqa: A002
+         on_interrupt: Literal["raise", "return"]) -> GenerationResult:
+    view = None
+    if show:
+        from .display import StreamView
+
+        cfg = get_config()
+        view = StreamView(format=format or cfg.format, rate=cfg.updates_per_second,
+                          footer=cfg.footer)
+        view.start()
+    interrupted = False
+    try:
+        with gen:
+            for piece in gen:
+                if view is not None:
+                    view.append(piece)
+    except KeyboardInterrupt:
+        interrupted = True
+    except BaseException:
+        if view is not None and gen.result is not None:
+            view.finish(gen.result, footer=False)
+        raise
+    assert gen.result is not None
+    if view is not None:
+        view.finish(gen.result)
+    _wake_widgets()
+    if interrupted and on_interrupt == "raise":
+        raise KeyboardInterrupt
+    return gen.result
+
+
+def chat(message: str, *, model: str | None = None, system: str | None = None,
+         show: bool = False, format: str | None = None,  # noqa: A002
+         on_interrupt: Literal["raise", "return"] = "raise", **kwargs: Any) -> GenerationResult:
+    """One turn of the conversation kept for ``model``; ``system`` sets its system prompt.
+
+    A stopped answer is kept (it is what you saw); a failed turn is not recorded.
+    """
+    name = _manager().get(model).name
+    sys_text = system if system is not None else (get_config().system or None)
+    history = get_history()
+    msgs = history.prompt(name, message, system=sys_text)
+    gen = stream(message, model=name, messages=msgs, **kwargs)
+    try:
+        result = _run(gen, show=show, format=format, on_interrupt=on_interrupt)
+    except KeyboardInterrupt:
+        if gen.result is not None and gen.result.text:
+            history.record(name, message, gen.result.text, system=sys_text)
+        raise
+    if result.text or not result.stopped:
+        history.record(name, message, result.text, system=sys_text)
+    return result
+
+
+def reset_chat(model: str | None = None, *, all: bool = False) -> None:  # noqa: A002
+    """Forget the conversation with ``model`` (the default one), or all of them."""
+    if all:
+        get_history().reset()
+    else:
+        get_history().reset(_manager().get(model).name)
+
+
+def conversation(model: str | None = None) -> list[ChatMessage]:
+    """The messages of the conversation with ``model`` so far."""
+    return get_history().messages(_manager().get(model).name)
+
+
+def chat_history_markdown(model: str | None = None) -> str:
+    """The conversation with ``model`` as Markdown (what ``%mlx chat --history`` shows)."""
+    return get_history().render(_manager().get(model).name)
+
+
+def default_model() -> str | None:
+    """Name of the model used when ``model=`` is left out (None if nothing is loaded)."""
+    return _manager().default
+
+
+def tokenize(text: str, *, model: str | None = None) -> protocol.TokenizeResponse:
+    """Token ids and their text pieces, as the model's tokenizer splits ``text``."""
+    return _manager().get(model).tokenize(text)
+
+
+def status(model: str | None = None) -> Status:
+    """The runner's live status: state, progress, memory, context length, speed."""
+    return _manager().get(model).status()
+
+
+def ps() -> list[RunnerInfo]:
+    """One row per runner: name, model, state, memory, pid, idle time."""
+    return _manager().list()

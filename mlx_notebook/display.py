@@ -1,0 +1,189 @@
+"""Showing answers as they stream, and small text renderings (footer, ps table, tokens).
+
+>>> view = StreamView(format="markdown")   # doctest: +SKIP
+>>> view.start(); view.append("Hello"); view.finish(result)
+
+In a kernel the answer is one display output, updated through its display id at
+most ``rate`` times a second whatever the token rate; its final state is an
+ordinary ``text/plain`` (or ``text/markdown``) output, so it survives saving and
+renders on GitHub. A footer line follows. Without a kernel (terminal IPython, a
+script) pieces are printed as they come.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .api import GenerationResult
+    from .manager import RunnerInfo
+    from .protocol import TokenizeResponse
+
+Mode = Literal["auto", "display", "print"]
+PLACEHOLDER = "…"
+
+
+def in_kernel() -> bool:
+    """True inside a Jupyter kernel (a front end that can show rich output and widgets)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+class Throttle:
+    """Lets an action through at most ``rate`` times a second."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 1.0 / rate
+        self.clock = clock
+        self._last = float("-inf")
+
+    def ready(self) -> bool:
+        now = self.clock()
+        if now - self._last >= self.interval:
+            self._last = now
+            return True
+        return False
+
+
+def _bundle(text: str, fmt: str) -> dict[str, str]:
+    if fmt == "markdown":
+        return {"text/markdown": text, "text/plain": text}
+    return {"text/plain": text}
+
+
+class StreamView:
+    """The output of one streaming answer: start, append pieces, finish with the result."""
+
+    def __init__(self, format: str = "text", rate: float = 20.0, mode: Mode = "auto",  # noqa: A002
+                 footer: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+        if format not in ("text", "markdown"):
+            raise ValueError(f"format must be 'text' or 'markdown', got {format!r}")
+        self.format = format
+        self.mode: Mode = mode if mode != "auto" else ("display" if in_kernel() else "print")
+        self.show_footer = footer
+        self.throttle = Throttle(rate, clock)
+        self.text = ""
+        self.updates = 0  # display updates sent while streaming (not counting the final one)
+        self._shown = ""
+        self._handle: Any = None
+
+    def start(self) -> None:
+        if self.mode == "display":
+            from IPython.display import display
+
+            self._handle = display(_bundle(PLACEHOLDER, self.format), raw=True, display_id=True)
+
+    def append(self, piece: str) -> None:
+        self.text += piece
+        if self.mode == "print":
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        elif self.throttle.ready():
+            self._update(self.text)
+            self.updates += 1
+
+    def _update(self, text: str) -> None:
+        if self._handle is not None and text != self._shown:
+            self._handle.update(_bundle(text, self.format), raw=True)
+            self._shown = text
+
+    def finish(self, result: GenerationResult, footer: bool = True) -> None:
+        """Show the final text (``result.text``) and the footer line."""
+        line = footer_line(result) if footer and self.show_footer else ""
+        if self.mode == "print":
+            sys.stdout.write("\n")
+            if line:
+                sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            return
+        self._shown = None  # type: ignore[assignment]  # always send the final state
+        self._update(result.text)
+        if line:
+            from IPython.display import display
+
+            display({"text/plain": line,
+                     "text/html": f'<small style="opacity:.7">{html.escape(line)}</small>'},
+                    raw=True)
+
+
+def footer_line(result: GenerationResult) -> str:
+    """``12 tokens · prompt 9 · TTFT 0.31 s · 9.8 tok/s · 1.6 s · stop``."""
+    parts = [f"{result.completion_tokens} tokens", f"prompt {result.prompt_tokens}"]
+    if result.cached_tokens:
+        parts[-1] += f" ({result.cached_tokens} cached)"
+    parts += [f"TTFT {result.time_to_first_token:.2f} s",
+              f"{result.tokens_per_second:.1f} tok/s", f"{result.duration:.1f} s",
+              result.finish_reason]
+    if result.seed is not None:
+        parts.append(f"seed {result.seed}")
+    line = " · ".join(parts)
+    return f"[stopped] {line}" if result.stopped else line
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def ps_table(rows: Sequence[RunnerInfo], default: str | None = None) -> str:
+    """A text table of runners (``*`` marks the default)."""
+    if not rows:
+        return "No models loaded: run %mlx load demo"
+    head = ("NAME", "MODEL", "STATE", "MEMORY", "PEAK", "CONTEXT", "PID", "IDLE")
+    body = [(("*" if r.name == default else "") + r.name, r.model, r.state,
+             human_bytes(r.memory_active), human_bytes(r.memory_peak),
+             str(r.context_length or "-"), str(r.pid or "-"), _duration(r.idle_seconds))
+            for r in rows]
+    widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in (head, *body))
+
+
+def tokens_text(tok: TokenizeResponse) -> str:
+    """One token a line: id and its text piece (repr, so spaces and newlines show)."""
+    width = max((len(str(t)) for t in tok.tokens), default=1)
+    lines = [f"{len(tok.tokens)} tokens"]
+    lines += [f"{t:>{width}}  {p!r}" for t, p in zip(tok.tokens, tok.pieces, strict=False)]
+    return "\n".join(lines)
+
+
+def tokens_html(tok: TokenizeResponse) -> str:
+    """The pieces side by side in alternating boxes, ids in the tooltip."""
+    colors = ("#d7e8fc", "#fde2c4", "#d5f2d5", "#f6d5f2")
+    spans = [
+        f'<span title="{t}" style="background:{colors[i % 4]};color:#000;white-space:pre;'
+        f'border-radius:3px;padding:0 1px;margin-right:1px">'
+        f"{html.escape(p.replace(chr(10), chr(0x21B5) + chr(10))) or '&#8203;'}</span>"
+        for i, (t, p) in enumerate(zip(tok.tokens, tok.pieces, strict=False))
+    ]
+    return (f"<div><b>{len(tok.tokens)} tokens</b></div>"
+            f'<div style="font-family:monospace;line-height:1.8">{"".join(spans)}</div>')
+
+
+def show(text: str, html_text: str | None = None) -> None:
+    """Display text (and HTML, where a front end can render it)."""
+    bundle = {"text/plain": text}
+    if html_text is not None:
+        bundle["text/html"] = html_text
+    if in_kernel():
+        from IPython.display import display
+
+        display(bundle, raw=True)
+    else:
+        print(text)

@@ -1,0 +1,277 @@
+"""Live widgets (ipywidgets 8): runner status and memory, and a load progress bar.
+
+>>> from mlx_notebook.widgets import StatusWidget
+>>> StatusWidget()            # doctest: +SKIP   (what ``%mlx status`` shows)
+
+The status widget has one row per runner: name and model, state (loading /
+ready / generating / error), a progress bar while loading, a memory bar (active
+against the limit MLX may use, peak in the label), context length and the last
+tokens/s. A daemon thread polls the runners while something happens and parks
+after a few idle polls; a new load or generation wakes it (:func:`wake_all`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as w
+
+from .display import human_bytes, in_kernel
+from .errors import MLXNotebookError
+from .protocol import Status
+
+StatusSource = Callable[[], dict[str, Status]]
+_LIVE: weakref.WeakSet[StatusWidget] = weakref.WeakSet()
+
+
+def runner_statuses() -> dict[str, Status]:
+    """Status of every loaded runner; a runner that does not answer shows as ``error``."""
+    from .manager import get_manager
+
+    manager = get_manager()
+    out: dict[str, Status] = {}
+    for name in manager.names():
+        try:
+            out[name] = manager.get(name).status()
+        except MLXNotebookError as exc:
+            out[name] = Status(state="error", progress=0.0, pid=0, error=str(exc))
+    return out
+
+
+def state_label(status: Status) -> str:
+    """``generating`` is a ready runner with requests in flight."""
+    if status.state == "ready" and status.active_requests > 0:
+        return "generating"
+    return status.state
+
+
+def is_busy(status: Status) -> bool:
+    return status.state in ("loading", "stopping") or status.active_requests > 0
+
+
+_STATE_STYLE = {"loading": "info", "ready": "success", "generating": "warning",
+                "error": "danger", "stopping": "warning"}
+
+
+class RunnerRow(w.HBox):
+    """The widgets of one runner."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.title = w.HTML(layout=w.Layout(width="220px"))
+        self.state = w.Button(disabled=True, layout=w.Layout(width="95px"))
+        self.progress = w.FloatProgress(min=0, max=100, description="load",
+                                        layout=w.Layout(width="220px"))
+        self.memory = w.FloatProgress(min=0, max=100, description="memory",
+                                      layout=w.Layout(width="220px"))
+        self.info = w.HTML()
+        super().__init__([self.title, self.state, self.progress, self.memory, self.info])
+
+    def show(self, status: Status) -> None:
+        label = state_label(status)
+        mem = status.memory
+        limit = mem.limit or mem.rss or 1
+        with contextlib.ExitStack() as stack:
+            for child in self.children:
+                stack.enter_context(child.hold_sync())
+            model = status.model or status.source or "?"
+            self.title.value = f"<b>{html.escape(self.name)}</b> {html.escape(model)}"
+            self.state.description = label
+            self.state.button_style = _STATE_STYLE.get(label, "")
+            self.progress.value = float(status.progress)
+            self.progress.layout.display = "" if status.state == "loading" else "none"
+            self.memory.value = min(100.0, 100.0 * mem.active / limit)
+            self.memory.bar_style = "danger" if mem.active > 0.9 * limit else (
+                "warning" if mem.active > 0.7 * limit else "")
+            bits = [f"{human_bytes(mem.active)} active, peak {human_bytes(mem.peak)}"
+                    + (f" / {human_bytes(mem.limit)}" if mem.limit else "")]
+            if status.context_length:
+                bits.append(f"ctx {status.context_length}")
+            if status.last_tokens_per_second:
+                bits.append(f"{status.last_tokens_per_second:.1f} tok/s")
+            if status.state == "loading" and status.progress_message:
+                bits.append(status.progress_message)
+            if status.error:
+                bits.append(f"<span style='color:#c00'>{html.escape(status.error)}</span>")
+            self.info.value = " · ".join(bits)
+
+
+class StatusWidget(w.VBox):
+    """One row per runner, refreshed live while anything loads or generates.
+
+    >>> sw = StatusWidget(); sw.refresh()     # doctest: +SKIP
+    >>> sw.rows["demo"].state.description     # doctest: +SKIP
+    'ready'
+    """
+
+    def __init__(self, source: StatusSource | None = None, *, interval: float = 0.5,
+                 idle_polls: int = 3, poll: bool = True) -> None:
+        self.empty = w.HTML("No models loaded: run <code>%mlx load demo</code>")
+        super().__init__([self.empty])
+        self.source = source or runner_statuses
+        self.interval = interval
+        self.idle_polls = idle_polls
+        self.rows: dict[str, RunnerRow] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.polls = 0
+        self.refresh()
+        _LIVE.add(self)
+        if poll:
+            self.start()
+
+    def refresh(self, statuses: dict[str, Status] | None = None) -> bool:
+        """Redraw from ``statuses`` (default: ask the runners); True if any runner is busy."""
+        if statuses is None:
+            statuses = self.source()
+        with self.hold_sync():
+            for name in [n for n in self.rows if n not in statuses]:
+                self.rows.pop(name).close()
+            for name, status in statuses.items():
+                if name not in self.rows:
+                    self.rows[name] = RunnerRow(name)
+                self.rows[name].show(status)
+            self.children = [self.rows[n] for n in statuses] or [self.empty]
+        return any(is_busy(s) for s in statuses.values())
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="mlx-status", daemon=True)
+            self._thread.start()
+
+    def wake(self) -> None:
+        """Poll again (a load or a generation started)."""
+        self._wake.set()
+
+    @property
+    def polling(self) -> bool:
+        """True while the thread polls (False once parked because all is idle)."""
+        return self._thread is not None and self._thread.is_alive() and not self._parked
+
+    _parked = False
+
+    def _run(self) -> None:
+        idle = 0
+        while not self._stop.is_set():
+            if idle >= self.idle_polls:
+                self._parked = True
+                self._wake.wait()
+                self._parked = False
+                idle = 0
+            self._wake.clear()
+            self._wake.wait(self.interval)
+            if self._stop.is_set():
+                break
+            try:
+                busy = self.refresh()
+            except Exception:  # noqa: BLE001 - a broken poll must not kill the widget thread
+                busy = False
+            self.polls += 1
+            idle = 0 if busy else idle + 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        _LIVE.discard(self)
+        for row in self.rows.values():
+            row.close()
+        super().close()
+
+
+def wake_all() -> None:
+    """Wake every live status widget (called by the API when work starts)."""
+    for widget in list(_LIVE):
+        widget.wake()
+
+
+def status_text(statuses: dict[str, Status]) -> str:
+    """Text fallback of the status widget, one line per runner."""
+    if not statuses:
+        return "No models loaded: run %mlx load demo"
+    return "\n".join(f"{name}: {status_line(s)}" for name, s in statuses.items())
+
+
+def status_line(status: Status) -> str:
+    """``SmolLM2-135M-Instruct · ready · ctx 8192 · 95.0 MB active (peak 120.0 MB)``."""
+    bits = [status.model or status.source or "?", state_label(status)]
+    if status.state == "loading":
+        bits.append(f"{status.progress:.0f}% {status.progress_message}".rstrip())
+    if status.weights_format:
+        bits.append(status.weights_format)
+    if status.context_length:
+        bits.append(f"ctx {status.context_length}")
+    mem = status.memory
+    bits.append(f"{human_bytes(mem.active)} active (peak {human_bytes(mem.peak)})")
+    if status.error:
+        bits.append(status.error)
+    return " · ".join(bits)
+
+
+class LoadProgress:
+    """The progress bar of ``%mlx load``; becomes a one-line status when the model is ready.
+
+    >>> with LoadProgress("demo") as p:          # doctest: +SKIP
+    ...     client = manager.load("demo", on_progress=p.update)
+    ...     p.done(client.status())
+    """
+
+    def __init__(self, name: str, *, mode: str = "auto", clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.mode = mode if mode != "auto" else ("display" if in_kernel() else "print")
+        self.clock = clock
+        self.bar: w.FloatProgress | None = None
+        self.label: w.HTML | None = None
+        self._box: w.HBox | None = None
+        self._handle: Any = None
+        self._last_print = float("-inf")
+        self._last_text = ""
+
+    def __enter__(self) -> LoadProgress:
+        if self.mode == "display":
+            from IPython.display import display
+
+            self.bar = w.FloatProgress(min=0, max=100, description="loading",
+                                       layout=w.Layout(width="300px"))
+            self.label = w.HTML(html.escape(self.name))
+            self._box = w.HBox([self.bar, self.label])
+            self._handle = display(self._box, display_id=True)
+        return self
+
+    def update(self, status: Status) -> None:
+        text = f"{self.name}: {status.progress:.0f}% {status.progress_message}".rstrip()
+        if self.bar is not None and self.label is not None:
+            with self.bar.hold_sync():
+                self.bar.value = float(status.progress)
+                self.label.value = html.escape(text)
+        elif text != self._last_text and self.clock() - self._last_print >= 1.0:
+            print(text, flush=True)
+            self._last_print, self._last_text = self.clock(), text
+
+    def message(self, text: str) -> None:
+        if self.label is not None:
+            self.label.value = html.escape(f"{self.name}: {text}")
+        else:
+            print(f"{self.name}: {text}", flush=True)
+
+    def done(self, status: Status) -> None:
+        line = f"{self.name}: {status_line(status)}"
+        if self._handle is not None:
+            self._handle.update({"text/plain": line}, raw=True)
+            self._handle = None
+        else:
+            print(line, flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:  # failed: leave a line saying so, not a frozen bar
+            self._handle.update({"text/plain": f"{self.name}: loading failed"}, raw=True)
+        for widget in (self._box, self.bar, self.label):
+            if widget is not None:
+                widget.close()
