@@ -147,3 +147,87 @@ def make_tiny_model(path: Path, *, seed: int = 0, vocab_size: int = 384) -> Path
     }
     mx.save_safetensors(str(path / "model.safetensors"), arrays, metadata={"format": "mlx"})
     return path
+
+
+def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's Q/K row order (what its HF -> GGUF converter writes)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+_GGUF_NAMES = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+
+
+def make_tiny_gguf(model_dir: Path, path: Path) -> Path:
+    """Write the tiny model folder as an F32 GGUF file the way llama.cpp would lay it out.
+
+    Loading it through the GGUF converter must give the same greedy text as the folder:
+    that checks the Q/K un-permutation, the config and the rebuilt tokenizer at once.
+    """
+    import mlx.core as mx
+
+    config = json.loads((model_dir / "config.json").read_text())
+    tok = json.loads((model_dir / "tokenizer.json").read_text())
+    tok_config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    vocab = tok["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.__getitem__)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    specials = {t["content"] for t in tok["added_tokens"] if t["special"]}
+    types = [3 if t in specials else 1 for t in tokens]
+
+    weights = {}
+    for name, w in mx.load(str(model_dir / "model.safetensors")).items():
+        arr = np.array(w)
+        if name == "model.embed_tokens.weight":
+            weights["token_embd.weight"] = arr
+            continue
+        if name == "model.norm.weight":
+            weights["output_norm.weight"] = arr
+            continue
+        _, _, layer, rest = name.split(".", 3)
+        module, _, param = rest.rpartition(".")
+        if module == "self_attn.q_proj":
+            arr = _llama_cpp_permute(arr, config["num_attention_heads"])
+        elif module == "self_attn.k_proj":
+            arr = _llama_cpp_permute(arr, config["num_key_value_heads"])
+        weights[f"blk.{layer}.{_GGUF_NAMES[module]}.{param}"] = arr
+
+    def u32(v: int) -> mx.array:
+        return mx.array(v, dtype=mx.uint32)
+
+    metadata = {
+        "general.architecture": "llama",
+        "general.name": "tiny",
+        "general.file_type": u32(0),
+        "llama.context_length": u32(config["max_position_embeddings"]),
+        "llama.embedding_length": u32(config["hidden_size"]),
+        "llama.feed_forward_length": u32(config["intermediate_size"]),
+        "llama.block_count": u32(config["num_hidden_layers"]),
+        "llama.attention.head_count": u32(config["num_attention_heads"]),
+        "llama.attention.head_count_kv": u32(config["num_key_value_heads"]),
+        "llama.attention.key_length": u32(config["head_dim"]),
+        "llama.attention.layer_norm_rms_epsilon": mx.array(config["rms_norm_eps"]),
+        "llama.rope.freq_base": mx.array(config["rope_theta"]),
+        "llama.vocab_size": u32(len(tokens)),
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "gpt2",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.token_type": mx.array(types, dtype=mx.int32),
+        "tokenizer.ggml.bos_token_id": u32(vocab[tok_config["bos_token"]]),
+        "tokenizer.ggml.eos_token_id": u32(vocab[tok_config["eos_token"]]),
+        "tokenizer.chat_template": tok_config["chat_template"],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mx.save_gguf(str(path), {k: mx.array(v) for k, v in weights.items()}, metadata)
+    return path
