@@ -36,8 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-auth", action="store_true",
                         help=f"serve without a token (only when {TOKEN_ENV} is unset; loopback only)")
     parser.add_argument("--context", type=int, default=None, help="cap the context length")
-    parser.add_argument("--dtype", default=None,
-                        help="cast weights: float32, bfloat16, float16 (default: keep)")
+    parser.add_argument("--dtype", default="auto",
+                        help="weights: auto (float32 on a CPU with OpenBLAS, else the model's "
+                             "own), native, float32, bfloat16, float16")
+    parser.add_argument("--no-openblas", action="store_true",
+                        help="do not preload a system OpenBLAS for the CPU backend")
     parser.add_argument("--max-batch", type=int, default=8,
                         help="concurrent generations decoded together (default 8)")
     parser.add_argument("--prompt-cache-bytes", type=int, default=None,
@@ -52,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(raw_argv)
+    if not args.prefetch and not args.no_openblas:
+        from .fastblas import reexec_with_openblas
+
+        reexec_with_openblas(raw_argv)
     if args.prefetch:
         return _prefetch(args.model)
     token = os.environ.get(TOKEN_ENV) or None

@@ -129,7 +129,8 @@ class Engine:
 
     def _main(self) -> None:
         try:
-            self.loaded = load_model(self.spec, progress=self._on_load_progress, dtype=self.dtype)
+            self.loaded = load_model(self.spec, progress=self._on_load_progress,
+                                     dtype=_resolve_dtype(self.dtype))
         except Exception as exc:  # the load error is reported, not raised: the process exits
             self.error = " ".join(str(exc).split()) or type(exc).__name__
             self.state = "error"
@@ -295,6 +296,16 @@ class Engine:
             if not job.finished:
                 job.finished = True
                 job.events.put(ErrorEvent(error=message, request_id=job.request_id))
+
+
+def _resolve_dtype(dtype: str | None) -> str | None:
+    if dtype in (None, "native"):
+        return None
+    if dtype == "auto":
+        from .fastblas import auto_dtype
+
+        return auto_dtype(mx.default_device().type.name.lower())
+    return dtype
 
 
 def runner_device() -> str:
