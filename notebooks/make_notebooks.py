@@ -1,0 +1,273 @@
+"""Write the three example notebooks (outputs stripped) from the text below.
+
+    python notebooks/make_notebooks.py          # rewrite notebooks/*.ipynb
+    python notebooks/make_notebooks.py --check  # exit 1 if a notebook differs
+
+Edit the notebooks here, not in JupyterLab, so that the repository keeps them
+without outputs; tests/test_notebooks.py executes all three with the demo model.
+Cells tagged (metadata.tags) are the ones the tests look at.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+
+def md(text: str) -> nbformat.NotebookNode:
+    return new_markdown_cell(text.strip("\n"))
+
+
+def code(text: str, *tags: str) -> nbformat.NotebookNode:
+    cell = new_code_cell(text.strip("\n"))
+    if tags:
+        cell.metadata["tags"] = list(tags)
+    return cell
+
+
+QUICKSTART = [
+    md("""
+# mlx_notebook: quickstart
+
+Run a local language model from this notebook. The model runs with
+[MLX](https://github.com/ml-explore/mlx) in a separate process (a *runner*), so
+a crash or an out-of-memory kill there never takes the kernel down.
+
+`demo` is SmolLM2-135M-Instruct: small (about 100 MB), quick to load, and good
+enough for simple questions. The first `%mlx load demo` on a machine downloads
+and converts it once; later loads come from the cache.
+"""),
+    code("%load_ext mlx_notebook", "load_ext"),
+    md("""
+## Load a model
+
+A progress bar shows the download and the loading, then one status line.
+"""),
+    code("%mlx load demo", "load"),
+    md("""
+## Generate
+
+The cell body is the prompt. The answer streams into the cell as it is made,
+then a footer line tells the token count, the time to the first token and the
+speed. `--temp 0` (the default) picks the most likely token every time.
+"""),
+    code("%%mlx generate --max-tokens 24\nWhat is the capital of France?", "generate"),
+    md("""
+## Chat
+
+`%%mlx chat` keeps the conversation: each turn sees the earlier ones.
+"""),
+    code("%%mlx chat --max-tokens 24\nHi! Please answer in one short sentence. What color is the sky?",
+         "chat1"),
+    code("%%mlx chat --max-tokens 24\nAnd what color is grass?", "chat2"),
+    md("""
+## The status widget
+
+Model, state, memory of the runner and the speed of the last answer; it
+updates live while the model loads or generates.
+"""),
+    code("%mlx status", "status"),
+    md("""
+## Keep an answer in a variable
+
+`-o NAME` stores the result: the text and how it was made.
+"""),
+    code("%%mlx generate -o answer --max-tokens 16\nName a fruit that is yellow.", "capture"),
+    code("print(answer.text)\n"
+         "print(answer.finish_reason, answer.completion_tokens, 'tokens')", "use_capture"),
+    md("""
+The same from plain Python, for scripts:
+"""),
+    code("import mlx_notebook as mn\n\n"
+         "result = mn.generate('What is 2 + 2?', max_tokens=12)\n"
+         "result", "python_api"),
+    md("""
+## Unload
+
+Stop the runner and free its memory (`%mlx unload --all` stops every runner).
+"""),
+    code("%mlx unload demo\n%mlx ps", "unload"),
+    md("""
+Next: `teaching.ipynb` (tokens, temperature, speed and memory) and
+`prompt_experiments.ipynb` (templates, loops, system prompts, stop strings).
+`%mlx help` lists every command.
+"""),
+]
+
+
+TEACHING = [
+    md("""
+# How a language model answers: tokens, sampling, speed, memory
+
+A small model (`demo`, SmolLM2-135M-Instruct) is enough to see how it works.
+"""),
+    code("%load_ext mlx_notebook\n%mlx load demo", "load"),
+    md("""
+## 1. Tokens
+
+A model does not read letters or words but *tokens*: pieces of text from a fixed
+vocabulary, each with an id. Common words are one token, rare words are split.
+"""),
+    code("%mlx tokenize The capital of France is Paris.", "tokenize"),
+    code("%mlx tokenize Unbelievably, tokenization splits rare words.", "tokenize_rare"),
+    md("""
+The model generates one token at a time: at each step it scores every token of
+its vocabulary, one of them is picked, appended, and the step repeats.
+"""),
+    code("import mlx_notebook as mn\n\n"
+         "tokens = mn.tokenize('Hello world! Hello world!')\n"
+         "tokens", "tokenize_api"),
+    md("""
+## 2. Temperature: how the next token is picked
+
+With `--temp 0` the most likely token is always taken (*greedy*): the same
+prompt gives the same answer every time.
+"""),
+    code("%%mlx generate --temp 0 --max-tokens 20 -o greedy1\nWrite a short title for a story about a cat.",
+         "greedy1"),
+    code("%%mlx generate --temp 0 --max-tokens 20 -o greedy2\nWrite a short title for a story about a cat.",
+         "greedy2"),
+    code("greedy1.text == greedy2.text", "greedy_same"),
+    md("""
+A higher temperature flattens the scores, so less likely tokens get picked too:
+answers vary. The *seed* fixes the random choices: the same seed gives the same
+answer again, another seed another answer.
+"""),
+    code("%%mlx generate --temp 1.0 --seed 1 --max-tokens 20 -o hot1\nWrite a short title for a story about a cat.",
+         "hot1"),
+    code("%%mlx generate --temp 1.0 --seed 2 --max-tokens 20 -o hot2\nWrite a short title for a story about a cat.",
+         "hot2"),
+    code("again = mn.generate('Write a short title for a story about a cat.',\n"
+         "                     temperature=1.0, seed=1, max_tokens=20)\n"
+         "print('seed 1 again, same answer:', again.text == hot1.text)\n"
+         "print('seed 2, another answer:   ', hot2.text != hot1.text)", "seeds"),
+    md("""
+## 3. Top-p: cutting off the unlikely tail
+
+`--top-p 0.1` keeps only the most likely tokens whose probabilities add up to
+10 %, then samples among them: even at a high temperature the answer stays
+close to the greedy one. `--top-p 1.0` keeps them all.
+"""),
+    code("%%mlx generate --temp 1.5 --top-p 0.1 --seed 3 --max-tokens 20\nWrite a short title for a story about a cat.",
+         "top_p"),
+    md("""
+## 4. Speed and memory
+
+The footer under each answer shows two speeds. *Time to first token* is the
+time to read the prompt (all its tokens at once); *tokens/s* is the decode
+speed, one token per step. The result object keeps them:
+"""),
+    code("print(f'prompt: {hot1.prompt_tokens} tokens, first token after {hot1.time_to_first_token:.2f} s')\n"
+         "print(f'answer: {hot1.completion_tokens} tokens at {hot1.tokens_per_second:.1f} tokens/s')",
+         "speed"),
+    md("""
+The status widget shows the runner's memory: the weights (about 100 MB for this
+4-bit model), plus the *KV cache* that grows with every token of the
+conversation, against the memory the machine has. *peak* is the most it used.
+"""),
+    code("%mlx status", "status"),
+    code("%mlx ps", "ps"),
+    code("%mlx unload --all", "unload"),
+]
+
+
+PROMPT_EXPERIMENTS = [
+    md("""
+# Prompt experiments
+
+Templates, loops over prompts, system prompts and stop strings.
+"""),
+    code("%load_ext mlx_notebook\n%mlx load demo", "load"),
+    md("""
+## Templates with `{variables}`
+
+`{name}` in the cell is filled from the notebook's variables (write `{{` for a
+literal brace). A name that does not exist is an error, never a silent blank.
+"""),
+    code("country = 'Italy'", "var"),
+    code("%%mlx generate --max-tokens 16\nWhat is the capital of {country}?", "template"),
+    md("""
+## A loop over prompts, collected into a table
+
+The Python API returns a result object for each answer; collect them.
+"""),
+    code("""
+import mlx_notebook as mn
+from IPython.display import Markdown
+
+template = 'What is the capital of {}? Answer in one short sentence.'
+rows = []
+for country in ['France', 'Germany', 'Spain']:
+    r = mn.generate(template.format(country), max_tokens=16)
+    rows.append((country, r.text.strip().replace('\\n', ' '), r.completion_tokens,
+                 f'{r.tokens_per_second:.1f}'))
+
+table = '| country | answer | tokens | tokens/s |\\n|---|---|---|---|\\n'
+table += '\\n'.join('| ' + ' | '.join(map(str, row)) + ' |' for row in rows)
+Markdown(table)
+""", "table"),
+    md("""
+## System prompts
+
+A system prompt sets the role and the style for the whole answer.
+"""),
+    code("%%mlx generate --max-tokens 24 --system \"You are a pirate. Talk like a pirate.\"\nSay hello.",
+         "system"),
+    md("""
+## Stop strings
+
+Generation ends as soon as the text contains a stop string (the stop string
+itself is left out). Here the count stops before it reaches 5.
+"""),
+    code("%%mlx generate --max-tokens 40 --stop 5 -o stopped\nCount from 1 to 10, separated by commas.",
+         "stop"),
+    code("print(repr(stopped.text))\nprint('finished because of:', stopped.finish_reason)",
+         "stop_reason"),
+    code("%mlx unload --all", "unload"),
+]
+
+
+NOTEBOOKS = {
+    "quickstart.ipynb": QUICKSTART,
+    "teaching.ipynb": TEACHING,
+    "prompt_experiments.ipynb": PROMPT_EXPERIMENTS,
+}
+
+
+def build(cells: list[nbformat.NotebookNode]) -> nbformat.NotebookNode:
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                 "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    # stable ids, so regenerating does not churn the diff
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i:02d}"
+    nbformat.validate(nb)
+    return nb
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    stale = []
+    for name, cells in NOTEBOOKS.items():
+        text = nbformat.writes(build(cells)) + "\n"
+        path = HERE / name
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        print(f"out of date: {', '.join(stale)} (run python notebooks/make_notebooks.py)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
