@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -92,6 +93,80 @@ def file_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+# ggml tensor types MLX keeps as they are (bytes per element, with the affine scales and
+# biases MLX adds for the quantized ones); every other type is cast to float16 on load.
+_GGML_KEPT = {0: 4.0, 1: 2.0, 30: 2.0, 2: 0.625, 3: 0.625, 8: 1.125}
+_GGML_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0",
+               10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 30: "BF16"}  # fmt: skip
+# GGUF metadata value types -> struct format (8: string and 9: array are read by hand).
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GGUFSummary:
+    """What a GGUF file holds, read from its header: enough for the memory pre-flight."""
+
+    tensor_types: dict[str, int]  # type name -> tensor count
+    loaded_bytes: int  # weight bytes once loaded by MLX
+    cast_to_float16: list[str]  # the type names MLX will cast to float16
+
+
+def read_gguf_summary(path: Path) -> GGUFSummary:
+    """Parse the GGUF header (no tensor data, no MLX); raises ValueError if it is damaged."""
+    with path.open("rb") as f:
+
+        def read(fmt: str) -> Any:
+            size = struct.calcsize("<" + fmt)
+            data = f.read(size)
+            if len(data) != size:
+                raise ValueError(f"{path} ends inside its GGUF header")
+            return struct.unpack("<" + fmt, data)[0]
+
+        def skip_string() -> None:
+            f.seek(read("Q"), os.SEEK_CUR)
+
+        def skip_value(kind: int) -> None:
+            if kind == 8:
+                skip_string()
+            elif kind == 9:
+                item, count = read("I"), read("Q")
+                if item in _GGUF_SCALARS:
+                    f.seek(struct.calcsize("<" + _GGUF_SCALARS[item]) * count, os.SEEK_CUR)
+                else:
+                    for _ in range(count):
+                        skip_value(item)
+            elif kind in _GGUF_SCALARS:
+                read(_GGUF_SCALARS[kind])
+            else:
+                raise ValueError(f"{path} has an unknown GGUF value type {kind}")
+
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        if read("I") < 2:
+            raise ValueError(f"{path} is GGUF version 1, which is not supported")
+        n_tensors, n_kv = read("Q"), read("Q")
+        for _ in range(n_kv):
+            skip_string()
+            skip_value(read("I"))
+        types: dict[str, int] = {}
+        loaded, cast = 0.0, set()
+        for _ in range(n_tensors):
+            skip_string()
+            n = 1
+            for _ in range(read("I")):
+                n *= read("Q")
+            kind = read("I")
+            read("Q")  # offset
+            name = _GGML_NAMES.get(kind, f"type {kind}")
+            types[name] = types.get(name, 0) + 1
+            if kind in _GGML_KEPT:
+                loaded += n * _GGML_KEPT[kind]
+            else:
+                loaded += 2 * n
+                cast.add(name)
+    return GGUFSummary(types, int(loaded), sorted(cast))
+
+
 def demo_gguf_path() -> Path:
     """Where the demo GGUF lives once extracted from its wheel."""
     return downloads_dir() / Path(DEMO_GGUF_MEMBER).name
@@ -149,6 +224,11 @@ def estimate_weight_bytes(spec: str) -> int | None:
         return None
     if where is None:
         return DEMO_WEIGHT_BYTES if parsed.kind == "demo" else None
+    if where.is_file():  # a GGUF not converted yet: size it as MLX will hold it
+        try:
+            return read_gguf_summary(where).loaded_bytes
+        except (OSError, ValueError):
+            return None
     return _weight_bytes(where) or None
 
 

@@ -17,6 +17,7 @@ from mlx_notebook.model_files import (
     estimate_weight_bytes,
     model_context_length,
     parse_spec,
+    read_gguf_summary,
 )
 from tests.tiny_model import make_tiny_gguf
 
@@ -71,7 +72,9 @@ def test_gguf_file_and_hf_snapshot_estimates(
 
     monkeypatch.setenv("MLX_NOTEBOOK_CACHE", str(tmp_path / "cache"))
     gguf = make_tiny_gguf(tiny_model_dir, tmp_path / "t.gguf")
-    assert estimate_weight_bytes(str(gguf)) == gguf.stat().st_size
+    summary = read_gguf_summary(gguf)
+    assert summary.tensor_types == {"F32": 20} and summary.cast_to_float16 == []
+    assert estimate_weight_bytes(str(gguf)) == summary.loaded_bytes == 394_496
     assert model_context_length(str(gguf)) is None  # no config.json until converted
 
     from mlx_notebook.runner.models import prefetch
@@ -111,3 +114,24 @@ def test_demo_estimates_match_the_loaded_model(demo_model_ready: Path) -> None:
     assert abs(DEMO_WEIGHT_BYTES - lm.weight_bytes) / lm.weight_bytes < 0.01
     assert model_context_length("demo") == lm.context_length == DEMO_CONTEXT_LENGTH
     assert estimate_kv_bytes("demo", 1000) == 46_080_000
+
+
+def test_gguf_summary_rejects_damaged_headers(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"hello")
+    with pytest.raises(ValueError, match="is not a GGUF file"):
+        read_gguf_summary(junk)
+    junk.write_bytes(b"GGUF\x03\x00\x00\x00\x01")
+    with pytest.raises(ValueError, match="ends inside its GGUF header"):
+        read_gguf_summary(junk)
+    assert estimate_weight_bytes(str(junk)) is None
+
+
+@pytest.mark.slow
+def test_demo_gguf_summary(demo_model_ready: Path) -> None:
+    from mlx_notebook.runner.demo import fetch_demo_gguf
+
+    summary = read_gguf_summary(fetch_demo_gguf())
+    assert summary.tensor_types == {"Q4_1": 210, "Q8_0": 1, "F32": 61}
+    assert summary.cast_to_float16 == []
+    assert abs(summary.loaded_bytes - DEMO_WEIGHT_BYTES) / DEMO_WEIGHT_BYTES < 0.01

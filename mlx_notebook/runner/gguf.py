@@ -19,6 +19,8 @@ from typing import Any
 
 import mlx.core as mx
 
+from mlx_notebook.model_files import read_gguf_summary
+
 Progress = Callable[[float, str], None]
 
 # llama.cpp's LLAMA_FTYPE values (general.file_type), for human-readable formats.
@@ -255,10 +257,10 @@ def convert_gguf(path: Path, folder: Path, progress: Progress | None = None) -> 
     converted = convert_weights(
         weights, config["num_attention_heads"], config["num_key_value_heads"]
     )
-    ftype = file_type_name(metadata)
-    cast = ftype not in ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0") and any(
-        w.dtype == mx.float16 and w.ndim == 2 for w in converted.values()
-    )
+    try:
+        cast = read_gguf_summary(path).cast_to_float16
+    except ValueError as exc:
+        raise GGUFError(str(exc)) from exc
     folder.mkdir(parents=True, exist_ok=True)
     report(40.0, "writing tokenizer")
     write_tokenizer(metadata, folder)
@@ -266,4 +268,4 @@ def convert_gguf(path: Path, folder: Path, progress: Progress | None = None) -> 
     report(50.0, "writing weights")
     mx.save_safetensors(str(folder / "model.safetensors"), converted, metadata={"format": "mlx"})
     report(100.0, "converted")
-    return {"gguf_type": ftype, "cast_to_float16": cast}
+    return {"gguf_type": file_type_name(metadata), "cast_to_float16": cast}

@@ -342,8 +342,8 @@ def load_model(
             # A damaged cache entry whose sizes still matched: convert once more.
             folder, facts = _converted(parsed, fetch, force=True)
             model, tok, config, fmt = _load_folder(folder, load, dtype)
-        if facts.get("cast_to_float16"):
-            fmt = f"{fmt} (cast from {facts.get('gguf_type')} GGUF)"
+        if cast := facts.get("cast_to_float16"):
+            fmt = f"{fmt} (cast from {facts.get('gguf_type')} GGUF: {', '.join(cast)})"
         name = "demo" if parsed.kind == "demo" else Path(facts["source"]).name
         return _loaded(
             model, tok, config, fmt, name=name, source=facts["source"],
