@@ -6,6 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mlx_notebook.model_files import ModelLoadError, converted_folder, parse_spec
@@ -194,3 +195,51 @@ def test_demo_in_float32_answers_paris(demo_model_ready: Path) -> None:
     assert lm.weights_format.startswith("float32 (from 4-bit affine")
     assert lm.weight_bytes > 500_000_000
     assert "Paris" in greedy(lm, max_tokens=10)
+
+
+def test_sentencepiece_tokenizer_rebuilt_from_gguf_metadata(tmp_path: Path) -> None:
+    """A Llama-2-style GGUF vocabulary (tokens + scores, no merges) tokenizes as the original."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    from mlx_notebook.runner.gguf import write_tokenizer
+
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    original = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    original.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+    )
+    original.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
+    original.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens], show_progress=False
+    )
+    corpus = [
+        "The capital of France is Paris.",
+        "Notebooks run code in cells and show the output.",
+        "Small models answer simple questions quickly.",
+    ]
+    original.train_from_iterator(corpus * 10, trainer=trainer)
+    vocab = original.get_vocab()
+    tokens = sorted(vocab, key=vocab.__getitem__)
+    types = [
+        3 if t in ("<s>", "</s>") else 2 if t == "<unk>" else 6 if t in byte_tokens else 1
+        for t in tokens
+    ]
+    metadata = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": np.array([-float(i) for i in range(len(tokens))]),
+        "tokenizer.ggml.token_type": np.array(types),
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.add_bos_token": True,
+    }
+    write_tokenizer(metadata, tmp_path)
+    rebuilt = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    for text in [*corpus, "Paris answers questions in notebooks", "Zoë asks: ¿qué? 🙂"]:
+        ids = rebuilt.encode(text).ids
+        assert ids == [1, *original.encode(text).ids], text
+        assert rebuilt.decode(ids) == text

@@ -200,30 +200,91 @@ def _pre_tokenizer(pre: str | None) -> Any:
     return pre_tokenizers.Sequence([split, byte_level])
 
 
-def write_tokenizer(metadata: dict[str, Any], folder: Path) -> None:
-    """Rebuild a byte-level BPE tokenizer (GPT-2 style) from GGUF metadata."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
+def _gpt2_model(metadata: dict[str, Any], tokens: list[str]) -> Any:
+    """Byte-level BPE (GPT-2 style): vocabulary plus the merges stored in the file."""
+    from tokenizers import Tokenizer, decoders, models, processors
 
-    kind = _scalar(metadata, "tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise GGUFError(f"GGUF tokenizer model {kind!r} is not supported (only 'gpt2' BPE)")
-    tokens: list[str] = list(metadata["tokenizer.ggml.tokens"])
     merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges", [])]
-    types = metadata.get("tokenizer.ggml.token_type")
-    types = [int(t) for t in types.tolist()] if types is not None else [1] * len(tokens)
-
     vocab = {tok: i for i, tok in enumerate(tokens)}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
     tok.pre_tokenizer = _pre_tokenizer(_scalar(metadata, "tokenizer.ggml.pre"))
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok
+
+
+def _spm_model(metadata: dict[str, Any], tokens: list[str]) -> Any:
+    """SentencePiece BPE (Llama 2, Mistral): merges recovered from the token scores.
+
+    Every split of a token into two known tokens is a merge, ranked by the score of
+    the merged token, as SentencePiece would apply them; unknown bytes fall back to
+    the ``<0xNN>`` tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    scores = metadata.get("tokenizer.ggml.scores")
+    scores = scores.tolist() if scores is not None else [-float(i) for i in range(len(tokens))]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    merges: list[tuple[str, str, float]] = []
+    for piece, score in sorted(zip(tokens, scores, strict=False), key=lambda ts: -ts[1]):
+        splits = [
+            (piece[:i], piece[i:], score)
+            for i in range(1, len(piece))
+            if piece[:i] in vocab and piece[i:] in vocab
+        ]
+        merges.extend(sorted(splits, key=lambda m: (vocab[m[0]], vocab[m[1]])))
+    merges.sort(key=lambda m: -m[2])
+    unk = _scalar(metadata, "tokenizer.ggml.unknown_token_id", 0)
+    tok = Tokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=[(a, b) for a, b, _ in merges],
+            unk_token=tokens[int(unk)],
+            fuse_unk=True,
+            byte_fallback=True,
+        )
+    )
+    prefix = _scalar(metadata, "tokenizer.ggml.add_space_prefix", True)
+    steps = [normalizers.Prepend("\u2581")] if prefix else []
+    tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "\u2581")])
+    strip = [decoders.Strip(" ", 1, 0)] if prefix else []
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), *strip]
+    )
+    return tok
+
+
+def write_tokenizer(metadata: dict[str, Any], folder: Path) -> None:
+    """Rebuild the tokenizer (GPT-2 BPE or SentencePiece BPE) from GGUF metadata."""
+    from tokenizers import AddedToken, processors
+
+    kind = _scalar(metadata, "tokenizer.ggml.model")
+    tokens: list[str] = list(metadata["tokenizer.ggml.tokens"])
+    types = metadata.get("tokenizer.ggml.token_type")
+    types = [int(t) for t in types.tolist()] if types is not None else [1] * len(tokens)
+    if kind == "gpt2":
+        tok = _gpt2_model(metadata, tokens)
+    elif kind == "llama":
+        tok = _spm_model(metadata, tokens)
+    else:
+        raise GGUFError(f"GGUF tokenizer model {kind!r} is not supported (only 'gpt2', 'llama')")
     # CONTROL (3) and USER_DEFINED (4) tokens are matched whole, before BPE.
-    special = [
-        AddedToken(tokens[i], special=types[i] == 3, normalized=False)
-        for i in range(len(tokens))
-        if types[i] in (3, 4)
-    ]
-    tok.add_tokens(special)
+    tok.add_tokens(
+        [
+            AddedToken(tokens[i], special=types[i] == 3, normalized=False)
+            for i in range(len(tokens))
+            if types[i] in (3, 4)
+        ]
+    )
+    bos_id = _scalar(metadata, "tokenizer.ggml.bos_token_id")
+    add_bos = bool(_scalar(metadata, "tokenizer.ggml.add_bos_token", kind == "llama"))
+    if add_bos and bos_id is not None:
+        bos = (tokens[int(bos_id)], int(bos_id))
+        bos_step = processors.TemplateProcessing(
+            single=f"{bos[0]} $A", pair=f"{bos[0]} $A {bos[0]} $B", special_tokens=[bos]
+        )
+        steps = [tok.post_processor] if tok.post_processor is not None else []
+        tok.post_processor = processors.Sequence([*steps, bos_step])
     tok.save(str(folder / "tokenizer.json"))
 
     def token(key: str) -> str | None:
@@ -236,7 +297,7 @@ def write_tokenizer(metadata: dict[str, Any], folder: Path) -> None:
         "eos_token": token("eos_token_id"),
         "unk_token": token("unknown_token_id"),
         "pad_token": token("padding_token_id"),
-        "add_bos_token": bool(_scalar(metadata, "tokenizer.ggml.add_bos_token", False)),
+        "add_bos_token": add_bos,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": int(_scalar(metadata, "llama.context_length", 0) or 2048),
