@@ -50,6 +50,13 @@ A progress bar shows the download and the loading, then one status line.
 """),
     code("%mlx load demo", "load"),
     md("""
+## The status widget
+
+Model, state (loading / ready / generating), the runner's memory and the speed
+of the last answer. It updates live: watch it while the next cells run.
+"""),
+    code("%mlx status", "status"),
+    md("""
 ## Generate
 
 The cell body is the prompt. The answer streams into the cell as it is made,
@@ -65,13 +72,6 @@ speed. `--temp 0` (the default) picks the most likely token every time.
     code("%%mlx chat --max-tokens 24\nHi! Please answer in one short sentence. What color is the sky?",
          "chat1"),
     code("%%mlx chat --max-tokens 24\nAnd what color is grass?", "chat2"),
-    md("""
-## The status widget
-
-Model, state, memory of the runner and the speed of the last answer; it
-updates live while the model loads or generates.
-"""),
-    code("%mlx status", "status"),
     md("""
 ## Keep an answer in a variable
 

@@ -183,41 +183,52 @@ def test_quickstart_in_jupyterlab(lab, page):
     page.locator(".lm-Menu-item[data-command='runmenu:restart-and-run-all']").click()
     page.locator(".jp-Dialog .jp-mod-accept").click()
 
+    gen_i = _code_cell_index("%%mlx generate --max-tokens")
+    st_i = _code_cell_index("%mlx status")
+    gen_out = cells.nth(gen_i).locator(".jp-OutputArea")
+
+    def wait(what: str, check) -> None:
+        try:
+            check()
+        except AssertionError:
+            stderr = panel.locator(
+                ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+            raise AssertionError(f"{what}; stderr outputs: {stderr.all_inner_texts()}") from None
+
+    # the streamed answer is complete when its footer line (tokens, TTFT, tok/s) is there
+    wait("no finished answer",
+         lambda: expect(gen_out).to_contain_text("tok/s", timeout=RUN_TIMEOUT_MS))
+    # screenshot for the README now, while the model is loaded (the last cell unloads it)
+    page.evaluate("() => document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) "
+                  ".jp-WindowedPanel-outer')?.scrollTo(0, 0)")
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+
     # every code cell ran: prompts [1]..[n], none left at [*] or [ ]
     last_prompt = cells.nth(n_code - 1).locator(".jp-InputPrompt")
-    try:
-        expect(last_prompt).to_have_text(re.compile(r"\[\d+\]:"), timeout=RUN_TIMEOUT_MS)
-    except AssertionError:
-        errors = panel.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
-        raise AssertionError(f"run-all did not finish; stderr outputs: {errors.all_inner_texts()}") from None
+    wait("run-all did not finish",
+         lambda: expect(last_prompt).to_have_text(re.compile(r"\[\d+\]:"),
+                                                  timeout=RUN_TIMEOUT_MS))
     prompts = [t.strip() for t in cells.locator(".jp-InputPrompt").all_inner_texts()]
     assert prompts == [f"[{i}]:" for i in range(1, n_code + 1)], prompts
     expect(page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle")
 
     # the streamed answer: visible, right, and it grew while it streamed
-    gen_i = _code_cell_index("%%mlx generate --max-tokens")
-    gen_out = cells.nth(gen_i).locator(".jp-OutputArea")
     expect(gen_out).to_be_visible()
     expect(gen_out).to_contain_text("Paris")
-    seen = page.evaluate("() => window.__seen")[str(gen_i)]
-    partial = [s for s in seen if "Paris" not in s and s.strip()]
-    assert len(partial) >= 2, f"answer did not stream (distinct texts seen: {seen})"
+    seen = page.evaluate("() => window.__seen")
+    partial = [s for s in seen[str(gen_i)] if "Paris" not in s and s.strip()]
+    assert len(partial) >= 2, f"answer did not stream (texts seen: {seen[str(gen_i)]})"
+    growing = [s for s in seen[str(gen_i)] if s.strip()]
+    assert any(b.startswith(a.strip()) and len(b) > len(a) for a, b in
+               zip(growing, growing[1:], strict=False)), growing
 
-    # the status widget: a live ipywidget showing the demo model
-    st_i = _code_cell_index("%mlx status")
+    # the status widget: a live ipywidget that showed the demo model, ready
     widget = cells.nth(st_i).locator(".jp-OutputArea .jupyter-widgets").first
     expect(widget).to_be_visible()
-    st_seen = " ".join(page.evaluate("() => window.__seen")[str(st_i)])
+    st_seen = " ".join(seen[str(st_i)])
     assert "demo" in st_seen and "ready" in st_seen, st_seen
 
-    errors = panel.locator(".jp-OutputArea-output", has_text="Traceback")
-    expect(errors).to_have_count(0)
+    expect(panel.locator(".jp-OutputArea-output", has_text="Traceback")).to_have_count(0)
     expect(panel.locator(".jp-OutputArea-output", has_text="UsageError")).to_have_count(0)
-
-    # screenshot for the README: the top of the notebook, answer and widget in view
-    page.evaluate("() => document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) "
-                  ".jp-WindowedPanel-outer')?.scrollTo(0, 0)")
-    cells.nth(gen_i).scroll_into_view_if_needed()
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT))
     print(f"quickstart in JupyterLab: {time.monotonic() - t0:.1f}s; screenshot {SCREENSHOT}")
