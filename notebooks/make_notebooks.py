@@ -72,6 +72,7 @@ speed. `--temp 0` (the default) picks the most likely token every time.
     code("%%mlx chat --max-tokens 24\nHi! Please answer in one short sentence. What color is the sky?",
          "chat1"),
     code("%%mlx chat --max-tokens 24\nAnd what color is grass?", "chat2"),
+    code("%mlx chat --history", "chat_history"),
     md("""
 ## Keep an answer in a variable
 
