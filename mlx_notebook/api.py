@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from .client import CompletionStream, RunnerClient
     from .manager import RunnerInfo, RunnerManager
 
+__all__ = [
+    "Generation", "GenerationResult", "chat", "conversation", "generate", "load", "ps",
+    "reset_chat", "status", "stream", "tokenize", "unload", "use",
+]
+
 FinishReason = Literal["stop", "length", "cancel", "error"]
 
 
@@ -51,6 +56,7 @@ class GenerationResult:
     stopped: bool = False
     name: str = ""
     request_id: str = ""
+    prompt: str = ""  # the prompt (or chat message) as sent, after interpolation
 
     def __str__(self) -> str:
         return self.text
@@ -155,6 +161,8 @@ def _make_result(gen: Generation, done: protocol.DoneEvent | None, wall: float) 
         time_to_first_token=ttft, tokens_per_second=tps, duration=wall, options=opts,
         seed=opts.seed, stopped=gen._stopped, name=gen.name,
         request_id=(done.request_id if done else "") or gen._stream.request_id,
+        prompt=gen.request.prompt if gen.request.prompt is not None
+        else gen.request.messages[-1].content if gen.request.messages else "",
     )
 
 

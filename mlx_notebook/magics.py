@@ -80,6 +80,8 @@ def _parsers() -> dict[str, _Parser]:
 
     def new(name: str, usage_cell: bool = False, **kw: Any) -> _Parser:
         prefix = "%%mlx" if usage_cell else "%mlx"
+        if "usage" in kw:  # argparse %-formats usage strings
+            kw["usage"] = kw["usage"].replace("%", "%%")
         parser = _Parser(prog=f"{prefix} {name}", description=SUMMARY[name], **kw)
         ps[name] = parser
         return parser

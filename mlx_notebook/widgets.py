@@ -251,7 +251,8 @@ class LoadProgress:
             with self.bar.hold_sync():
                 self.bar.value = float(status.progress)
                 self.label.value = html.escape(text)
-        elif text != self._last_text and self.clock() - self._last_print >= 1.0:
+        elif (status.state == "loading" and text != self._last_text
+              and self.clock() - self._last_print >= 1.0):
             print(text, flush=True)
             self._last_print, self._last_text = self.clock(), text
 

@@ -1,0 +1,357 @@
+"""%mlx / %%mlx in a fresh InteractiveShell, each behaviour also through the Python API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+import mlx_notebook as mn
+from mlx_notebook import api
+from mlx_notebook.config import ConfigError, get_config
+from mlx_notebook.errors import MLXNotebookError, ModelNotLoadedError
+from mlx_notebook.interpolate import InterpolationError
+from mlx_notebook.magics import PARSERS, SUMMARY
+from tests import frontend_helpers
+from tests.frontend_helpers import Entry
+
+shell = frontend_helpers.shell  # fixtures
+entry = frontend_helpers.entry
+
+LIGHT_CHECK = r"""
+import json, sys, time
+from IPython.core.interactiveshell import InteractiveShell
+sh = InteractiveShell.instance()
+t0 = time.perf_counter()
+sh.run_line_magic("load_ext", "mlx_notebook")
+dt = time.perf_counter() - t0
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("mlx", "mlx_lm", "httpx2", "httpx", "ipywidgets"))
+print(json.dumps({"seconds": dt, "heavy": heavy, "magics": sorted(sh.magics_manager.magics["cell"])}))
+"""
+
+
+def test_load_ext_is_fast_and_imports_no_mlx() -> None:
+    out = subprocess.run([sys.executable, "-c", LIGHT_CHECK], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parent.parent)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["heavy"] == []
+    assert report["seconds"] < 0.3, report
+    assert "mlx" in report["magics"]
+
+
+def test_all_is_complete() -> None:
+    assert sorted(mn.__all__) == sorted([*api.__all__, "load_ipython_extension",
+                                         "unload_ipython_extension"])
+    for name in mn.__all__:
+        assert callable(getattr(mn, name)), name
+    assert set(dir(mn)) >= set(mn.__all__)
+    with pytest.raises(AttributeError):
+        mn.nope  # noqa: B018
+
+
+# ---------------------------------------------------------------- help and bad input
+
+
+def test_help(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    shell.run_line_magic("mlx", "")
+    shell.run_line_magic("mlx", "help")
+    overview = capsys.readouterr().out
+    for sub in SUMMARY:
+        assert f"  {sub}" in overview
+    shell.run_line_magic("mlx", "help load")
+    assert "--context N" in capsys.readouterr().out
+    shell.run_line_magic("mlx", "generate -h")
+    assert "--max-tokens N" in capsys.readouterr().out
+    doc = shell.find_magic("mlx").__doc__
+    assert all(p.prog in doc for p in PARSERS.values())
+
+
+@pytest.mark.parametrize(("line", "cell", "match"), [
+    ("frobnicate", None, "unknown subcommand 'frobnicate'"),
+    ("load --context x", None, "invalid int value"),
+    ("load --context 0", None, "positive"),
+    ("unload a --all", None, "not both"),
+    ("generate", None, "needs a cell"),
+    ("ps", "body", "takes no cell body"),
+    ("generate --temp -1", "hi", "--temp: must be between 0.0"),
+    ("generate --top-p 2", "hi", "--top-p: must be between"),
+    ("generate --max-tokens 0", "hi", "--max-tokens: must be between 1"),
+    ("generate --format html", "hi", "invalid choice"),
+    ("generate -o 1x", "hi", "variable name"),
+    ("generate --raw --system S", "hi", "no effect with --raw"),
+    ("generate 'unclosed", "hi", "No closing quotation"),
+    ("generate", "   \n", "cell is empty"),
+    ("chat", None, "write the message in a cell"),
+    ("tokenize", None, "give a TEXT"),
+    ("config temperature", None, "KEY=VALUE"),
+])
+def test_bad_input_is_a_one_line_usage_error(shell: InteractiveShell, line: str,
+                                             cell: str | None, match: str) -> None:
+    with pytest.raises(UsageError, match=match) as info:
+        if cell is None:
+            shell.run_line_magic("mlx", line)
+        else:
+            shell.run_cell_magic("mlx", line, cell)
+    assert "\n" not in str(info.value)
+
+
+def test_usage_error_shows_without_traceback(shell: InteractiveShell,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    result = shell.run_cell("%mlx load --context x")
+    assert isinstance(result.error_in_exec, UsageError)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+
+
+def test_our_errors_are_one_line_and_fail_the_cell(shell: InteractiveShell,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    result = shell.run_cell("%%mlx generate\nHello {nobody}")
+    assert isinstance(result.error_in_exec, InterpolationError)
+    out = capsys.readouterr().out
+    assert "Traceback" not in out
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "InterpolationError" in lines[0] and "nobody" in lines[0]
+
+
+def test_a_real_bug_keeps_its_traceback(shell: InteractiveShell,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    shell.user_ns["boom"] = property(lambda self: 1 / 0)
+    shell.user_ns["obj"] = type("Obj", (), {"x": property(lambda self: 1 / 0)})()
+    result = shell.run_cell("%%mlx generate\n{obj.x}")
+    assert isinstance(result.error_in_exec, ZeroDivisionError)
+    assert "Traceback" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_three_ways(entry: Entry, shell: InteractiveShell,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    entry.set_config(temperature=0.7, max_tokens=33)
+    cfg = get_config()
+    assert (cfg.temperature, cfg.max_tokens) == (0.7, 33)
+    shell.run_line_magic("config", "MLXConfig.top_k = 5")
+    assert cfg.top_k == 5
+    assert cfg.options(max_tokens=4).max_tokens == 4  # per call wins
+    shell.run_line_magic("mlx", "config")
+    shown = capsys.readouterr().out
+    assert "temperature" in shown and "0.7" in shown and "top_k" in shown
+    shell.run_line_magic("mlx", "config --reset")
+    assert (cfg.temperature, cfg.max_tokens, cfg.top_k) == (0.0, 256, 0)
+
+
+def test_config_from_ipython_config() -> None:
+    from traitlets.config import Config
+
+    InteractiveShell.clear_instance()
+    c = Config()
+    c.HistoryManager.enabled = False
+    c.MLXConfig.max_tokens = 99
+    sh = InteractiveShell.instance(config=c)
+    try:
+        sh.run_line_magic("load_ext", "mlx_notebook")
+        assert get_config().max_tokens == 99
+        sh.run_line_magic("unload_ext", "mlx_notebook")
+    finally:
+        get_config().reset()
+        InteractiveShell.clear_instance()
+
+
+@pytest.mark.parametrize(("setting", "match"), [
+    ("nope=1", "Unknown setting 'nope'"), ("temperature=hot", "Bad value for temperature"),
+    ("format=html", "Bad value for format"), ("seed=-3", "Bad value for seed"),
+])
+def test_config_bad_values(shell: InteractiveShell, setting: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        shell.run_line_magic("mlx", f"config {setting}")
+    get_config().set("seed", "none")
+    assert get_config().seed is None
+
+
+# ---------------------------------------------------------------- no model loaded
+
+
+def test_no_model_loaded(entry: Entry, shell: InteractiveShell) -> None:
+    if mn.ps():
+        pytest.skip("another test left a model loaded")
+    with pytest.raises(ModelNotLoadedError, match="%mlx load demo") as info:
+        entry.generate("Hello")
+    assert isinstance(info.value, MLXNotebookError)
+
+
+# ---------------------------------------------------------------- with a real runner (tiny model)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> Iterator[str]:
+    """One tiny-model runner for the module, named ``tiny`` and made the default."""
+    mn.load(str(tiny_model_dir), name="tiny")
+    try:
+        yield "tiny"
+    finally:
+        mn.unload(all=True)
+
+
+def test_generate(entry: Entry, tiny: str, capsys: pytest.CaptureFixture[str]) -> None:
+    r = entry.generate("Hello", max_tokens=5, model=tiny)
+    assert isinstance(r, api.GenerationResult)
+    assert r.name == "tiny" and r.prompt == "Hello" and r.finish_reason in ("stop", "length")
+    assert 0 < r.completion_tokens <= 5 and r.prompt_tokens > 1 and r.tokens_per_second > 0
+    assert r.options.max_tokens == 5 and r.seed is None and not r.stopped
+    out = capsys.readouterr().out  # no kernel here: the answer is printed as it streams
+    assert out.startswith(r.text + "\n") and f"{r.completion_tokens} tokens" in out
+    assert "GenerationResult(text=" in repr(r) and str(r) == r.text
+
+
+def test_both_roads_give_the_same_answer(shell: InteractiveShell, tiny: str) -> None:
+    args = dict(max_tokens=6, temperature=0.9, seed=11, top_k=20, top_p=0.9, min_p=0.01)
+    via_magic = Entry("magic", shell).generate("Once upon", **args)
+    via_python = Entry("python", shell).generate("Once upon", **args)
+    assert via_magic.text == via_python.text
+    assert via_magic.options == via_python.options
+    assert (via_magic.seed, via_magic.options.temperature, via_magic.options.top_k) == (11, 0.9, 20)
+
+
+def test_sampling_without_seed_picks_one(entry: Entry, tiny: str) -> None:
+    r = entry.generate("Hi", max_tokens=3, temperature=0.8)
+    assert r.seed is not None and r.options.seed == r.seed
+
+
+def test_raw_skips_the_chat_template(entry: Entry, tiny: str) -> None:
+    templated = entry.generate("Hello", max_tokens=1)
+    raw = entry.generate("Hello", max_tokens=1, raw=True)
+    assert raw.prompt_tokens < templated.prompt_tokens
+
+
+def test_config_defaults_apply(entry: Entry, tiny: str) -> None:
+    entry.set_config(max_tokens=2)
+    assert entry.generate("Hello").options.max_tokens == 2
+    assert entry.generate("Hello", max_tokens=3).options.max_tokens == 3
+
+
+def test_interpolation_in_the_cell(shell: InteractiveShell, tiny: str) -> None:
+    shell.user_ns.update(animal="cat", xs=["a", "b"])
+    shell.run_cell_magic("mlx", "generate --max-tokens 1 -o r", "Say {animal} {xs[1]} {{x}}")
+    assert shell.user_ns["r"].prompt == "Say cat b {x}"
+    shell.run_cell_magic("mlx", "generate --max-tokens 1 -o r --no-interpolate", "Say {animal}")
+    assert shell.user_ns["r"].prompt == "Say {animal}"
+    get_config().interpolate = False
+    shell.run_cell_magic("mlx", "generate --max-tokens 1 -o r", "Say {animal}")
+    assert shell.user_ns["r"].prompt == "Say {animal}"
+
+
+def test_stop_strings_are_unescaped(shell: InteractiveShell, tiny: str) -> None:
+    shell.run_cell_magic("mlx", r'generate --max-tokens 2 -o r --stop "\n\n" "User:"', "Hi")
+    assert shell.user_ns["r"].options.stop == ("\n\n", "User:")
+
+
+def test_chat_keeps_a_conversation(entry: Entry, tiny: str, shell: InteractiveShell,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    first = entry.chat("Hello", max_tokens=3, system="Be brief.")
+    second = entry.chat("And then?", max_tokens=3)
+    msgs = mn.conversation()
+    assert [m.role for m in msgs] == ["system", "user", "assistant", "user", "assistant"]
+    assert msgs[0].content == "Be brief." and msgs[2].content == first.text
+    assert msgs[4].content == second.text
+    assert second.prompt_tokens > first.prompt_tokens  # the earlier turn is in the prompt
+    capsys.readouterr()
+    shell.run_line_magic("mlx", "chat --history")
+    assert "**user:** And then?" in capsys.readouterr().out
+    entry.reset_chat()
+    assert mn.conversation() == []
+    shell.run_line_magic("mlx", "chat --history")
+    assert "no conversation" in capsys.readouterr().out
+
+
+def test_tokenize(entry: Entry, tiny: str, shell: InteractiveShell,
+                  capsys: pytest.CaptureFixture[str]) -> None:
+    tok = mn.tokenize("Hello world")
+    assert "".join(tok.pieces) == "Hello world" and len(tok.tokens) == len(tok.pieces)
+    capsys.readouterr()
+    if entry.kind == "magic":
+        shell.run_line_magic("mlx", "tokenize Hello world")
+    else:
+        shell.run_cell_magic("mlx", "tokenize -m tiny", "Hello world")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{len(tok.tokens)} tokens"
+    assert [ln.split()[0] for ln in out[1:]] == [str(t) for t in tok.tokens]
+
+
+def test_load_use_ps_unload(entry: Entry, tiny: str, tiny_model_dir: Path,
+                            shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    entry.load(str(tiny_model_dir), name="second")
+    try:
+        assert api.default_model() in ("tiny", "second")
+        entry.use("second")
+        assert api.default_model() == "second"
+        assert mn.generate("Hi", max_tokens=1).name == "second"
+        capsys.readouterr()
+        shell.run_line_magic("mlx", "ps")
+        table = capsys.readouterr().out
+        assert "*second" in table and "tiny" in table and "ready" in table
+        assert {i.name for i in mn.ps()} == {"tiny", "second"}
+        assert mn.status("second").state == "ready"
+        shell.run_line_magic("mlx", "status")
+        assert "second: " in capsys.readouterr().out
+    finally:
+        entry.unload("second")
+        mn.use("tiny")
+    assert [i.name for i in mn.ps()] == ["tiny"]
+
+
+def test_unknown_model_lists_loaded_ones(entry: Entry, tiny: str) -> None:
+    with pytest.raises(ModelNotLoadedError, match="tiny"):
+        entry.generate("Hi", model="nope", max_tokens=1)
+
+
+def test_stream_and_cancel(tiny: str) -> None:
+    with mn.stream("The", raw=True, max_tokens=400) as gen:
+        pieces = []
+        for piece in gen:
+            pieces.append(piece)
+            if len(pieces) == 3:
+                gen.cancel()
+                break
+    assert gen.result is not None and gen.result.stopped
+    assert gen.result.finish_reason == "cancel" and gen.result.text == "".join(pieces)
+    assert mn.generate("Hi", max_tokens=2).finish_reason in ("stop", "length")  # still usable
+
+
+def test_interrupt_keeps_partial_text(entry: Entry, tiny: str) -> None:
+    import _thread
+    import threading
+
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    try:
+        if entry.kind == "magic":  # the magic returns the partial answer
+            r = entry.generate("The", raw=True, max_tokens=480)
+        else:  # the function cancels, then lets the interrupt through
+            with pytest.raises(KeyboardInterrupt):
+                mn.generate("The", raw=True, max_tokens=480)
+            r = None
+    finally:
+        timer.cancel()
+    if r is not None:
+        if not r.stopped:
+            pytest.skip("the generation finished before the interrupt came")
+        assert r.finish_reason == "cancel" and r.completion_tokens < 480
+
+
+# ---------------------------------------------------------------- the real demo model
+
+
+@pytest.mark.slow
+def test_demo_knows_paris(entry: Entry, demo_model_ready: Path) -> None:
+    mn.load("demo")
+    try:
+        r = entry.generate("What is the capital of France?", model="demo", max_tokens=12)
+        assert "Paris" in r.text, r.text
+    finally:
+        mn.unload("demo")
