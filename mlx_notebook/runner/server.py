@@ -19,6 +19,7 @@ import threading
 import traceback
 import uuid
 from dataclasses import asdict, replace
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -90,17 +91,28 @@ class RunnerHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_OPTIONS(self) -> None:  # no CORS: preflights get the same 401/405 as anything else
+        self._dispatch("OPTIONS")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib answers unparsable requests with HTML; answer them in JSON too."""
+        self.close_connection = True
+        self._send_json(code, {"error": message or HTTPStatus(code).phrase, "field": None})
+
     def _dispatch(self, method: str) -> None:
         try:
             self._check_auth()
+            raw = self._read_raw_body()  # read even when unused: keeps keep-alive framing intact
             path = self.path.split("?", 1)[0]
             name = next((n for n, (_, p) in ENDPOINTS.items() if p == path), None)
             if name is None:
                 raise HTTPError(404, f"no such endpoint {path!r}")
             if ENDPOINTS[name][0] != method:
                 raise HTTPError(405, f"{path} expects {ENDPOINTS[name][0]}, not {method}")
-            body = self._read_body() if method == "POST" else None
-            getattr(self, f"_handle_{name}")(body)
+            getattr(self, f"_handle_{name}")(_parse_json(raw) if method == "POST" else None)
         except HTTPError as exc:
             self._send_json(exc.status, {"error": exc.message, "field": exc.field})
         except (BrokenPipeError, ConnectionResetError):
@@ -135,7 +147,7 @@ class RunnerHandler(BaseHTTPRequestHandler):
         except ValueError:
             return 0
 
-    def _read_body(self) -> Any:
+    def _read_raw_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.close_connection = True
             raise HTTPError(411, "send a Content-Length; chunked bodies are not accepted")
@@ -143,15 +155,7 @@ class RunnerHandler(BaseHTTPRequestHandler):
         if length > MAX_BODY_BYTES:
             self.close_connection = True
             raise HTTPError(413, f"body of {length} bytes is over the {MAX_BODY_BYTES}-byte limit")
-        raw = self.rfile.read(length) if length else b""
-        if not raw.strip():
-            return {}
-        try:
-            return json.loads(raw)
-        except RecursionError:
-            raise HTTPError(400, "JSON nested too deeply", "body") from None
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise HTTPError(400, f"body is not valid JSON: {exc}", "body") from None
+        return self.rfile.read(length) if length else b""
 
     # ------------------------------------------------------------ responses
 
@@ -288,6 +292,17 @@ class RunnerHandler(BaseHTTPRequestHandler):
             if _peer_closed(self.connection):
                 raise ConnectionResetError("client went away") from None
             return None
+
+
+def _parse_json(raw: bytes) -> Any:
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise HTTPError(400, "JSON nested too deeply", "body") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HTTPError(400, f"body is not valid JSON: {exc}", "body") from None
 
 
 def _validated(parse: Any, body: Any) -> Any:

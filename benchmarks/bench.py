@@ -1,0 +1,277 @@
+"""Side-by-side benchmarks: our runner path vs in-process mlx-lm vs ``mlx_lm.server``.
+
+    python benchmarks/bench.py [--quick] [--sections decode,concurrency,chat,kernel]
+
+Prints one JSON document and rewrites docs/benchmarks.md from it. Every figure is
+measured in this run next to its baseline, with the same weights (the demo model
+as our runner holds it on this device, saved once for the baselines), the same
+prompts and greedy settings. Never part of the test suite: timings do not gate CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.baselines import InProcess, MlxLmServer  # noqa: E402
+from benchmarks.report import write_markdown  # noqa: E402
+from mlx_notebook.client import RunnerClient  # noqa: E402
+from mlx_notebook.protocol import ChatMessage, CompletionRequest, SamplingOptions  # noqa: E402
+
+QUESTIONS = [
+    "Explain attention to a 12-year-old.", "Why is the sky blue?", "What is a prime number?",
+    "Name three uses of a paperclip.", "How do bees make honey?", "What causes the seasons?",
+    "Describe a cat in one sentence.", "What is the capital of France?",
+]
+
+
+def ours_stream(client: RunnerClient, messages: list[dict], max_tokens: int) -> dict:
+    request = CompletionRequest(messages=tuple(ChatMessage(**m) for m in messages),
+                                options=SamplingOptions(max_tokens=max_tokens))
+    start = time.perf_counter()
+    first = None
+    with client.stream(request) as stream:
+        for chunk in stream:
+            if first is None and chunk.tokens:
+                first = time.perf_counter()
+    end = time.perf_counter()
+    done = stream.result
+    tokens = done.completion_tokens
+    return {"ttft": (first or end) - start, "tokens": tokens, "text": stream.text,
+            "decode_tps": (tokens - 1) / (end - first) if first and tokens > 1 else 0.0,
+            "cached_tokens": done.cached_tokens, "wall": end - start}
+
+
+def unique(i: int, question: str) -> list[dict]:
+    """A distinct first message per run, so no prompt cache can serve it."""
+    return [{"role": "user", "content": f"(run {i}) {question}"}]
+
+
+def bench_decode(spec: str, folder: Path, max_tokens: int, reps: int) -> dict:
+    """Greedy decode speed and time to first token, three ways, same weights and prompts."""
+    result: dict = {}
+    with InProcess(folder) as local:
+        rows = [local.stream(unique(i, QUESTIONS[0]), max_tokens) for i in range(reps + 1)][1:]
+        result["in_process"] = summarize(rows)
+    client = RunnerClient(spec, name="bench")
+    try:
+        client.start()
+        client.wait_until_ready(timeout=600)
+        ours_stream(client, unique(99, QUESTIONS[1]), 4)  # warm-up, like the others
+        rows = [ours_stream(client, unique(i, QUESTIONS[0]), max_tokens) for i in range(reps)]
+        result["runner"] = summarize(rows)
+    finally:
+        client.close()
+    with MlxLmServer(folder) as server:
+        rows = [server.stream(unique(i, QUESTIONS[0]), max_tokens) for i in range(reps + 1)][1:]
+        result["mlx_lm_server"] = summarize(rows)
+    base = result["in_process"]
+    result["ratio_decode_runner_vs_in_process"] = ratio(result["runner"]["decode_tps"],
+                                                        base["decode_tps"])
+    result["ttft_overhead_ms"] = round(1000 * (result["runner"]["ttft"] - base["ttft"]), 1)
+    result["ratio_decode_runner_vs_server"] = ratio(result["runner"]["decode_tps"],
+                                                    result["mlx_lm_server"]["decode_tps"])
+    return result
+
+
+def summarize(rows: list[dict]) -> dict:
+    return {"ttft": round(statistics.median(r["ttft"] for r in rows), 4),
+            "decode_tps": round(statistics.median(r["decode_tps"] for r in rows), 2),
+            "tokens": rows[0]["tokens"], "runs": len(rows)}
+
+
+def ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else 0.0
+
+
+def concurrent(run_one, n: int, max_tokens: int, offset: int) -> dict:
+    rows: list[dict] = [{}] * n
+
+    def work(i: int) -> None:
+        rows[i] = run_one(unique(offset + i, QUESTIONS[i % len(QUESTIONS)]), max_tokens)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    total = sum(r["tokens"] for r in rows)
+    return {"aggregate_tps": round(total / wall, 2), "wall": round(wall, 3),
+            "ttft_mean": round(statistics.mean(r["ttft"] for r in rows), 3),
+            "ttft_max": round(max(r["ttft"] for r in rows), 3), "tokens": total}
+
+
+def bench_concurrency(spec: str, folder: Path, levels: list[int], max_tokens: int) -> dict:
+    result: dict = {"levels": levels, "ours": {}, "sequential": {}, "mlx_lm_server": {}}
+    client = RunnerClient(spec, name="bench", extra_args=["--max-batch", str(max(levels))])
+    try:
+        client.start()
+        client.wait_until_ready(timeout=600)
+        ours_stream(client, unique(999, QUESTIONS[1]), 4)
+        for n in levels:
+            result["ours"][n] = concurrent(lambda m, k: ours_stream(client, m, k), n, max_tokens,
+                                           1000 * n)
+            start = time.perf_counter()
+            rows = [ours_stream(client, unique(2000 * n + i, QUESTIONS[i % 8]), max_tokens)
+                    for i in range(n)]
+            wall = time.perf_counter() - start
+            result["sequential"][n] = {"aggregate_tps": round(sum(r["tokens"] for r in rows) / wall, 2),
+                                       "wall": round(wall, 3)}
+    finally:
+        client.close()
+    with MlxLmServer(folder, decode_concurrency=max(levels)) as server:
+        server.stream(unique(3999, QUESTIONS[1]), 4)
+        for n in levels:
+            result["mlx_lm_server"][n] = concurrent(server.stream, n, max_tokens, 3000 * n)
+    single = result["ours"][levels[0]]["aggregate_tps"]
+    for n in levels:
+        result["ours"][n]["vs_single"] = ratio(result["ours"][n]["aggregate_tps"], single)
+        result["ours"][n]["vs_server"] = ratio(result["ours"][n]["aggregate_tps"],
+                                               result["mlx_lm_server"][n]["aggregate_tps"])
+    return result
+
+
+def bench_chat(spec: str, folder: Path, turns: int, max_tokens: int) -> dict:
+    """TTFT of turn k of a growing conversation: KV reuse vs recompute vs mlx_lm.server."""
+    marks = [t for t in (1, 5, 10) if t <= turns]
+    result: dict = {"turns": marks}
+
+    def conversation(run_one) -> dict:
+        messages: list[dict] = []
+        ttft = {}
+        for turn in range(1, turns + 1):
+            messages.append({"role": "user", "content": QUESTIONS[turn % len(QUESTIONS)]})
+            row = run_one(messages, max_tokens)
+            messages.append({"role": "assistant", "content": row["text"]})
+            if turn in marks:
+                ttft[turn] = round(row["ttft"], 4)
+        return ttft
+
+    client = RunnerClient(spec, name="bench")
+    try:
+        client.start()
+        client.wait_until_ready(timeout=600)
+        ours_stream(client, unique(5000, QUESTIONS[1]), 4)
+        result["ours"] = conversation(lambda m, k: ours_stream(client, m, k))
+    finally:
+        client.close()
+    with InProcess(folder) as local:
+        local.stream(unique(5001, QUESTIONS[1]), 4)
+        result["recompute_in_process"] = conversation(local.stream)
+    with MlxLmServer(folder) as server:
+        server.stream(unique(5002, QUESTIONS[1]), 4)
+        result["mlx_lm_server"] = conversation(server.stream)
+    last = marks[-1]
+    result["ours_last_vs_first"] = ratio(result["ours"][last], result["ours"][1])
+    return result
+
+
+KERNEL_PROBE = r"""
+import json, os, sys, time, psutil
+rss0 = psutil.Process().memory_info().rss
+from IPython.core.interactiveshell import InteractiveShell
+shell = InteractiveShell.instance()
+rss1 = psutil.Process().memory_info().rss
+t = time.perf_counter()
+shell.run_line_magic("load_ext", "mlx_notebook")
+load_ext = time.perf_counter() - t
+rss2 = psutil.Process().memory_info().rss
+import mlx_notebook
+t = time.perf_counter()
+mlx_notebook.load("demo")
+ready = time.perf_counter() - t
+t = time.perf_counter()
+result = mlx_notebook.generate("Hi", max_tokens=1)
+first = time.perf_counter() - t
+print(json.dumps({"load_ext_s": round(load_ext, 4), "load_ext_rss_mb": round((rss2 - rss1) / 2**20, 1),
+                  "mlx_imported": "mlx" in sys.modules, "load_demo_ready_s": round(ready, 3),
+                  "first_token_s": round(first, 3)}))
+mlx_notebook.unload("demo")
+"""
+
+IN_PROCESS_PROBE = r"""
+import json, sys, time
+t = time.perf_counter()
+import mlx_lm
+model, tok = mlx_lm.load(sys.argv[1])
+loaded = time.perf_counter() - t
+prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+for r in mlx_lm.stream_generate(model, tok, prompt, max_tokens=1):
+    pass
+print(json.dumps({"load_s": round(loaded, 3), "load_and_first_token_s": round(time.perf_counter() - t, 3)}))
+"""
+
+
+def bench_kernel(folder: Path) -> dict:
+    def probe(code: str, *args: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                             check=True, cwd=ROOT)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    ours = probe(KERNEL_PROBE)
+    base = probe(IN_PROCESS_PROBE, str(folder))
+    return {"ours": ours, "in_process": base,
+            "cold_load_ratio": ratio(ours["load_demo_ready_s"] + ours["first_token_s"],
+                                     base["load_and_first_token_s"])}
+
+
+def machine() -> dict:
+    import mlx.core as mx
+    import mlx_lm
+
+    from mlx_notebook.runner.fastblas import openblas_preloaded
+
+    return {"date": datetime.date.today().isoformat(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "mlx": mx.__version__,
+            "mlx_lm": mlx_lm.__version__, "device": str(mx.default_device()),
+            "openblas_preloaded": openblas_preloaded()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer tokens and runs")
+    parser.add_argument("--sections", default="decode,concurrency,chat,kernel")
+    parser.add_argument("--no-markdown", action="store_true")
+    args = parser.parse_args()
+    from benchmarks.baselines import prepare_weights, reexec_like_runner
+
+    reexec_like_runner()  # same BLAS and weights format as the runner: a fair baseline
+    sections = args.sections.split(",")
+    tokens, reps = (24, 2) if args.quick else (64, 3)
+    demo = prepare_weights("demo")
+    report: dict = {"machine": machine(), "settings": {"max_tokens": tokens, "reps": reps,
+                                                       "greedy": True}}
+    if "decode" in sections:
+        report["decode"] = {"demo": bench_decode("demo", demo, tokens, reps)}
+        if not args.quick:
+            large = prepare_weights("random-large")
+            report["decode"]["random_large"] = bench_decode(str(large), large, tokens // 2, 2)
+    if "concurrency" in sections:
+        levels = [1, 2, 4] if args.quick else [1, 2, 4, 8]
+        report["concurrency"] = bench_concurrency("demo", demo, levels, tokens // 2)
+    if "chat" in sections:
+        report["chat"] = bench_chat("demo", demo, 5 if args.quick else 10, 16)
+    if "kernel" in sections:
+        report["kernel"] = bench_kernel(demo)
+    print(json.dumps(report, indent=2))
+    if not args.no_markdown:
+        write_markdown(report, ROOT / "docs" / "benchmarks.md")
+
+
+if __name__ == "__main__":
+    main()
