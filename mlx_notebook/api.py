@@ -175,10 +175,10 @@ def _manager() -> RunnerManager:
     return get_manager()
 
 
-def _wake_widgets() -> None:
+def _wake_widgets(refresh: bool = False) -> None:
     widgets = sys.modules.get("mlx_notebook.widgets")
     if widgets is not None:
-        widgets.wake_all()
+        widgets.wake_all(refresh)
 
 
 def _options(max_tokens: int | None, temperature: float | None, top_p: float | None,
@@ -214,8 +214,10 @@ def load(model: str = "demo", *, name: str | None = None, context_length: int | 
     manager = _manager()
     _wake_widgets()
     if not show:
-        return manager.load(model, name, context_length=context_length, force=force,
-                            on_progress=on_progress)
+        client = manager.load(model, name, context_length=context_length, force=force,
+                              on_progress=on_progress)
+        _wake_widgets(refresh=True)
+        return client
     from .widgets import LoadProgress
 
     with LoadProgress(name or model) as progress:
@@ -227,6 +229,7 @@ def load(model: str = "demo", *, name: str | None = None, context_length: int | 
         client = manager.load(model, name, context_length=context_length, force=force,
                               on_progress=report, on_message=progress.message)
         progress.done(client.status())
+    _wake_widgets(refresh=True)
     return client
 
 
@@ -240,7 +243,7 @@ def unload(name: str | None = None, *, all: bool = False) -> None:  # noqa: A002
         resolved = manager.get(name).name
         manager.unload(resolved)
         get_history().reset(resolved)
-    _wake_widgets()
+    _wake_widgets(refresh=True)
 
 
 def use(name: str) -> None:

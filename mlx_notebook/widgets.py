@@ -118,6 +118,8 @@ class StatusWidget(w.VBox):
         self.interval = interval
         self.idle_polls = idle_polls
         self.rows: dict[str, RunnerRow] = {}
+        self.last: dict[str, Status] = {}
+        self._lock = threading.Lock()  # the poll thread and the caller may both refresh
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -129,8 +131,13 @@ class StatusWidget(w.VBox):
 
     def refresh(self, statuses: dict[str, Status] | None = None) -> bool:
         """Redraw from ``statuses`` (default: ask the runners); True if any runner is busy."""
+        with self._lock:
+            return self._refresh(statuses)
+
+    def _refresh(self, statuses: dict[str, Status] | None) -> bool:
         if statuses is None:
             statuses = self.source()
+        self.last = dict(statuses)
         with self.hold_sync():
             for name in [n for n in self.rows if n not in statuses]:
                 self.rows.pop(name).close()
@@ -140,6 +147,10 @@ class StatusWidget(w.VBox):
                 self.rows[name].show(status)
             self.children = [self.rows[n] for n in statuses] or [self.empty]
         return any(is_busy(s) for s in statuses.values())
+
+    def __repr__(self) -> str:
+        # The text/plain fallback saved beside the widget: readable on GitHub and in a terminal.
+        return status_text(self.last)
 
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -186,9 +197,15 @@ class StatusWidget(w.VBox):
         super().close()
 
 
-def wake_all() -> None:
-    """Wake every live status widget (called by the API when work starts)."""
+def wake_all(refresh: bool = False) -> None:
+    """Wake every live status widget (the API calls this when work starts or ends).
+
+    ``refresh=True`` also redraws them now, in the caller's thread (after an unload).
+    """
     for widget in list(_LIVE):
+        if refresh:
+            with contextlib.suppress(MLXNotebookError):
+                widget.refresh()
         widget.wake()
 
 

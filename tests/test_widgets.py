@@ -46,6 +46,7 @@ def test_rows_follow_statuses() -> None:
     assert list(sw.rows) == ["tiny"] and sw.children == (sw.rows["tiny"],)
     assert sw.rows["tiny"].state.button_style == "danger"
     assert "SIGKILL" in sw.rows["tiny"].info.value
+    assert repr(sw).startswith("tiny: SmolLM2-135M-Instruct · error")  # text/plain fallback
     sw.close()
 
 
