@@ -1,0 +1,191 @@
+"""Faults and load, repeated: nothing is lost, nothing is left behind.
+
+Each test runs a short cycle count in the default suite and the full count under
+``-m soak``; ``python benchmarks/reliability.py`` runs the soak version and writes
+docs/reliability.md from the figures each test records.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from mlx_notebook.client import RunnerClient
+from mlx_notebook.errors import GenerationError, RunnerExitedError, RunnerUnavailableError
+from mlx_notebook.protocol import CompletionRequest, SamplingOptions
+from tests.reliability_figures import record
+from tests.runner_process import pid_alive, wait_gone
+
+LONG = CompletionRequest(prompt="hello", options=SamplingOptions(max_tokens=100000,
+                                                                  temperature=1.0))
+
+
+def cycles(short: int, soak: int):
+    return pytest.mark.parametrize("n", [
+        pytest.param(short, id=f"x{short}"),
+        pytest.param(soak, id=f"x{soak}", marks=pytest.mark.soak)])
+
+
+def started(spec: str, **kw) -> RunnerClient:
+    client = RunnerClient(spec, **kw)
+    client.start()
+    client.wait_until_ready(timeout=120)
+    return client
+
+
+@cycles(3, 20)
+def test_runner_sigkilled_mid_stream(tiny_model_dir, n):
+    detect = []
+    for _ in range(n):
+        client = started(str(tiny_model_dir))
+        try:
+            with pytest.raises(RunnerExitedError) as info, client.stream(LONG) as stream:
+                for i, _chunk in enumerate(stream):
+                    if i == 2:
+                        os.kill(client.pid, signal.SIGKILL)
+                        killed = time.monotonic()
+            detect.append(time.monotonic() - killed)
+            assert "SIGKILL" in str(info.value)
+        finally:
+            client.close()
+    record("runner SIGKILLed mid-stream: clear error naming the signal", cycles=n, failures=0,
+           max_detect_s=max(detect))
+    assert max(detect) < 1.0
+
+
+def test_hung_runner_times_out_and_is_cleaned_up(tiny_model_dir):
+    client = started(str(tiny_model_dir), stream_read_timeout=2.0)
+    pid = client.pid
+    try:
+        with pytest.raises(RunnerUnavailableError) as info, client.stream(LONG) as stream:
+            for i, _chunk in enumerate(stream):
+                if i == 2:
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped = time.monotonic()
+        detect = time.monotonic() - stopped
+        assert "did not answer in time" in str(info.value)
+    finally:
+        client.close(grace=2.0)
+    assert wait_gone(pid, 5) is not None
+    record("runner hangs (SIGSTOP): client times out, runner cleaned up", cycles=1, failures=0,
+           max_detect_s=detect)
+
+
+OWNER = textwrap.dedent("""
+    import sys
+    from mlx_notebook.client import RunnerClient
+    from mlx_notebook.protocol import CompletionRequest, SamplingOptions
+    client = RunnerClient(sys.argv[1])
+    client.start(); client.wait_until_ready(timeout=120)
+    print(client.pid, flush=True)
+    with client.stream(CompletionRequest(prompt="hello",
+                                         options=SamplingOptions(max_tokens=100000))) as s:
+        for i, chunk in enumerate(s):
+            if i == 2:
+                print("streaming", flush=True)
+""")
+
+
+@cycles(3, 50)
+def test_owner_sigkilled_while_streaming_leaves_no_runner(tiny_model_dir, n):
+    gone_after = []
+    orphans = 0
+    for _ in range(n):
+        owner = subprocess.Popen([sys.executable, "-c", OWNER, str(tiny_model_dir)],
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            runner_pid = int(owner.stdout.readline())
+            assert owner.stdout.readline().strip() == "streaming"
+            owner.kill()
+            owner.wait()
+            seconds = wait_gone(runner_pid, 3.0)
+            if seconds is None:
+                orphans += 1
+                os.kill(runner_pid, signal.SIGKILL)
+            else:
+                gone_after.append(seconds)
+        finally:
+            owner.stdout.close()
+    record("kernel SIGKILLed while a runner streams: runner gone", cycles=n, failures=orphans,
+           max_detect_s=max(gone_after, default=0.0))
+    assert orphans == 0
+
+
+@cycles(10, 100)
+def test_interrupt_mid_stream_repeatedly(tiny_model_dir, n):
+    client = started(str(tiny_model_dir))
+    try:
+        client.complete(CompletionRequest(prompt="warm", options=SamplingOptions(max_tokens=4)))
+        baseline = client.status().memory.active
+        failures = 0
+        for _ in range(n):
+            stream = client.stream(LONG)
+            for i, _chunk in enumerate(stream):
+                if i == 1:
+                    stream.cancel()
+                    break
+            if stream.result is None or stream.result.done_reason != "cancel":
+                failures += 1
+        deadline = time.monotonic() + 5
+        while client.status().active_requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        text, done = client.complete(CompletionRequest(prompt="hello",
+                                                       options=SamplingOptions(max_tokens=3)))
+        after = client.status().memory.active
+        record("interrupt mid-stream: cancelled, runner usable, memory back", cycles=n,
+               failures=failures, extra=f"active memory {baseline} -> {after} bytes")
+        assert failures == 0 and done.completion_tokens > 0
+        assert after <= baseline * 1.5 + (8 << 20)  # the prompt cache may keep a little
+    finally:
+        client.close()
+
+
+@cycles(2, 25)
+def test_concurrent_load(tiny_model_dir, n):
+    client = started(str(tiny_model_dir))
+    errors: list[BaseException] = []
+    memory = []
+    try:
+        for round_ in range(n):
+            def one(i: int) -> None:
+                try:
+                    _, done = client.complete(CompletionRequest(
+                        prompt=f"round {round_} stream {i}",
+                        options=SamplingOptions(max_tokens=8, temperature=0.7, seed=i)))
+                    assert done.done_reason in ("stop", "length")
+                except BaseException as exc:  # counted, then reported
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            memory.append(client.status().memory.active)
+        record("load: 8 concurrent streams per round", cycles=n, failures=len(errors),
+               extra=f"runner active memory first/last round: {memory[0]} / {memory[-1]} bytes")
+        assert not errors, errors[:3]
+        assert memory[-1] <= memory[0] * 1.5 + (16 << 20)
+    finally:
+        client.close()
+
+
+def test_prompt_longer_than_context_is_a_clear_error(tiny_model_dir):
+    client = started(str(tiny_model_dir), context_length=64)
+    try:
+        with pytest.raises(GenerationError, match="context length is 64"):
+            client.complete(CompletionRequest(prompt="word " * 200))
+        _, done = client.complete(CompletionRequest(prompt="hi",
+                                                    options=SamplingOptions(max_tokens=500)))
+        assert done.done_reason == "length" and done.prompt_tokens + done.completion_tokens <= 64
+        assert pid_alive(client.pid)
+    finally:
+        client.close()
+    record("prompt longer than the context: clear 400, runner fine", cycles=1, failures=0)
