@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import _thread
 import json
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -323,25 +326,37 @@ def test_stream_and_cancel(tiny: str) -> None:
     assert mn.generate("Hi", max_tokens=2).finish_reason in ("stop", "length")  # still usable
 
 
-def test_interrupt_keeps_partial_text(entry: Entry, tiny: str) -> None:
-    import _thread
-    import threading
+def _interrupt_once_generating() -> threading.Thread:
+    """Send the main thread a KeyboardInterrupt (a cell interrupt) once the runner is busy."""
 
-    timer = threading.Timer(0.3, _thread.interrupt_main)
-    timer.start()
-    try:
-        if entry.kind == "magic":  # the magic returns the partial answer
-            r = entry.generate("The", raw=True, max_tokens=480)
-        else:  # the function cancels, then lets the interrupt through
-            with pytest.raises(KeyboardInterrupt):
-                mn.generate("The", raw=True, max_tokens=480)
-            r = None
-    finally:
-        timer.cancel()
-    if r is not None:
-        if not r.stopped:
-            pytest.skip("the generation finished before the interrupt came")
-        assert r.finish_reason == "cancel" and r.completion_tokens < 480
+    def watch() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if mn.status("tiny").active_requests:
+                _thread.interrupt_main()
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_interrupt_keeps_partial_text(entry: Entry, tiny: str) -> None:
+    watcher = _interrupt_once_generating()
+    if entry.kind == "magic":  # the magic returns the partial answer, marked stopped
+        r = entry.generate("The", raw=True, max_tokens=480, model=tiny)
+        watcher.join()
+        assert r.stopped and r.finish_reason == "cancel" and r.completion_tokens < 480
+    else:  # the function cancels on the runner, then lets the interrupt through
+        with pytest.raises(KeyboardInterrupt):
+            mn.generate("The", raw=True, max_tokens=480, model=tiny)
+        watcher.join()
+    deadline = time.monotonic() + 3
+    while mn.status(tiny).active_requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert mn.status(tiny).active_requests == 0
+    assert mn.generate("Hi", max_tokens=1).completion_tokens == 1
 
 
 # ---------------------------------------------------------------- the real demo model
