@@ -154,7 +154,7 @@ def test_concurrent_load(tiny_model_dir, n):
     memory = []
     try:
         for round_ in range(n):
-            def one(i: int) -> None:
+            def one(i: int, round_: int = round_) -> None:
                 try:
                     _, done = client.complete(CompletionRequest(
                         prompt=f"round {round_} stream {i}",
