@@ -1,0 +1,532 @@
+"""RunnerClient: start one runner subprocess, talk to it over loopback HTTP, stop it.
+
+The lifecycle follows Ollama's MLX runner client (spawn, wait until ready while
+watching for an early exit, keep the stderr tail to explain failures, stream
+completions, stop with a grace period) and goes past it where a notebook needs to:
+
+- the runner lives in its own session, so a cell interrupt (SIGINT to the kernel's
+  process group) never reaches it; interrupts become cancel requests instead;
+- the runner binds port 0 and announces its port in a handshake line (no race);
+- a per-runner token travels by environment, never argv;
+- the runner exits when our stdin pipe closes or our pid dies (no orphans);
+- waiting for readiness times out only when progress stops, not at a fixed time.
+
+This module is the only place that turns httpx errors into :mod:`mlx_notebook.errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+
+import httpx2
+
+from . import protocol
+from .errors import (
+    GenerationError,
+    MLXNotebookError,
+    ProtocolError,
+    RunnerExitedError,
+    RunnerStartError,
+    RunnerStartTimeout,
+    RunnerUnavailableError,
+)
+from .protocol import ChunkEvent, CompletionRequest, DoneEvent, ErrorEvent, Status
+from .registry import Registry
+from .stderr_tail import StderrTail, describe_exit, failure_message
+from .streams import CompletionStream, decode_line
+
+__all__ = ["RunnerClient", "CompletionStream", "PYTHON_ENV"]
+
+PYTHON_ENV = "MLX_NOTEBOOK_PYTHON"  # the interpreter that runs runners, if not this one
+HANDSHAKE_TIMEOUT = 60.0
+REQUEST_TIMEOUT = httpx2.Timeout(30.0, connect=5.0)
+STATUS_TIMEOUT = httpx2.Timeout(3.0, connect=2.0)
+POLL_INTERVAL = 0.1
+
+
+def _as_request(request: CompletionRequest | str) -> CompletionRequest:
+    if isinstance(request, str):
+        request = CompletionRequest(prompt=request)
+    if request.request_id is None:
+        request = dataclasses.replace(request, request_id=secrets.token_hex(8))
+    return request
+
+
+class RunnerClient:
+    """One runner subprocess serving one model. ``start()``, ``wait_until_ready()``, use, ``close()``.
+
+    Usable on its own in scripts::
+
+        client = RunnerClient("demo")
+        client.start(); client.wait_until_ready()
+        text, done = client.complete("What is the capital of France?")
+        client.close()
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        name: str | None = None,
+        python: str | None = None,
+        context_length: int | None = None,
+        env: dict[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+        runner_module: str = "mlx_notebook.runner",
+        registry: Registry | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        stream_read_timeout: float | None = None,
+    ) -> None:
+        self.spec = spec
+        self.name = name or spec
+        self.python = python or os.environ.get(PYTHON_ENV) or sys.executable
+        self.context_length = context_length
+        self.env = dict(env or {})
+        self.extra_args = tuple(extra_args)
+        self.runner_module = runner_module
+        self.registry = registry if registry is not None else Registry()
+        self.handshake_timeout = handshake_timeout
+        self.stream_read_timeout = stream_read_timeout
+        self.pid: int | None = None
+        self.port: int | None = None
+        self.host = "127.0.0.1"
+        self.started_at = 0.0
+        self.last_used = 0.0
+        self.last_status: Status | None = None
+        self.active_streams = 0
+        self._token = secrets.token_urlsafe(32)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tail = StderrTail()
+        self._handshake: protocol.Handshake | None = None
+        self._handshake_error: str | None = None
+        self._handshake_seen = threading.Event()
+        self._stdout_thread: threading.Thread | None = None
+        self._http: httpx2.Client | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "exited" if self.has_exited else ("running" if self._proc else "new")
+        return f"<RunnerClient {self.name!r} spec={self.spec!r} pid={self.pid} port={self.port} {state}>"
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def command(self) -> list[str]:
+        """The runner's argv (no secrets in it: the token goes by environment)."""
+        cmd = [self.python, "-m", self.runner_module, "--model", self.spec,
+               "--host", "127.0.0.1", "--port", "0", "--parent-pid", str(os.getpid())]
+        if self.context_length:
+            cmd += ["--context", str(self.context_length)]
+        return cmd + list(self.extra_args)
+
+    def start(self) -> None:
+        """Spawn the runner in its own session and wait for its handshake line."""
+        if self._proc is not None:
+            raise RuntimeError(f"runner {self.name!r} was already started")
+        env = {**os.environ, **self.env, protocol.TOKEN_ENV: self._token, "PYTHONUNBUFFERED": "1"}
+        if os.path.realpath(self.python) == os.path.realpath(sys.executable):
+            # Same interpreter: make sure the runner imports this very mlx_notebook.
+            here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+        try:
+            self._proc = subprocess.Popen(
+                self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=env, start_new_session=True, close_fds=True,
+            )
+        except OSError as exc:
+            raise RunnerStartError(
+                f"could not start a runner for {self.spec!r} with {self.python!r}: {exc}"
+            ) from exc
+        self.pid = self._proc.pid
+        self.started_at = self.last_used = time.time()
+        self._tail.follow(self._proc.stderr, name=f"runner-{self.pid}-stderr")  # type: ignore[arg-type]
+        self._stdout_thread = threading.Thread(
+            target=self._read_stdout, name=f"runner-{self.pid}-stdout", daemon=True)
+        self._stdout_thread.start()
+        try:
+            self._await_handshake()
+        except BaseException:
+            self.close(grace=1.0)
+            raise
+        self.registry.add(self.pid, port=self.port, spec=self.spec, name=self.name)
+
+    def _read_stdout(self) -> None:
+        """The first stdout line must be the handshake; later lines join the tail."""
+        assert self._proc is not None and self._proc.stdout is not None
+        try:
+            for raw in iter(self._proc.stdout.readline, b""):
+                line = raw.decode("utf-8", errors="replace").strip()
+                if self._handshake_seen.is_set():
+                    self._tail.feed(line)
+                elif line:
+                    try:
+                        self._handshake = protocol.Handshake.from_line(line)
+                    except (ValueError, KeyError, TypeError):
+                        self._handshake_error = line[:300]
+                    self._handshake_seen.set()
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._handshake_seen.set()
+
+    def _await_handshake(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.handshake_timeout
+        while not self._handshake_seen.wait(POLL_INTERVAL):
+            if time.monotonic() > deadline:
+                raise RunnerStartTimeout(failure_message(
+                    f"runner for {self.spec!r} did not announce its port within "
+                    f"{self.handshake_timeout:.0f} s", None, self._tail.error_lines()))
+        if self._handshake is None:
+            if self._handshake_error is not None:
+                raise ProtocolError(
+                    f"runner for {self.spec!r} started with {self._handshake_error!r} "
+                    "instead of its handshake line; is "
+                    f"{self.python!r} running a matching mlx_notebook?")
+            self._wait_exit(2.0)
+            raise RunnerStartError(self._exit_message("before it started listening"))
+        hs = self._handshake
+        if hs.protocol != protocol.PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"runner speaks protocol {hs.protocol}, this client {protocol.PROTOCOL_VERSION}: "
+                f"install the same mlx_notebook version in {self.python!r}")
+        self.host, self.port = hs.host, hs.port
+        self._http = httpx2.Client(base_url=self.base_url, headers=self.headers,
+                                   timeout=REQUEST_TIMEOUT, trust_env=False)
+
+    def wait_until_ready(
+        self, *, timeout: float = 120.0, on_progress: Callable[[Status], None] | None = None,
+    ) -> Status:
+        """Poll status until ready; ``timeout`` is the longest wait *without progress*.
+
+        An exit or a load error is reported at once, with the runner's own error lines.
+        On any failure (or interrupt) the runner is stopped: a half-loaded runner is no use.
+        """
+        if self._proc is None:
+            self.start()
+        last_key: tuple[Any, ...] | None = None
+        last_change = time.monotonic()
+        try:
+            while True:
+                if self.has_exited:
+                    raise RunnerStartError(self._exit_message("while loading its model"))
+                status = self._poll_status()
+                if status is not None:
+                    key = (status.state, round(status.progress, 1), status.progress_message)
+                    if key != last_key:
+                        last_key, last_change = key, time.monotonic()
+                        if on_progress is not None:
+                            on_progress(status)
+                    if status.state == "ready":
+                        return status
+                    if status.state in ("error", "stopping"):
+                        self._wait_exit(2.0)
+                        lines = [status.error] if status.error else []
+                        lines += [ln for ln in self.error_lines() if ln not in lines]
+                        raise RunnerStartError(failure_message(
+                            f"runner for {self.spec!r} failed to load",
+                            self.returncode, lines))
+                if time.monotonic() - last_change > timeout:
+                    last = (f"{last_key[0]} {last_key[1]:.0f}% {last_key[2]}".strip()
+                            if last_key else "no status")
+                    raise RunnerStartTimeout(failure_message(
+                        f"runner for {self.spec!r} made no progress for {timeout:.0f} s "
+                        f"(last: {last})", None, self.error_lines()))
+                self._wait_exit(POLL_INTERVAL)
+        except BaseException:
+            self.close(grace=2.0)
+            raise
+
+    def _poll_status(self) -> Status | None:
+        try:
+            return self.status()
+        except RunnerExitedError as exc:
+            raise RunnerStartError(str(exc)) from exc
+        except (RunnerUnavailableError, GenerationError):
+            return None  # not answering yet; the no-progress timeout covers a hang
+
+    def close(self, grace: float = 5.0) -> None:
+        """Stop the runner: ask (shutdown + stdin EOF), then SIGTERM, then SIGKILL after ``grace``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            deadline = time.monotonic() + grace
+            if self._http is not None and self._handshake is not None:
+                with contextlib.suppress(httpx2.HTTPError):
+                    self._http.post(protocol.ENDPOINTS["shutdown"][1], timeout=min(1.0, grace))
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # type: ignore[union-attr]
+            if not self._wait_exit(grace / 2):
+                self._signal(15)
+                if not self._wait_exit(max(deadline - time.monotonic(), 0.1)):
+                    self._signal(9)
+                    self._wait_exit(5.0)
+        self._release()
+
+    def _signal(self, sig: int) -> None:
+        """Signal the runner's process group (its own session), so its children go too."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+
+    def _release(self) -> None:
+        """Free pipes, threads, the HTTP pool and the registry record of an exited runner."""
+        if self._http is not None:
+            self._http.close()
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is not None:
+            self.registry.remove(proc.pid)
+        self._tail.wait_closed(1.0)
+        if self._stdout_thread is not None:
+            self._stdout_thread.join(1.0)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            with contextlib.suppress(OSError):
+                if pipe is not None:
+                    pipe.close()
+
+    def _wait_exit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the process to exit; True if it has."""
+        if self._proc is None:
+            return False
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    @property
+    def has_exited(self) -> bool:
+        return self._proc is not None and self._proc.poll() is not None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def exit_description(self) -> str:
+        """``"killed by SIGKILL"``, ``"exited with code 1"``, ``"still running"``."""
+        if self._proc is None:
+            return "not started"
+        return describe_exit(self._proc.poll())
+
+    def error_lines(self) -> list[str]:
+        """The runner's stderr lines that explain a failure (may be empty)."""
+        return self._tail.error_lines()
+
+    def stderr_lines(self) -> list[str]:
+        """The bounded tail of everything the runner wrote after its handshake."""
+        return self._tail.lines()
+
+    def _exit_message(self, what: str) -> str:
+        self._tail.wait_closed(0.5)
+        return failure_message(f"runner {self.name!r} (pid {self.pid}, {self.spec}) exited {what}",
+                               self.returncode, self.error_lines())
+
+    # ------------------------------------------------------------ the error boundary
+
+    @contextlib.contextmanager
+    def _boundary(self, what: str) -> Iterator[None]:
+        """The one place where httpx errors become mlx_notebook errors (cause kept)."""
+        try:
+            yield
+        except (httpx2.HTTPError, httpx2.StreamError) as exc:
+            raise self._translate(exc, what) from exc
+
+    def _translate(self, exc: Exception, what: str) -> MLXNotebookError:
+        broken = isinstance(exc, (httpx2.TransportError, httpx2.StreamError))
+        if self.has_exited or (broken and not isinstance(exc, httpx2.TimeoutException)
+                               and self._wait_exit(1.0)):
+            return RunnerExitedError(self._exit_message(what))
+        where = f"runner {self.name!r} (pid {self.pid}) at {self.base_url}"
+        if isinstance(exc, httpx2.TimeoutException):
+            return RunnerUnavailableError(f"{where} did not answer in time {what}: {exc!r}")
+        if isinstance(exc, httpx2.ConnectError):
+            return RunnerUnavailableError(f"cannot connect to {where} {what}: {exc}")
+        if isinstance(exc, (httpx2.RemoteProtocolError, httpx2.DecodingError)):
+            return ProtocolError(f"{where} broke the HTTP protocol {what}: {exc}")
+        return RunnerUnavailableError(f"{where} failed {what}: {exc!r}")
+
+    def _check_response(self, response: httpx2.Response, what: str) -> None:
+        """Raise the error a 4xx/5xx answer means, with the runner's own message."""
+        code = response.status_code
+        if code < 400:
+            return
+        try:
+            body = response.json()
+            detail = str(body.get("error", body))
+            if body.get("field"):
+                detail += f" (field {body['field']})"
+        except (ValueError, AttributeError):
+            detail = response.text[:300]
+        message = f"runner {self.name!r} answered {what} with HTTP {code}: {detail}"
+        if code == 401:
+            raise ProtocolError(message + " (token mismatch: is this our runner?)")
+        if code in (404, 405):
+            raise ProtocolError(message + " (does the runner speak this protocol version?)")
+        if code in (409, 503):
+            raise RunnerUnavailableError(message)
+        raise GenerationError(message)
+
+    def _require_http(self) -> httpx2.Client:
+        if self.has_exited:
+            raise RunnerExitedError(self._exit_message("earlier"))
+        if self._http is None or self._closed:
+            state = "closed" if self._closed else "not started"
+            raise RunnerUnavailableError(f"runner {self.name!r} is {state}")
+        return self._http
+
+    def _call(self, endpoint: str, body: dict[str, Any] | None = None,
+              timeout: httpx2.Timeout | None = None) -> dict[str, Any]:
+        method, path = protocol.ENDPOINTS[endpoint]
+        http = self._require_http()
+        what = f"during {endpoint}"
+        with self._boundary(what):
+            response = http.request(method, path, json=body, timeout=timeout or REQUEST_TIMEOUT)
+        self._check_response(response, endpoint)
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise ProtocolError(f"runner {self.name!r} sent non-JSON for {endpoint}: "
+                                f"{response.text[:200]!r}") from exc
+        if not isinstance(data, dict):
+            raise ProtocolError(f"runner {self.name!r} sent {data!r} for {endpoint}")
+        return data
+
+    # ------------------------------------------------------------ requests
+
+    def status(self) -> Status:
+        data = self._call("status", timeout=STATUS_TIMEOUT)
+        try:
+            status = Status.from_json(data)
+        except TypeError as exc:
+            raise ProtocolError(f"runner {self.name!r} sent a malformed status: {data!r}") from exc
+        self.last_status = status
+        return status
+
+    def touch(self) -> None:
+        self.last_used = time.time()
+
+    def stream(self, request: CompletionRequest | str) -> CompletionStream:
+        """Start a completion; iterate the result for ChunkEvents, then read ``.result``."""
+        request = _as_request(request)
+        http = self._require_http()
+        method, path = protocol.ENDPOINTS["completion"]
+        timeout = httpx2.Timeout(30.0, connect=5.0, read=self.stream_read_timeout)
+        built = http.build_request(method, path, json=request.to_json(), timeout=timeout)
+        with self._boundary("while starting a completion"):
+            response = http.send(built, stream=True)
+            if response.status_code >= 400:
+                response.read()
+                response.close()
+        self._check_response(response, "the completion request")
+        self.touch()
+        return CompletionStream(self, request.request_id or "", response)
+
+    def complete(self, request: CompletionRequest | str) -> tuple[str, DoneEvent]:
+        """Run a completion to the end: ``(text, done)``."""
+        with self.stream(request) as stream:
+            for _ in stream:
+                pass
+        assert stream.result is not None
+        return stream.text, stream.result
+
+    async def astream(
+        self, request: CompletionRequest | str, *, on_done: Callable[[DoneEvent], None] | None = None,
+    ) -> AsyncIterator[ChunkEvent]:
+        """Async twin of :meth:`stream` for background work on the kernel's event loop.
+
+        Cancelling the consuming task closes the stream, which cancels on the runner.
+        """
+        import asyncio
+
+        request = _as_request(request)
+        self._require_http()
+        method, path = protocol.ENDPOINTS["completion"]
+        timeout = httpx2.Timeout(30.0, connect=5.0, read=self.stream_read_timeout)
+        what = "while streaming a completion"
+        self.active_streams += 1
+        try:
+            async with httpx2.AsyncClient(base_url=self.base_url, headers=self.headers,
+                                          timeout=timeout, trust_env=False) as http:
+                try:
+                    async with http.stream(method, path, json=request.to_json()) as response:
+                        if response.status_code >= 400:
+                            await response.aread()
+                            self._check_response(response, "the completion request")
+                        async for line in response.aiter_lines():
+                            event = decode_line(self, line)
+                            if event is None:
+                                continue
+                            self.touch()
+                            if isinstance(event, ChunkEvent):
+                                yield event
+                            elif isinstance(event, ErrorEvent):
+                                raise GenerationError(f"runner {self.name!r}: {event.error}")
+                            else:
+                                if on_done is not None:
+                                    on_done(event)
+                                if event.done_reason == "error":
+                                    raise GenerationError(f"runner {self.name!r}: {event.error}")
+                                return
+                except (httpx2.HTTPError, httpx2.StreamError) as exc:
+                    raise await asyncio.to_thread(self._translate, exc, what) from exc
+            if await asyncio.to_thread(self._wait_exit, 1.0):
+                raise RunnerExitedError(self._exit_message(what))
+            raise ProtocolError(f"runner {self.name!r} ended the stream without a done event")
+        finally:
+            self.active_streams -= 1
+
+    def tokenize(self, text: str | None = None, *,
+                 messages: Sequence[protocol.ChatMessage | dict[str, str]] | None = None,
+                 ) -> protocol.TokenizeResponse:
+        msgs = None
+        if messages is not None:
+            msgs = tuple(m if isinstance(m, protocol.ChatMessage) else protocol.ChatMessage(**m)
+                         for m in messages)
+        data = self._call("tokenize", protocol.TokenizeRequest(text=text, messages=msgs).to_json())
+        self.touch()
+        try:
+            return protocol.TokenizeResponse(tokens=list(data["tokens"]),
+                                             pieces=list(data.get("pieces", [])),
+                                             text=str(data.get("text", text or "")))
+        except (KeyError, TypeError) as exc:
+            raise ProtocolError(f"runner {self.name!r} sent a malformed tokenize answer") from exc
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        data = self._call("detokenize", protocol.DetokenizeRequest(tokens=list(tokens)).to_json())
+        self.touch()
+        return str(data.get("text", ""))
+
+    def cancel(self, request_id: str) -> bool:
+        """Ask the runner to stop one request; True if it was running."""
+        data = self._call("cancel", protocol.CancelRequest(request_id=request_id).to_json(),
+                          timeout=STATUS_TIMEOUT)
+        return bool(data.get("cancelled", False))

@@ -1,0 +1,143 @@
+"""Memory pre-flight: refuse a model that would not fit before a runner is spawned.
+
+A model that does not fit does not fail politely: MLX aborts the process (Metal
+out-of-memory) or the machine swaps to a crawl. So, as Ollama's runner client
+does, we compare what the model needs (its weight files plus a KV-cache estimate
+for the requested context) against the memory available now, less an overhead,
+and refuse with the numbers unless forced. On macOS MLX uses unified memory, on
+Linux system memory: in both cases psutil's ``available`` is the right figure.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import psutil
+
+from .errors import InsufficientMemoryError
+
+GIB = 1024**3
+MIB = 1024**2
+OVERHEAD_ENV = "MLX_NOTEBOOK_MEMORY_OVERHEAD"  # bytes, or with a unit: "512MiB", "1GiB"
+DEFAULT_OVERHEAD = 512 * MIB
+
+
+def format_bytes(n: int | float) -> str:
+    """``3.2 GiB``, ``512 MiB``, ``900 KiB``: one decimal above a GiB."""
+    n = float(n)
+    if n >= GIB:
+        return f"{n / GIB:.1f} GiB"
+    if n >= MIB:
+        return f"{n / MIB:.0f} MiB"
+    return f"{n / 1024:.0f} KiB"
+
+
+def parse_bytes(text: str) -> int:
+    """``"512MiB"`` -> 536870912; plain numbers are bytes."""
+    text = text.strip().replace(" ", "")
+    units = {"kib": 1024, "mib": MIB, "gib": GIB, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+             "k": 1024, "m": MIB, "g": GIB, "b": 1}
+    for suffix, factor in units.items():
+        if text.lower().endswith(suffix):
+            return int(float(text[: -len(suffix)]) * factor)
+    return int(float(text))
+
+
+def default_overhead() -> int:
+    value = os.environ.get(OVERHEAD_ENV)
+    return parse_bytes(value) if value else DEFAULT_OVERHEAD
+
+
+def available_memory() -> int:
+    """Bytes MLX could use now: system memory on Linux, unified memory on macOS."""
+    return int(psutil.virtual_memory().available)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What a model needs; ``None`` parts are unknown (the runner will find out)."""
+
+    spec: str
+    weights: int | None
+    kv_cache: int | None
+    context_length: int | None = None
+
+    @property
+    def required(self) -> int | None:
+        if self.weights is None:
+            return None
+        return self.weights + (self.kv_cache or 0)
+
+
+def estimate(spec: str, context_length: int | None = None) -> MemoryEstimate:
+    """Weight bytes from the model's files and a KV-cache estimate; unknown when not cheap.
+
+    The estimators live in ``model_files`` (no MLX import); a spec they cannot
+    size (not downloaded yet, malformed) is left to the runner to report.
+    """
+    weights = kv = None
+    try:
+        from . import model_files  # type: ignore[attr-defined]
+    except ImportError:
+        return MemoryEstimate(spec, None, None, context_length)
+    try:
+        weights = model_files.estimate_weight_bytes(spec)
+    except Exception:  # noqa: BLE001 - an estimate is best effort by design
+        weights = None
+    try:
+        kv = model_files.estimate_kv_bytes(spec, context_length)
+    except Exception:  # noqa: BLE001
+        kv = None
+    return MemoryEstimate(spec, _as_int(weights), _as_int(kv), context_length)
+
+
+def _as_int(value: object) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and value >= 0 else None
+
+
+def refusal_message(need: MemoryEstimate, available: int, overhead: int) -> str:
+    """The seed's wording, with the parts of the requirement spelled out."""
+    usable = max(available - overhead, 0)
+    parts = f"weights {format_bytes(need.weights or 0)}"
+    if need.kv_cache:
+        ctx = f" for {need.context_length} tokens" if need.context_length else ""
+        parts += f" + KV cache {format_bytes(need.kv_cache)}{ctx}"
+    return (
+        f"model {need.spec!r} requires {format_bytes(need.required or 0)} ({parts}) "
+        f"but only {format_bytes(usable)} are available (after {format_bytes(overhead)} "
+        "overhead). Unload another model, pick a smaller one or a shorter context, "
+        "or load with force=True (%mlx load ... --force) to try anyway."
+    )
+
+
+def check(
+    spec: str,
+    context_length: int | None = None,
+    *,
+    force: bool = False,
+    available: int | None = None,
+    overhead: int | None = None,
+    need: MemoryEstimate | None = None,
+) -> MemoryEstimate:
+    """Raise :class:`InsufficientMemoryError` if ``spec`` would not fit, unless ``force``.
+
+    ``available`` defaults to the memory free now; ``need`` to :func:`estimate`.
+    """
+    need = need if need is not None else estimate(spec, context_length)
+    if force or need.required is None:
+        return need
+    available = available_memory() if available is None else available
+    overhead = default_overhead() if overhead is None else overhead
+    if need.required > available - overhead:
+        raise InsufficientMemoryError(refusal_message(need, available, overhead))
+    return need
+
+
+def fits(need: MemoryEstimate, *, available: int | None = None, overhead: int | None = None) -> bool:
+    """True when ``need`` fits (or is unknown) in the memory available now."""
+    if need.required is None:
+        return True
+    available = available_memory() if available is None else available
+    overhead = default_overhead() if overhead is None else overhead
+    return need.required <= available - overhead

@@ -1,0 +1,182 @@
+"""CompletionStream: one streamed completion from a runner, as an iterator of chunks.
+
+Kept apart from the process lifecycle in ``client.py``; re-exported from there.
+Closing the stream (or leaving its ``with`` block early) cancels generation on the
+runner; ``cancel()`` also sends an explicit cancel, and is safe from interrupt
+handlers and from another thread (a Stop button).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import httpx2
+
+from .errors import GenerationError, MLXNotebookError, ProtocolError, RunnerExitedError
+from .protocol import ChunkEvent, DoneEvent, ErrorEvent, Event, decode_event
+
+if TYPE_CHECKING:
+    from .client import RunnerClient
+
+
+def decode_line(client: RunnerClient, line: str) -> Event | None:
+    """One NDJSON line as an event; None for a blank line; ProtocolError for garbage."""
+    if not line.strip():
+        return None
+    try:
+        return decode_event(line)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(
+            f"runner {client.name!r} sent a line that is not a stream event: {line[:200]!r}"
+        ) from exc
+
+
+class CompletionStream:
+    """Iterate for :class:`~mlx_notebook.protocol.ChunkEvent`; ``result`` holds the DoneEvent.
+
+    ::
+
+        with client.stream(request) as stream:
+            for chunk in stream:
+                print(chunk.content, end="")
+        print(stream.result.completion_tokens)
+    """
+
+    def __init__(self, client: RunnerClient, request_id: str, response: httpx2.Response) -> None:
+        self.request_id = request_id
+        self.result: DoneEvent | None = None
+        self.text = ""
+        self._client = client
+        self._response = response
+        self._lock = threading.Lock()
+        self._finished = threading.Event()
+        self._cancelled = False
+        self._iterating: int | None = None  # thread id while a thread reads the stream
+        self._lines = response.iter_lines()
+        client.active_streams += 1
+
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def __iter__(self) -> Iterator[ChunkEvent]:
+        return self
+
+    def __next__(self) -> ChunkEvent:
+        if self.finished:
+            raise StopIteration
+        self._iterating = threading.get_ident()
+        try:
+            return self._next_chunk()
+        except StopIteration:
+            self._finish()
+            raise
+        except MLXNotebookError as exc:
+            # A read broken by our own cancel() from another thread is a clean end.
+            if self._cancelled and not isinstance(exc, (RunnerExitedError, GenerationError)):
+                self._synthesize_cancel()
+                self._finish()
+                raise StopIteration from None
+            self._finish()
+            raise
+        except BaseException:
+            self.cancel()  # KeyboardInterrupt mid-read: stop the runner's work too
+            raise
+        finally:
+            self._iterating = None
+
+    def _next_chunk(self) -> ChunkEvent:
+        what = "while streaming a completion"
+        while True:
+            try:
+                with self._client._boundary(what):
+                    line = next(self._lines)
+            except StopIteration:
+                if self._cancelled:
+                    self._synthesize_cancel()
+                    raise
+                if self._client._wait_exit(1.0):
+                    raise RunnerExitedError(self._client._exit_message(what)) from None
+                raise ProtocolError(
+                    f"runner {self._client.name!r} ended the stream without a done event") from None
+            event = decode_line(self._client, line)
+            if event is None:
+                continue
+            self._client.touch()
+            if isinstance(event, ChunkEvent):
+                self.text += event.content
+                return event
+            if isinstance(event, ErrorEvent):
+                raise GenerationError(f"runner {self._client.name!r}: {event.error}")
+            self.result = event
+            if event.done_reason == "error":
+                raise GenerationError(
+                    f"runner {self._client.name!r}: {event.error or 'generation failed'}")
+            raise StopIteration
+
+    def _synthesize_cancel(self) -> None:
+        if self.result is None:
+            self.result = DoneEvent(done_reason="cancel", request_id=self.request_id)
+
+    def _finish(self) -> None:
+        with self._lock:
+            if self._finished.is_set():
+                return
+            self._finished.set()
+            self._client.active_streams -= 1
+        self._response.close()
+
+    def cancel(self) -> None:
+        """Stop generation on the runner and end the stream. Safe twice, and from handlers."""
+        with self._lock:
+            if self._finished.is_set() or self._cancelled:
+                first = False
+            else:
+                first = self._cancelled = True
+        if first:
+            # A runner that is gone or dying cannot cancel: closing the stream is enough.
+            with contextlib.suppress(MLXNotebookError):
+                self._client.cancel(self.request_id)
+        other = self._iterating is not None and self._iterating != threading.get_ident()
+        if other:
+            # Let the reading thread see the runner's final "cancel" event, briefly.
+            self._finished.wait(2.0)
+        if not self.finished:
+            self._synthesize_cancel()
+        self._finish()
+
+    def close(self) -> None:
+        """Close the stream; if it had not ended, the runner cancels the request."""
+        if not self.finished and self.result is None:
+            self._cancelled = True
+            self._synthesize_cancel()
+        self._finish()
+
+    def __enter__(self) -> CompletionStream:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None and not self.finished:
+            self.cancel()
+        else:
+            self.close()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the stream has ended (read by another thread); True if it has."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.finished:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._finished.wait(0.05 if remaining is None else min(remaining, 0.05))
+        return True
