@@ -86,7 +86,9 @@ def estimate(spec: str, context_length: int | None = None) -> MemoryEstimate:
     except Exception:  # noqa: BLE001 - an estimate is best effort by design
         weights = None
     try:
-        kv = model_files.estimate_kv_bytes(spec, context_length)
+        # Without a cap the runner allows the model's full context: size for that.
+        context_length = context_length or model_files.model_context_length(spec)
+        kv = model_files.estimate_kv_bytes(spec, context_length) if context_length else None
     except Exception:  # noqa: BLE001
         kv = None
     return MemoryEstimate(spec, _as_int(weights), _as_int(kv), context_length)

@@ -1,0 +1,370 @@
+"""RunnerManager: the runners of one kernel (or script), by name, that never loses one.
+
+It loads models into runner subprocesses (:class:`~mlx_notebook.client.RunnerClient`),
+keeps a default, makes room by unloading the least recently used idle runner when
+a model would not fit, optionally unloads runners idle for longer than
+``keep_alive``, reports a runner that died on its next use, and stops every runner
+it owns at exit. A kernel that is SIGKILLed cannot clean up: the runners' own
+parent watch and the registry (reaped when the next manager starts) cover that.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import preflight
+from .client import RunnerClient
+from .errors import (
+    InsufficientMemoryError,
+    MLXNotebookError,
+    ModelNotLoadedError,
+    RunnerExitedError,
+)
+from .preflight import MemoryEstimate, format_bytes
+from .protocol import Status
+from .registry import Registry
+
+__all__ = ["RunnerInfo", "RunnerManager", "get_manager", "default_name"]
+
+KEEP_ALIVE_ENV = "MLX_NOTEBOOK_KEEP_ALIVE"  # seconds of idleness before a runner is unloaded
+BUDGET_ENV = "MLX_NOTEBOOK_MEMORY_BUDGET"  # most bytes all runners of a kernel may need
+
+Notify = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunnerInfo:
+    """One row of ``%mlx ps``."""
+
+    name: str
+    model: str
+    state: str  # loading / ready / generating / error / exited / unavailable
+    pid: int | None
+    port: int | None
+    memory_active: int
+    memory_peak: int
+    idle_seconds: float
+    context_length: int
+    weights_format: str
+    spec: str = ""
+    is_default: bool = False
+    error: str | None = None
+
+
+def default_name(spec: str) -> str:
+    """``demo`` -> ``demo``; ``/models/Qwen3-4B/`` -> ``Qwen3-4B``; ``x.gguf`` -> ``x``."""
+    text = spec.strip().rstrip("/\\")
+    if "/" in text or os.sep in text:
+        text = Path(text).name
+    return text.removesuffix(".gguf") or spec
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+class RunnerManager:
+    """The runners of this process. Thread-safe; long loads do not block ``get``/``list``."""
+
+    def __init__(self, *, python: str | None = None, keep_alive: float | None = None,
+                 start_timeout: float = 120.0, memory_budget: int | None = None,
+                 registry: Registry | None = None, runner_module: str = "mlx_notebook.runner",
+                 env: dict[str, str] | None = None, on_message: Notify | None = None) -> None:
+        self.python = python
+        self.keep_alive = keep_alive
+        self.start_timeout = start_timeout
+        self.memory_budget = memory_budget
+        self.registry = registry if registry is not None else Registry()
+        self.runner_module = runner_module
+        self.env = dict(env or {})
+        self.on_message: Notify = on_message or _quiet  # notes from the keep-alive thread
+        self._runners: dict[str, RunnerClient] = {}
+        self._needs: dict[str, MemoryEstimate] = {}
+        self._loading: dict[str, RunnerClient] = {}
+        self._dead: dict[str, tuple[RunnerClient, str]] = {}
+        self._default: str | None = None
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
+        if keep_alive:
+            self._reaper = threading.Thread(target=self._keep_alive_loop, daemon=True,
+                                            name="mlx-notebook-keep-alive")
+            self._reaper.start()
+
+    # ------------------------------------------------------------ loading
+
+    def load(self, spec: str, name: str | None = None, *, context_length: int | None = None,
+             force: bool = False, on_progress: Callable[[Status], None] | None = None,
+             on_message: Notify | None = None) -> RunnerClient:
+        """Start a runner for ``spec`` under ``name`` (replacing one of that name) and wait for it.
+
+        Refuses a model that would not fit (after unloading idle runners, least
+        recently used first) with :class:`InsufficientMemoryError`, unless ``force``.
+        """
+        name = name or default_name(spec)
+        say = on_message or self.on_message
+        if name in self._runners or name in self._dead:
+            self.unload(name)
+        need = preflight.estimate(spec, context_length)
+        self._make_room(need, say, force)
+        client = RunnerClient(spec, name=name, python=self.python, context_length=context_length,
+                              env=self.env, runner_module=self.runner_module,
+                              registry=self.registry)
+        with self._lock:
+            self._loading[name] = client
+        try:
+            client.start()
+            client.wait_until_ready(timeout=self.start_timeout, on_progress=on_progress)
+        finally:
+            with self._lock:
+                self._loading.pop(name, None)
+        with self._lock:
+            old = self._runners.pop(name, None)
+            self._runners[name] = client
+            self._needs[name] = need
+            if self._default is None or self._default not in self._runners:
+                self._default = name
+        if old is not None:  # loaded concurrently under the same name
+            old.close()
+        client.touch()
+        return client
+
+    def _budget_used(self) -> int:
+        return sum(n.required or 0 for name, n in self._needs.items() if name in self._runners)
+
+    def _make_room(self, need: MemoryEstimate, say: Notify, force: bool) -> None:
+        """Unload least recently used idle runners until ``need`` fits; refuse if it never does."""
+        if need.required is None:
+            return
+        while True:
+            over_budget = (self.memory_budget is not None
+                           and self._budget_used() + need.required > self.memory_budget)
+            if not over_budget and preflight.fits(need):
+                return
+            victim = self._least_recently_used_idle()
+            if victim is None:
+                break
+            idle = time.time() - victim.last_used
+            self.unload(victim.name)
+            say(f"unloaded {victim.name!r} (idle {idle:.0f} s) to make room for {need.spec!r}")
+        if over_budget:
+            message = (f"model {need.spec!r} requires {format_bytes(need.required)} but only "
+                       f"{format_bytes(max(self.memory_budget - self._budget_used(), 0))} "
+                       f"of the {format_bytes(self.memory_budget)} memory budget are left")
+        else:
+            available, overhead = preflight.available_memory(), preflight.default_overhead()
+            message = preflight.refusal_message(need, available, overhead)
+        busy = [c.name for c in self._runners.values() if c.active_streams]
+        if busy:
+            message += f" (busy runners were kept: {', '.join(busy)})"
+        if force:
+            say(f"warning: {message}; loading anyway because of force")
+            return
+        raise InsufficientMemoryError(message)
+
+    def _least_recently_used_idle(self) -> RunnerClient | None:
+        with self._lock:
+            idle = [c for c in self._runners.values() if not c.active_streams]
+        return min(idle, key=lambda c: (not c.has_exited, c.last_used), default=None)
+
+    # ------------------------------------------------------------ lookup
+
+    @property
+    def default(self) -> str | None:
+        return self._default
+
+    def use(self, name: str) -> None:
+        """Make ``name`` the runner that calls without a name use."""
+        with self._lock:
+            if name not in self._runners:
+                raise ModelNotLoadedError(self._not_loaded(name))
+            self._default = name
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._runners)
+
+    def get(self, name: str | None = None, *, reload: bool = False,
+            on_message: Notify | None = None) -> RunnerClient:
+        """The runner called ``name`` (the default one when None).
+
+        A runner that died is reported (:class:`RunnerExitedError` with its exit
+        and error lines), or, with ``reload=True``, started again once, saying so.
+        """
+        with self._lock:
+            key = name if name is not None else self._default
+            if key is None:
+                raise ModelNotLoadedError(
+                    "No model loaded: run `%mlx load demo` (or mlx_notebook.load('demo')) first.")
+            client = self._runners.get(key)
+            if client is None:
+                client = next((c for c in self._runners.values() if c.spec == key), None)
+            if client is None and key in self._dead:
+                client = self._dead[key][0]
+            if client is None:
+                raise ModelNotLoadedError(self._not_loaded(key))
+            if not client.has_exited:
+                return client
+            message = self._bury(client)
+        if not reload:
+            raise RunnerExitedError(message)
+        (on_message or self.on_message)(f"{message.split(': ', 1)[0]}; reloading it")
+        return self.load(client.spec, client.name, context_length=client.context_length,
+                         on_message=on_message)
+
+    def _bury(self, client: RunnerClient) -> str:
+        """Move a dead runner out of the live set, keeping its story for later calls."""
+        if client.name in self._dead:
+            return self._dead[client.name][1]
+        message = (client._exit_message("unexpectedly")
+                   + f". Reload it with `%mlx load {client.spec} --name {client.name}`.")
+        self._runners.pop(client.name, None)
+        self._needs.pop(client.name, None)
+        self._dead[client.name] = (client, message)
+        client.close()
+        return message
+
+    def _not_loaded(self, name: str) -> str:
+        loaded = ", ".join(self._runners) or "none"
+        return (f"No model named {name!r} is loaded (loaded: {loaded}). "
+                f"Load it with `%mlx load {name}`.")
+
+    def touch(self, name: str) -> None:
+        """Mark ``name`` as just used (for LRU eviction and keep-alive)."""
+        client = self._runners.get(name)
+        if client is not None:
+            client.touch()
+
+    # ------------------------------------------------------------ unloading
+
+    def unload(self, name: str) -> None:
+        """Stop the runner called ``name`` and forget it."""
+        with self._lock:
+            client = self._runners.pop(name, None)
+            dead = self._dead.pop(name, None)
+            self._needs.pop(name, None)
+            if client is None and dead is None:
+                raise ModelNotLoadedError(self._not_loaded(name))
+            if self._default == name:
+                self._default = next(iter(self._runners), None)
+        if client is not None:
+            client.close()
+
+    def unload_all(self) -> None:
+        """Stop every runner this manager owns (loading ones too), in parallel."""
+        with self._lock:
+            clients = [*self._runners.values(), *self._loading.values()]
+            self._runners.clear()
+            self._needs.clear()
+            self._dead.clear()
+            self._default = None
+        threads = [threading.Thread(target=c.close, daemon=True) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10.0)
+
+    def close(self) -> None:
+        """Stop the keep-alive thread and every runner."""
+        self._stop.set()
+        self.unload_all()
+
+    def _keep_alive_loop(self) -> None:
+        assert self.keep_alive
+        interval = min(max(self.keep_alive / 4, 0.1), 5.0)
+        while not self._stop.wait(interval):
+            now = time.time()
+            with self._lock:
+                stale = [c for c in self._runners.values()
+                         if not c.active_streams and now - c.last_used > self.keep_alive]
+            for client in stale:
+                try:
+                    self.unload(client.name)
+                except ModelNotLoadedError:
+                    continue
+                self.on_message(f"unloaded {client.name!r} after {now - client.last_used:.0f} s "
+                                f"idle (keep_alive {self.keep_alive:g} s)")
+
+    # ------------------------------------------------------------ listing
+
+    def list(self) -> list[RunnerInfo]:
+        """A row per runner, with live status (a runner that does not answer says so)."""
+        with self._lock:
+            clients = [*self._runners.values(), *self._loading.values()]
+        return [self._info(c) for c in clients]
+
+    def _info(self, client: RunnerClient) -> RunnerInfo:
+        error = None
+        status = client.last_status
+        if client.has_exited:
+            state, error = "exited", client.exit_description()
+        else:
+            try:
+                status = client.status()
+                state = status.state
+                if state == "ready" and status.active_requests:
+                    state = "generating"
+                error = status.error
+            except MLXNotebookError as exc:
+                state, error = "unavailable", str(exc)
+        idle = 0.0 if client.active_streams else max(time.time() - client.last_used, 0.0)
+        return RunnerInfo(
+            name=client.name, model=(status.model if status else "") or client.spec, state=state,
+            pid=client.pid, port=client.port,
+            memory_active=status.memory.active if status else 0,
+            memory_peak=status.memory.peak if status else 0, idle_seconds=idle,
+            context_length=status.context_length if status else (client.context_length or 0),
+            weights_format=status.weights_format if status else "", spec=client.spec,
+            is_default=client.name == self._default, error=error)
+
+
+# ---------------------------------------------------------------- the per-process manager
+
+_manager: RunnerManager | None = None
+_manager_lock = threading.Lock()
+
+
+def get_manager() -> RunnerManager:
+    """The manager of this process: created on first use, cleaned up at exit and on SIGTERM.
+
+    Creating it reaps runners that a dead kernel left behind (see :mod:`.registry`).
+    """
+    global _manager
+    with _manager_lock:
+        if _manager is None:
+            keep_alive = float(os.environ[KEEP_ALIVE_ENV]) if os.environ.get(KEEP_ALIVE_ENV) else None
+            budget = os.environ.get(BUDGET_ENV)
+            manager = RunnerManager(keep_alive=keep_alive,
+                                    memory_budget=preflight.parse_bytes(budget) if budget else None)
+            with contextlib.suppress(OSError):  # an unreadable cache must not stop the notebook
+                manager.registry.reap_stale()
+            atexit.register(manager.close)
+            _install_sigterm_cleanup(manager)
+            _manager = manager
+        return _manager
+
+
+def _install_sigterm_cleanup(manager: RunnerManager) -> None:
+    """On SIGTERM stop our runners, then let the previous handler (or the default) act."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: object) -> None:
+        manager.close()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with contextlib.suppress(ValueError):  # not the main thread of the main interpreter
+        signal.signal(signal.SIGTERM, handler)
