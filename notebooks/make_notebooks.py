@@ -78,7 +78,7 @@ speed. `--temp 0` (the default) picks the most likely token every time.
 
 `-o NAME` stores the result: the text and how it was made.
 """),
-    code("%%mlx generate -o answer --max-tokens 16\nName a fruit that is yellow.", "capture"),
+    code("%%mlx generate -o answer --max-tokens 16\nHow many days are in a week?", "capture"),
     code("print(answer.text)\n"
          "print(answer.finish_reason, answer.completion_tokens, 'tokens')", "use_capture"),
     md("""
@@ -190,7 +190,7 @@ Templates, loops over prompts, system prompts and stop strings.
 `{name}` in the cell is filled from the notebook's variables (write `{{` for a
 literal brace). A name that does not exist is an error, never a silent blank.
 """),
-    code("country = 'Italy'", "var"),
+    code("country = 'Japan'", "var"),
     code("%%mlx generate --max-tokens 16\nWhat is the capital of {country}?", "template"),
     md("""
 ## A loop over prompts, collected into a table

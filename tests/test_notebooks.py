@@ -177,7 +177,7 @@ def test_teaching(run_notebook):
 def test_prompt_experiments(run_notebook):
     run = run_notebook("prompt_experiments.ipynb")
     _assert_clean(run)
-    assert "Rome" in run.text("template"), run.text("template")
+    assert "Tokyo" in run.text("template"), run.text("template")
     table = run.text("table")
     rows = [ln for ln in table.splitlines() if ln.startswith("| ") and "---" not in ln]
     assert len(rows) == 4, table  # header + France, Germany, Spain
