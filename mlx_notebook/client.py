@@ -239,8 +239,9 @@ class RunnerClient:
                         return status
                     if status.state in ("error", "stopping"):
                         self._wait_exit(2.0)
-                        lines = [status.error] if status.error else []
-                        lines += [ln for ln in self.error_lines() if ln not in lines]
+                        lines = self.error_lines()
+                        if status.error and not any(status.error in ln for ln in lines):
+                            lines.insert(0, status.error)
                         raise RunnerStartError(failure_message(
                             f"runner for {self.spec!r} failed to load",
                             self.returncode, lines))

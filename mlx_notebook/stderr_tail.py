@@ -23,7 +23,7 @@ _ERROR_PATTERNS = [
     re.compile(r"\[(METAL|CPU|CUDA)\]"),
     re.compile(r"out of memory|insufficient memory|MemoryError|bad_alloc", re.IGNORECASE),
     re.compile(r"^(error|fatal|panic)\b\s*[:!]", re.IGNORECASE),
-    re.compile(r"^mlx[_-]?notebook[\w.]*: error", re.IGNORECASE),
+    re.compile(r"^mlx[_-]?notebook[\w. ]*:", re.IGNORECASE),  # the runner's own one-liners
     re.compile(r"terminate called|libc\+\+abi: terminating"),
 ]
 # The last line of a Python traceback: ``SomeError: message`` (module-qualified or not).

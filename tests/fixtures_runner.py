@@ -1,1 +1,89 @@
-"""Fixtures: running runners shared per test session (owned by the runner area)."""
+"""Fixtures: running runners shared per test session, always stopped at teardown.
+
+- ``tiny_client``: a real runner serving the tiny random model (fast plumbing tests);
+- ``demo_client``: a real runner serving the demo model (SmolLM2, ~10 tok/s here);
+- ``runner_manager``: a fresh RunnerManager with its own registry folder;
+- ``fault_client``: a factory of clients of ``tests/fault_runner.py``, the deliberately
+  misbehaving runner, for faults the real runner cannot be made to show.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mlx_notebook.client import RunnerClient
+from mlx_notebook.manager import RunnerManager
+from mlx_notebook.registry import Registry
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def stop_client(client: RunnerClient) -> None:
+    """Close, and make sure by pid that nothing we started is left."""
+    client.close(grace=2.0)
+    if client.pid is not None and not client.has_exited:
+        os.killpg(client.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def test_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    """A registry folder of the test session's own, not the user's cache."""
+    return Registry(tmp_path_factory.mktemp("runner-registry"))
+
+
+@pytest.fixture(scope="session")
+def tiny_client(tiny_model_dir: Path, test_registry: Registry) -> Iterator[RunnerClient]:
+    client = RunnerClient(str(tiny_model_dir), name="tiny", registry=test_registry)
+    try:
+        client.start()
+        client.wait_until_ready(timeout=120)
+        yield client
+    finally:
+        stop_client(client)
+
+
+@pytest.fixture(scope="session")
+def demo_client(demo_model_ready: Path, test_registry: Registry) -> Iterator[RunnerClient]:
+    client = RunnerClient("demo", name="demo", registry=test_registry)
+    try:
+        client.start()
+        client.wait_until_ready(timeout=300)
+        yield client
+    finally:
+        stop_client(client)
+
+
+@pytest.fixture
+def runner_manager(tmp_path: Path) -> Iterator[RunnerManager]:
+    manager = RunnerManager(registry=Registry(tmp_path / "registry"))
+    try:
+        yield manager
+    finally:
+        manager.close()
+
+
+@pytest.fixture
+def fault_client(test_registry: Registry) -> Iterator[Callable[..., RunnerClient]]:
+    """``fault_client(FAULT_LOAD="stall:40", ready=False)`` -> a started fault-runner client."""
+    made: list[RunnerClient] = []
+
+    def make(*, ready: bool = True, timeout: float = 30.0, **faults: str) -> RunnerClient:
+        env = {"PYTHONPATH": str(REPO), **faults}
+        client = RunnerClient("fault-model", name="fault", env=env,
+                              runner_module="tests.fault_runner", registry=test_registry)
+        made.append(client)
+        client.start()
+        if ready:
+            client.wait_until_ready(timeout=timeout)
+        return client
+
+    try:
+        yield make
+    finally:
+        for client in made:
+            stop_client(client)
