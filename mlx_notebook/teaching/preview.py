@@ -1,0 +1,94 @@
+"""Dry run: the exact text the model would see (after the chat template) and its tokens.
+
+>>> p = preview_prompt("What is 2+2?", system="Be brief.")   # doctest: +SKIP
+>>> p.token_count, p.text                                     # doctest: +SKIP
+
+Nothing is generated: the runner's tokenize endpoint templates and tokenizes the
+prompt exactly as a completion request would, so ``token_count`` is the
+``prompt_tokens`` the generation would report.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..protocol import ChatMessage
+from .common import client_for, in_kernel, make_messages
+
+if TYPE_CHECKING:
+    from ..client import RunnerClient
+
+__all__ = ["PromptPreview", "preview_prompt", "show_preview"]
+
+_SHADES = ("#e8f0fe", "#fde8e8")
+
+
+@dataclass(frozen=True)
+class PromptPreview:
+    """The prompt as sent: templated text, token ids and the text piece of each."""
+
+    text: str
+    tokens: tuple[int, ...]
+    pieces: tuple[str, ...]
+    model: str
+    raw: bool
+
+    @property
+    def token_count(self) -> int:
+        return len(self.tokens)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def text_report(self) -> str:
+        """Plain text: header, the templated prompt, then the pieces split by ``|``."""
+        kind = "raw prompt" if self.raw else "after the chat template"
+        return (f"{self.model}: {self.token_count} prompt tokens ({kind})\n"
+                f"{self.text}\n--- tokens ---\n" + "|".join(self.pieces))
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(self.text_report())
+
+    def _repr_html_(self) -> str:
+        spans = "".join(
+            f'<span title="#{i} id {tid}" style="background:{_SHADES[i % 2]};'
+            f'border-right:1px solid #999;white-space:pre-wrap">'
+            f"{html.escape(piece.replace(chr(10), '↵' + chr(10)))}</span>"
+            for i, (tid, piece) in enumerate(zip(self.tokens, self.pieces, strict=False)))
+        kind = "raw prompt" if self.raw else "after the chat template"
+        return (f'<div class="mlxnb-preview"><b>{self.token_count} prompt tokens</b> '
+                f"({html.escape(self.model)}, {kind}; nothing generated)"
+                f'<pre style="white-space:pre-wrap;background:#f7f7f7;padding:6px">'
+                f"{html.escape(self.text)}</pre>"
+                f'<div style="font-family:monospace;line-height:1.8">{spans}</div></div>')
+
+
+def preview_prompt(prompt: str, *, model: str | RunnerClient | None = None,
+                   system: str | None = None, raw: bool = False,
+                   messages: Sequence[ChatMessage] | None = None) -> PromptPreview:
+    """What ``generate(prompt, system=..., raw=...)`` would send, without generating."""
+    client = client_for(model)
+    if raw:
+        if system:
+            raise ValueError("system has no effect with raw=True (the prompt is sent as is)")
+        tok = client.tokenize(prompt)
+    else:
+        tok = client.tokenize(messages=list(messages or make_messages(prompt, system)))
+    return PromptPreview(text=tok.text, tokens=tuple(tok.tokens), pieces=tuple(tok.pieces),
+                         model=client.name, raw=raw)
+
+
+def show_preview(prompt: str, **kwargs: Any) -> PromptPreview:
+    """``--dry-run``: show the preview in the cell (text in a terminal) and return it."""
+    result = preview_prompt(prompt, **kwargs)
+    if in_kernel():
+        from IPython.display import display
+
+        display({"text/html": result._repr_html_(), "text/plain": result.text_report()},
+                raw=True)
+    else:
+        print(result.text_report())
+    return result

@@ -1,0 +1,112 @@
+"""Teaching tools against real runners: logprob view, preview, reproduce, compare, explorer.
+
+The tiny random model carries the plumbing checks (fast); the demo model checks
+what needs a real tokenizer and template (a few tokens each: ~10 tok/s here).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+
+import pytest
+
+from mlx_notebook.client import RunnerClient
+from mlx_notebook.protocol import ChatMessage, CompletionRequest, SamplingOptions
+from mlx_notebook.teaching.logprob_view import generate_logprobs, logprobs_html
+from mlx_notebook.teaching.preview import preview_prompt
+from mlx_notebook.teaching.reproduce import RunMetadata, metadata_for_request, rerun
+
+SPAN = re.compile(r'<span class="mlxnb-token" data-prob="([0-9.]+)" title="([^"]*)"')
+
+
+# ---------------------------------------------------------------- logprob view
+
+
+def test_logprob_html_matches_runner_numbers(tiny_client: RunnerClient) -> None:
+    result = generate_logprobs("Hello there", model=tiny_client, k=5, raw=True, max_tokens=6)
+    assert result.done is not None and len(result.logprobs) == result.done.completion_tokens == 6
+
+    # The same greedy request straight from the runner gives the numbers to check against.
+    request = CompletionRequest(prompt="Hello there",
+                                options=SamplingOptions(max_tokens=6, logprobs=5))
+    runner = [lp for chunk in tiny_client.stream(request) for lp in chunk.logprobs]
+    spans = SPAN.findall(logprobs_html(result.logprobs))
+    assert len(spans) == len(runner) == 6
+    for (prob, title), lp in zip(spans, runner, strict=True):
+        assert float(prob) == pytest.approx(math.exp(lp.logprob), abs=1e-5)
+        assert len(lp.top) == 5
+        probs = [math.exp(a.logprob) for a in lp.top]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-5
+        assert lp.top[0].token == lp.token  # greedy: the chosen token is the most likely
+        lines = html.unescape(title).splitlines()
+        assert len(lines) == 6 and lines[0].startswith(repr(lp.text))
+        for line, alt in zip(lines[1:], lp.top, strict=True):
+            assert repr(alt.text) in line and f"{math.exp(alt.logprob):.2%}" in line
+    assert result._repr_html_().count("<tr>") == 7  # header + one row per token
+
+
+def test_logprob_view_zero_k_hides_alternatives(tiny_client: RunnerClient) -> None:
+    result = generate_logprobs("Hi", model=tiny_client, k=0, raw=True, max_tokens=2)
+    assert len(result.logprobs) == 2 and all(not t.top for t in result.logprobs)
+    with pytest.raises(ValueError, match="between 0 and 20"):
+        generate_logprobs("Hi", model=tiny_client, k=21, raw=True)
+
+
+# ---------------------------------------------------------------- preview
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_dry_run_count_is_the_runners(tiny_client: RunnerClient, raw: bool) -> None:
+    system = None if raw else "Be brief."
+    preview = preview_prompt("Say hi", model=tiny_client, system=system, raw=raw)
+    if raw:
+        expected = tiny_client.tokenize("Say hi")
+        request = CompletionRequest(prompt="Say hi", options=SamplingOptions(max_tokens=1))
+    else:
+        msgs = (ChatMessage("system", "Be brief."), ChatMessage("user", "Say hi"))
+        expected = tiny_client.tokenize(messages=msgs)
+        request = CompletionRequest(messages=msgs, options=SamplingOptions(max_tokens=1))
+        assert "Be brief." in preview.text and preview.text != "Say hi"
+    assert preview.token_count == len(expected.tokens) and preview.text == expected.text
+    assert "".join(preview.pieces) == expected.text or raw  # raw may carry a BOS piece
+    _, done = tiny_client.complete(request)
+    assert done.prompt_tokens == preview.token_count
+    page = preview._repr_html_()
+    assert f"{preview.token_count} prompt tokens" in page
+    assert page.count("border-right") == preview.token_count
+
+
+def test_dry_run_on_demo_template(demo_client: RunnerClient) -> None:
+    preview = preview_prompt("What is 2+2?", model=demo_client, system="Answer briefly.")
+    assert "Answer briefly." in preview.text and "What is 2+2?" in preview.text
+    assert preview.token_count == len(demo_client.tokenize(messages=[
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is 2+2?"}]).tokens)
+
+
+# ---------------------------------------------------------------- reproduce
+
+
+def test_metadata_round_trip_reruns_same_greedy_text(demo_client: RunnerClient) -> None:
+    request = CompletionRequest(messages=(ChatMessage("user", "Name a colour."),),
+                                options=SamplingOptions(max_tokens=5))
+    text, _ = demo_client.complete(request)
+    meta = metadata_for_request(demo_client, request, text)
+    assert meta.source_hash and meta.spec == "demo" and meta.seed is None
+    assert meta.versions["mlx"] and meta.versions["mlx-lm"]
+    saved = json.dumps({"mlx_notebook": meta.to_json()})  # as kept in an output's metadata
+    again = rerun(saved, model=demo_client)
+    assert RunMetadata.from_json(saved) == meta
+    assert again.text == text and again.completion_tokens == 5
+
+
+def test_seeded_sampled_run_reproduces(tiny_client: RunnerClient) -> None:
+    request = CompletionRequest(prompt="Once", options=SamplingOptions(
+        max_tokens=6, temperature=1.0, seed=1234))
+    text, _ = tiny_client.complete(request)
+    meta = metadata_for_request(tiny_client, request, text)
+    assert meta.seed == 1234 and meta.prompt == "Once" and meta.messages is None
+    assert rerun(meta.to_json(), model=tiny_client).text == text
