@@ -38,8 +38,8 @@ Run a local language model from this notebook. The model runs with
 [MLX](https://github.com/ml-explore/mlx) in a separate process (a *runner*), so
 a crash or an out-of-memory kill there never takes the kernel down.
 
-`demo` is SmolLM2-135M-Instruct: small (about 100 MB), quick to load, and good
-enough for simple questions. The first `%mlx load demo` on a machine downloads
+`demo` is SmolLM2-135M-Instruct: small (a 4-bit file of about 90 MB), quick to
+load, and good enough for simple questions. The first `%mlx load demo` on a machine downloads
 and converts it once; later loads come from the cache.
 """),
     code("%load_ext mlx_notebook", "load_ext"),
@@ -167,9 +167,11 @@ speed, one token per step. The result object keeps them:
          "print(f'answer: {hot1.completion_tokens} tokens at {hot1.tokens_per_second:.1f} tokens/s')",
          "speed"),
     md("""
-The status widget shows the runner's memory: the weights (about 100 MB for this
-4-bit model), plus the *KV cache* that grows with every token of the
-conversation, against the memory the machine has. *peak* is the most it used.
+The status widget shows the runner's memory: the weights (the load line above
+says how they are held: a Linux CPU unpacks the 4-bit file to float32 because
+that is faster there, a Mac keeps it 4-bit), plus the *KV cache* that grows with
+every token of the conversation, against the memory the machine has. *peak* is
+the most it used.
 """),
     code("%mlx status", "status"),
     code("%mlx ps", "ps"),

@@ -168,6 +168,7 @@ def _code_cell_index(source_start: str) -> int:
 def test_quickstart_in_jupyterlab(lab, page):
     from playwright.sync_api import expect
 
+    expect.set_options(timeout=90_000)  # a busy 2-core machine: kernel start can take a while
     t0 = time.monotonic()
     page.goto(f"{lab}/lab/tree/{NOTEBOOK.name}?token={TOKEN}&reset")
     panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
@@ -201,6 +202,7 @@ def test_quickstart_in_jupyterlab(lab, page):
     # screenshot for the README now, while the model is loaded (the last cell unloads it)
     page.evaluate("() => document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) "
                   ".jp-WindowedPanel-outer')?.scrollTo(0, 0)")
+    page.mouse.move(5, 940)  # no hover decorations in the picture
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT))
 
