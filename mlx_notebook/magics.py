@@ -89,7 +89,7 @@ def _parsers() -> dict[str, _Parser]:
     p = new("load")
     p.add_argument("model", nargs="?", default="demo",
                    help="demo, a Hugging Face repo id, a model folder or a .gguf file")
-    p.add_argument("--as", dest="name", metavar="NAME", help="name to refer to it by")
+    p.add_argument("--as", "--name", dest="name", metavar="NAME", help="name to refer to it by")
     p.add_argument("--context", type=int, metavar="N", help="context length in tokens")
     p.add_argument("--force", action="store_true", help="load even if memory looks short; reload")
     p = new("unload")

@@ -144,7 +144,7 @@ def test_ps_table(executed: tuple[Any, RecordingClient]) -> None:
     text = [o for o in outputs(nb, "ps") if o.output_type == "display_data"][0].data["text/plain"]
     lines = text.splitlines()
     assert lines[0].startswith("NAME") and len(lines) == 3
-    assert any(ln.startswith("*demo") for ln in lines)
+    assert lines[1].startswith("*tiny") and lines[2].startswith("demo ")  # first loaded is default
 
 
 # ---------------------------------------------------------------- interrupt

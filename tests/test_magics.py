@@ -362,11 +362,17 @@ def test_interrupt_keeps_partial_text(entry: Entry, tiny: str) -> None:
 # ---------------------------------------------------------------- the real demo model
 
 
-@pytest.mark.slow
-def test_demo_knows_paris(entry: Entry, demo_model_ready: Path) -> None:
+@pytest.fixture(scope="module")
+def demo(demo_model_ready: Path) -> Iterator[str]:
     mn.load("demo")
     try:
-        r = entry.generate("What is the capital of France?", model="demo", max_tokens=12)
-        assert "Paris" in r.text, r.text
+        yield "demo"
     finally:
         mn.unload("demo")
+
+
+@pytest.mark.slow
+def test_demo_knows_paris(entry: Entry, demo: str) -> None:
+    r = entry.generate("What is the capital of France?", model=demo, max_tokens=12)
+    assert "Paris" in r.text, r.text
+    assert r.finish_reason in ("stop", "length") and r.completion_tokens <= 12
