@@ -14,7 +14,13 @@ import re
 import pytest
 
 from mlx_notebook.client import RunnerClient
-from mlx_notebook.protocol import ChatMessage, CompletionRequest, SamplingOptions
+from mlx_notebook.protocol import ChatMessage, CompletionRequest, SamplingOptions, TopLogprob
+from mlx_notebook.teaching.compare import Records, _Cell, compare, grid_html, parse_list
+from mlx_notebook.teaching.explorer import (
+    NextTokenExplorer,
+    next_token_logprobs,
+    transform_distribution,
+)
 from mlx_notebook.teaching.logprob_view import generate_logprobs, logprobs_html
 from mlx_notebook.teaching.preview import preview_prompt
 from mlx_notebook.teaching.reproduce import RunMetadata, metadata_for_request, rerun
@@ -110,3 +116,84 @@ def test_seeded_sampled_run_reproduces(tiny_client: RunnerClient) -> None:
     meta = metadata_for_request(tiny_client, request, text)
     assert meta.seed == 1234 and meta.prompt == "Once" and meta.messages is None
     assert rerun(meta.to_json(), model=tiny_client).text == text
+
+
+# ---------------------------------------------------------------- compare
+
+
+def test_compare_two_settings_tiny(tiny_client: RunnerClient) -> None:
+    records = compare("Hello", models=[tiny_client], raw=True, show=False, max_tokens=5,
+                      seed=7, settings=[{"temperature": 0.0}, {"temperature": 0.8}])
+    assert [r["options"]["temperature"] for r in records] == [0.0, 0.8]
+    greedy, sampled = records
+    assert greedy["options"]["seed"] is None and sampled["options"]["seed"] == 7
+    for rec in records:
+        assert rec["model"] == "tiny" and rec["finish_reason"] == "length" and rec["tokens"] == 5
+        assert rec["text"] and rec["tokens_per_second"] > 0 and rec["peak_memory"] > 0
+        assert rec["ttft"] > 0 and rec["error"] is None
+    # Each cell is the same as that request run alone.
+    alone, _ = tiny_client.complete(CompletionRequest(prompt="Hello", options=SamplingOptions(
+        max_tokens=5, temperature=0.8, seed=7)))
+    assert sampled["text"] == alone
+    assert greedy["text"] == tiny_client.complete(CompletionRequest(
+        prompt="Hello", options=SamplingOptions(max_tokens=5)))[0]
+    assert set(records[0]) >= {"model", "options", "text", "tokens", "tokens_per_second",
+                               "ttft", "peak_memory", "finish_reason"}
+
+
+def test_compare_two_settings_demo_grid(demo_client: RunnerClient) -> None:
+    records = compare("Say hello.", models=[demo_client], show=False, max_tokens=3, seed=3,
+                      settings=[{"temperature": 0.0}, {"temperature": 0.8}])
+    assert len(records) == 2 and all(r["tokens"] == 3 and r["text"] for r in records)
+    assert all(r["prompt_tokens"] > 3 for r in records)  # chat template applied
+    cells = [_Cell(demo_client, CompletionRequest(prompt="x"), "demo · temperature=0.8")]
+    assert "demo · temperature=0.8" in grid_html(cells, 2)
+    assert parse_list("0, 0.8") == [0.0, 0.8] and parse_list("a,b", str) == ["a", "b"]
+
+
+def test_records_as_dataframe() -> None:
+    pd = pytest.importorskip("pandas")
+    frame = Records([{"model": "a", "tokens": 1}, {"model": "b", "tokens": 2}]).as_dataframe()
+    assert isinstance(frame, pd.DataFrame) and list(frame["model"]) == ["a", "b"]
+
+
+# ---------------------------------------------------------------- explorer
+
+
+def test_transform_distribution_math() -> None:
+    top = tuple(TopLogprob(i, f"t{i}", math.log(p)) for i, p in enumerate([0.5, 0.3, 0.1, 0.05]))
+    full = transform_distribution(top)
+    assert [i for i, _ in full] == [0, 1, 2, 3]
+    assert sum(p for _, p in full) == pytest.approx(1.0)
+    assert full[0][1] == pytest.approx(0.5 / 0.95)
+    assert transform_distribution(top, top_k=2) == [(0, pytest.approx(0.625)),
+                                                   (1, pytest.approx(0.375))]
+    assert [i for i, _ in transform_distribution(top, top_p=0.8)] == [0, 1]
+    assert transform_distribution(top, temperature=0) == [(0, 1.0)]
+    hot = transform_distribution(top, temperature=2.0)
+    assert hot[0][1] < full[0][1] and hot[-1][1] > full[-1][1]  # flatter
+
+
+def test_explorer_state_after_sliders_and_click(tiny_client: RunnerClient) -> None:
+    ex = NextTokenExplorer("Hello", model=tiny_client)
+    runner = next_token_logprobs(tiny_client, "Hello")
+    assert ex.top == runner and len(ex.distribution) == 20
+    assert sum(p for _, p in ex.distribution) == pytest.approx(1.0)
+    assert [t for t, _ in ex.distribution] == [t.text for t in runner]
+    assert len(ex.bars.children) == 20
+
+    ex.top_k_slider.value = 3  # as a user drags the slider
+    assert ex.top_k == 3 and len(ex.distribution) == 3 and len(ex.bars.children) == 3
+    probs = [math.exp(t.logprob) for t in runner[:3]]
+    assert [p for _, p in ex.distribution] == pytest.approx([p / sum(probs) for p in probs])
+    ex.temperature = 0.0
+    assert ex.temperature_slider.value == 0.0 and ex.distribution == [(runner[0].text, 1.0)]
+    ex.temperature = 1.0
+
+    second = ex.distribution[1][0]
+    ex.bars.children[1].children[0].click()  # click the second bar
+    assert ex.text == "Hello" + second and ex.prompt_box.value == ex.text
+    assert ex.top == next_token_logprobs(tiny_client, ex.text) and len(ex.distribution) == 3
+    assert ex.choose(0) == ex.text.removeprefix("Hello" + second)
+    ex.top_p = 0.0001
+    assert len(ex.distribution) == 1
