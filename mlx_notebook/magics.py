@@ -1,5 +1,15 @@
 """The ``%mlx`` line magic and the ``%%mlx`` cell magic: parse, call :mod:`mlx_notebook.api`, show.
 
+Usage::
+
+    %load_ext mlx_notebook
+    %mlx load demo                       # progress bar, then a status line
+    %%mlx generate --max-tokens 32 -o r  # the cell is the prompt; r: GenerationResult
+    What is the capital of {country}?
+    %%mlx chat --system "Be brief."      # one turn of the conversation with the model
+    Hi!
+    %mlx status                          # live status and memory widget
+
 Every subcommand has argparse help (``%mlx help load``, ``%mlx load -h``). Bad
 arguments raise a one-line ``UsageError``; our own errors (no model loaded, a
 crashed runner, an unknown ``{name}``) show as one red line, and the cell fails
