@@ -126,15 +126,27 @@ class Registry:
         return reaped
 
 
+def _gone(proc: psutil.Process, timeout: float) -> bool:
+    """Wait until the process is gone or a zombie (its parent may not be us to reap it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
 def _terminate(pid: int, grace: float) -> None:
     """SIGTERM, then SIGKILL after ``grace`` seconds; a process already gone is fine."""
     try:
         proc = psutil.Process(pid)
         proc.terminate()
-        proc.wait(grace)
-    except psutil.TimeoutExpired:
-        with contextlib.suppress(psutil.Error):
+        if not _gone(proc, grace):
             proc.kill()
-            proc.wait(grace)
+            _gone(proc, grace)
     except psutil.Error:
         pass
