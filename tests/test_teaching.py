@@ -22,8 +22,13 @@ from mlx_notebook.teaching.explorer import (
     transform_distribution,
 )
 from mlx_notebook.teaching.logprob_view import generate_logprobs, logprobs_html
-from mlx_notebook.teaching.preview import preview_prompt
-from mlx_notebook.teaching.reproduce import RunMetadata, metadata_for_request, rerun
+from mlx_notebook.teaching.preview import preview_prompt, show_preview
+from mlx_notebook.teaching.reproduce import (
+    RunMetadata,
+    metadata_for_request,
+    output_metadata,
+    rerun,
+)
 
 SPAN = re.compile(r'<span class="mlxnb-token" data-prob="([0-9.]+)" title="([^"]*)"')
 
@@ -197,3 +202,26 @@ def test_explorer_state_after_sliders_and_click(tiny_client: RunnerClient) -> No
     assert ex.choose(0) == ex.text.removeprefix("Hello" + second)
     ex.top_p = 0.0001
     assert len(ex.distribution) == 1
+
+
+def test_terminal_output_paths(tiny_client: RunnerClient, capsys: pytest.CaptureFixture[str]
+                               ) -> None:
+    result = generate_logprobs("Hi", model=tiny_client, k=2, raw=True, max_tokens=2, show=True)
+    records = compare("Hi", models=[tiny_client], raw=True, max_tokens=2, show=True)
+    show_preview("Hi", model=tiny_client, raw=True)
+    out = capsys.readouterr().out
+    assert result.text in out and f"{result.probabilities[0]:.2%}" in out
+    assert "== tiny ==" in out and records[0]["text"] in out and "prompt tokens (raw" in out
+    meta = metadata_for_request(tiny_client, json.loads(json.dumps(records[0]["request"])),
+                                records[0]["text"])
+    assert output_metadata(meta)["mlx_notebook"]["text"] == records[0]["text"]
+
+
+def test_teaching_never_imports_mlx() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, mlx_notebook.teaching as t\n"
+            "for n in t.__all__: getattr(t, n)\n"
+            "assert not {'mlx', 'mlx.core', 'mlx_lm'} & set(sys.modules), 'mlx imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

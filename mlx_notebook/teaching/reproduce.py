@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..client import RunnerClient
 
 __all__ = ["ReproducibilityWarning", "RunMetadata", "metadata_for", "metadata_for_request",
-           "rerun", "runner_versions"]
+           "output_metadata", "rerun", "runner_versions"]
 
 METADATA_KEY = "mlx_notebook"  # key under a display output's metadata
 PACKAGES = ("mlx", "mlx-lm", "mlx-notebook")
@@ -143,6 +143,11 @@ def metadata_for(result: GenerationResult, *, system: str | None = None, raw: bo
     request = make_request(result.prompt, result.options, system=system, raw=raw,
                            messages=messages)
     return metadata_for_request(client, request, result.text)
+
+
+def output_metadata(meta: RunMetadata) -> dict[str, Any]:
+    """For ``display(..., metadata=output_metadata(meta))``: saved with the output in the .ipynb."""
+    return {METADATA_KEY: meta.to_json()}
 
 
 def _find_or_load(meta: RunMetadata) -> RunnerClient:
