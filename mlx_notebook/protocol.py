@@ -331,6 +331,7 @@ class Status:
     progress_message: str = ""
     model: str = ""
     source: str = ""
+    source_hash: str = ""  # content hash or hub revision of the weights, for reproducibility
     weights_format: str = ""
     context_length: int = 0
     memory: MemoryInfo = field(default_factory=MemoryInfo)

@@ -242,12 +242,12 @@ class Engine:
         token = int(response.token)
         is_eos = response.finish_reason == "stop" and token in eos
         logprobs = ()
+        if job.options.logprobs:  # also for the end token: "the model would stop here" is news
+            logprobs = (token_logprob(response.logprobs, token, job.options.logprobs,
+                                      self.loaded.tokenizer.decode),)
         if not is_eos:
             job.completion_tokens += 1
             job.detokenizer.add_token(token)
-            if job.options.logprobs:
-                logprobs = (token_logprob(response.logprobs, token, job.options.logprobs,
-                                          self.loaded.tokenizer.decode),)
         if response.finish_reason is not None:
             job.detokenizer.finalize()
         text = job.stop_filter.feed(job.detokenizer.last_segment)

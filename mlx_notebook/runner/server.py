@@ -197,15 +197,13 @@ class RunnerHandler(BaseHTTPRequestHandler):
             state=engine.state, progress=round(engine.progress, 1),  # type: ignore[arg-type]
             pid=_pid(), protocol=PROTOCOL_VERSION, progress_message=engine.progress_message,
             model=loaded.name if loaded else engine.spec, source=loaded.source if loaded else "",
+            source_hash=loaded.source_hash if loaded else "",
             weights_format=loaded.weights_format if loaded else "",
             context_length=engine.context_length, memory=engine.memory(),
             active_requests=engine.active_requests(),
             last_tokens_per_second=round(engine.last_tokens_per_second, 2),
             device=runner_device(), error=engine.error)
-        payload = status.to_json()
-        if loaded is not None:
-            payload["source_hash"] = loaded.source_hash
-        self._send_json(200, payload)
+        self._send_json(200, status.to_json())
 
     def _handle_tokenize(self, body: Any) -> None:
         engine = self._require_ready()

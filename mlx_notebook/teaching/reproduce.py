@@ -112,8 +112,7 @@ def runner_versions(client: RunnerClient) -> dict[str, str]:
 
 
 def _status_json(client: RunnerClient) -> dict[str, Any]:
-    # Status drops fields it does not know; source_hash is one, so read the raw answer.
-    return client._call("status")
+    return client.status().to_json()
 
 
 def metadata_for_request(client: RunnerClient, request: CompletionRequest | dict[str, Any],
