@@ -261,8 +261,12 @@ class RunnerClient:
             return self.status()
         except RunnerExitedError as exc:
             raise RunnerStartError(str(exc)) from exc
-        except (RunnerUnavailableError, GenerationError):
+        except RunnerUnavailableError:
             return None  # not answering yet; the no-progress timeout covers a hang
+        except GenerationError as exc:
+            # /v1/status never waits on the model: an error answer will not go away.
+            raise RunnerStartError(failure_message(
+                str(exc), None, self.error_lines())) from exc
 
     def close(self, grace: float = 5.0) -> None:
         """Stop the runner: ask (shutdown + stdin EOF), then SIGTERM, then SIGKILL after ``grace``."""
@@ -435,6 +439,11 @@ class RunnerClient:
     def touch(self) -> None:
         self.last_used = time.time()
 
+    def _count_stream(self, delta: int) -> None:
+        """Streams in flight: a runner with any is busy and never evicted."""
+        with self._lock:
+            self.active_streams += delta
+
     def stream(self, request: CompletionRequest | str) -> CompletionStream:
         """Start a completion; iterate the result for ChunkEvents, then read ``.result``."""
         request = _as_request(request)
@@ -473,7 +482,7 @@ class RunnerClient:
         method, path = protocol.ENDPOINTS["completion"]
         timeout = httpx2.Timeout(30.0, connect=5.0, read=self.stream_read_timeout)
         what = "while streaming a completion"
-        self.active_streams += 1
+        self._count_stream(1)
         try:
             async with httpx2.AsyncClient(base_url=self.base_url, headers=self.headers,
                                           timeout=timeout, trust_env=False) as http:
@@ -503,7 +512,7 @@ class RunnerClient:
                 raise RunnerExitedError(self._exit_message(what))
             raise ProtocolError(f"runner {self.name!r} ended the stream without a done event")
         finally:
-            self.active_streams -= 1
+            self._count_stream(-1)
 
     def tokenize(self, text: str | None = None, *,
                  messages: Sequence[protocol.ChatMessage | dict[str, str]] | None = None,

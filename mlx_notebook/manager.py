@@ -313,6 +313,8 @@ class RunnerManager:
                 if state == "ready" and status.active_requests:
                     state = "generating"
                 error = status.error
+            except RunnerExitedError:
+                state, error = "exited", client.exit_description()
             except MLXNotebookError as exc:
                 state, error = "unavailable", str(exc)
         idle = 0.0 if client.active_streams else max(time.time() - client.last_used, 0.0)

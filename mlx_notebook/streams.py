@@ -58,7 +58,7 @@ class CompletionStream:
         self._cancelled = False
         self._iterating: int | None = None  # thread id while a thread reads the stream
         self._lines = response.iter_lines()
-        client.active_streams += 1
+        client._count_stream(1)
 
     @property
     def finished(self) -> bool:
@@ -132,7 +132,7 @@ class CompletionStream:
             if self._finished.is_set():
                 return
             self._finished.set()
-            self._client.active_streams -= 1
+            self._client._count_stream(-1)
         self._response.close()
 
     def cancel(self) -> None:

@@ -282,3 +282,27 @@ def test_error_lines_from_traceback_metal_and_fallback() -> None:
         "[METAL] Command buffer execution failed: Insufficient Memory"]
     assert extract_error_lines(["all good", "still fine", ""]) == ["still fine"]
     assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(2) == "exited with code 2"
+
+
+def test_astream_task_cancel_stops_generation(tiny_client: RunnerClient) -> None:
+    async def main() -> int:
+        got = 0
+
+        async def consume() -> None:
+            nonlocal got
+            async for _ in tiny_client.astream(LONG):
+                got += 1
+
+        task = asyncio.create_task(consume())
+        while got < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return got
+
+    assert asyncio.run(main()) >= 3
+    deadline = time.monotonic() + 5
+    while tiny_client.status().active_requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tiny_client.status().active_requests == 0 and tiny_client.active_streams == 0

@@ -157,3 +157,36 @@ def test_keep_alive_unloads_idle_runner(tmp_path, tiny_model_dir) -> None:
         assert "keep_alive" in notes[0]
     finally:
         manager.close()
+
+
+KERNEL = """
+import sys
+from mlx_notebook.manager import get_manager
+client = get_manager().load(sys.argv[1])
+print(client.pid, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_sigterm_to_owner_stops_its_runners(tiny_model_dir, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    owner = subprocess.Popen([sys.executable, "-c", KERNEL, str(tiny_model_dir)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "MLX_NOTEBOOK_CACHE": str(tmp_path)})
+    runner_pid = None
+    try:
+        runner_pid = int(owner.stdout.readline())
+        owner.terminate()
+        assert owner.wait(10) == -signal.SIGTERM  # cleaned up, then died of SIGTERM as before
+        assert wait_gone(runner_pid, 3) is not None
+        assert Registry(tmp_path / "runners").entries() == []
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if runner_pid and pid_alive(runner_pid):
+            os.kill(runner_pid, signal.SIGKILL)
+        owner.stdin.close()
+        owner.stdout.close()
