@@ -35,6 +35,14 @@ apt_install() {  # apt_install PKG... (Debian/Ubuntu, root or passwordless sudo 
     $SUDO apt-get install -y -q "$@" >/dev/null
 }
 
+ensure_openblas() {  # the runner preloads it on Linux CPUs: ~9x faster prompts (runner/fastblas.py)
+    [ "$(uname -s)" = Linux ] || return 0
+    ls /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 >/dev/null 2>&1 && return 0
+    say "installing Debian's OpenBLAS (libopenblas0-pthread) for faster CPU inference"
+    apt_install libopenblas0-pthread ||
+        say "could not install libopenblas0-pthread (needs apt-get and root/sudo): the runner will be slower"
+}
+
 pick_python() {
     if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; return; fi
     local p
