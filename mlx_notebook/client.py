@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import os
 import secrets
-import subprocess
 import sys
 import threading
 import time
@@ -39,10 +38,11 @@ from .errors import (
     RunnerStartTimeout,
     RunnerUnavailableError,
 )
-from .protocol import ChunkEvent, CompletionRequest, DoneEvent, ErrorEvent, Status
+from .process import POLL_INTERVAL, RunnerProcess
+from .protocol import ChunkEvent, CompletionRequest, DoneEvent, Status
 from .registry import Registry
-from .stderr_tail import StderrTail, describe_exit, failure_message
-from .streams import CompletionStream, decode_line
+from .stderr_tail import failure_message
+from .streams import CompletionStream, astream_events
 
 __all__ = ["RunnerClient", "CompletionStream", "PYTHON_ENV"]
 
@@ -50,7 +50,6 @@ PYTHON_ENV = "MLX_NOTEBOOK_PYTHON"  # the interpreter that runs runners, if not 
 HANDSHAKE_TIMEOUT = 60.0
 REQUEST_TIMEOUT = httpx2.Timeout(30.0, connect=5.0)
 STATUS_TIMEOUT = httpx2.Timeout(3.0, connect=2.0)
-POLL_INTERVAL = 0.1
 
 
 def _as_request(request: CompletionRequest | str) -> CompletionRequest:
@@ -72,20 +71,11 @@ class RunnerClient:
         client.close()
     """
 
-    def __init__(
-        self,
-        spec: str,
-        *,
-        name: str | None = None,
-        python: str | None = None,
-        context_length: int | None = None,
-        env: dict[str, str] | None = None,
-        extra_args: Sequence[str] = (),
-        runner_module: str = "mlx_notebook.runner",
-        registry: Registry | None = None,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        stream_read_timeout: float | None = None,
-    ) -> None:
+    def __init__(self, spec: str, *, name: str | None = None, python: str | None = None,
+                 context_length: int | None = None, env: dict[str, str] | None = None,
+                 extra_args: Sequence[str] = (), runner_module: str = "mlx_notebook.runner",
+                 registry: Registry | None = None, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 stream_read_timeout: float | None = None) -> None:
         self.spec = spec
         self.name = name or spec
         self.python = python or os.environ.get(PYTHON_ENV) or sys.executable
@@ -96,7 +86,6 @@ class RunnerClient:
         self.registry = registry if registry is not None else Registry()
         self.handshake_timeout = handshake_timeout
         self.stream_read_timeout = stream_read_timeout
-        self.pid: int | None = None
         self.port: int | None = None
         self.host = "127.0.0.1"
         self.started_at = 0.0
@@ -104,21 +93,20 @@ class RunnerClient:
         self.last_status: Status | None = None
         self.active_streams = 0
         self._token = secrets.token_urlsafe(32)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._tail = StderrTail()
-        self._handshake: protocol.Handshake | None = None
-        self._handshake_error: str | None = None
-        self._handshake_seen = threading.Event()
-        self._stdout_thread: threading.Thread | None = None
+        self._process: RunnerProcess | None = None
         self._http: httpx2.Client | None = None
         self._lock = threading.Lock()
         self._closed = False
 
     def __repr__(self) -> str:
-        state = "exited" if self.has_exited else ("running" if self._proc else "new")
+        state = "exited" if self.has_exited else ("running" if self._process else "new")
         return f"<RunnerClient {self.name!r} spec={self.spec!r} pid={self.pid} port={self.port} {state}>"
 
     # ------------------------------------------------------------ lifecycle
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
 
     @property
     def base_url(self) -> str:
@@ -139,78 +127,25 @@ class RunnerClient:
 
     def start(self) -> None:
         """Spawn the runner in its own session and wait for its handshake line."""
-        if self._proc is not None:
+        if self._process is not None:
             raise RuntimeError(f"runner {self.name!r} was already started")
         env = {**os.environ, **self.env, protocol.TOKEN_ENV: self._token, "PYTHONUNBUFFERED": "1"}
         if os.path.realpath(self.python) == os.path.realpath(sys.executable):
             # Same interpreter: make sure the runner imports this very mlx_notebook.
             here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
-        try:
-            self._proc = subprocess.Popen(
-                self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=env, start_new_session=True, close_fds=True,
-            )
-        except OSError as exc:
-            raise RunnerStartError(
-                f"could not start a runner for {self.spec!r} with {self.python!r}: {exc}"
-            ) from exc
-        self.pid = self._proc.pid
+        self._process = RunnerProcess(self.command(), env,
+                                      label=f"runner {self.name!r} (pid ?, {self.spec})")
         self.started_at = self.last_used = time.time()
-        self._tail.follow(self._proc.stderr, name=f"runner-{self.pid}-stderr")  # type: ignore[arg-type]
-        self._stdout_thread = threading.Thread(
-            target=self._read_stdout, name=f"runner-{self.pid}-stdout", daemon=True)
-        self._stdout_thread.start()
         try:
-            self._await_handshake()
+            hs = self._process.spawn(self.handshake_timeout)
         except BaseException:
             self.close(grace=1.0)
             raise
-        self.registry.add(self.pid, port=self.port, spec=self.spec, name=self.name)
-
-    def _read_stdout(self) -> None:
-        """The first stdout line must be the handshake; later lines join the tail."""
-        assert self._proc is not None and self._proc.stdout is not None
-        try:
-            for raw in iter(self._proc.stdout.readline, b""):
-                line = raw.decode("utf-8", errors="replace").strip()
-                if self._handshake_seen.is_set():
-                    self._tail.feed(line)
-                elif line:
-                    try:
-                        self._handshake = protocol.Handshake.from_line(line)
-                    except (ValueError, KeyError, TypeError):
-                        self._handshake_error = line[:300]
-                    self._handshake_seen.set()
-        except (OSError, ValueError):
-            pass
-        finally:
-            self._handshake_seen.set()
-
-    def _await_handshake(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.handshake_timeout
-        while not self._handshake_seen.wait(POLL_INTERVAL):
-            if time.monotonic() > deadline:
-                raise RunnerStartTimeout(failure_message(
-                    f"runner for {self.spec!r} did not announce its port within "
-                    f"{self.handshake_timeout:.0f} s", None, self._tail.error_lines()))
-        if self._handshake is None:
-            if self._handshake_error is not None:
-                raise ProtocolError(
-                    f"runner for {self.spec!r} started with {self._handshake_error!r} "
-                    "instead of its handshake line; is "
-                    f"{self.python!r} running a matching mlx_notebook?")
-            self._wait_exit(2.0)
-            raise RunnerStartError(self._exit_message("before it started listening"))
-        hs = self._handshake
-        if hs.protocol != protocol.PROTOCOL_VERSION:
-            raise ProtocolError(
-                f"runner speaks protocol {hs.protocol}, this client {protocol.PROTOCOL_VERSION}: "
-                f"install the same mlx_notebook version in {self.python!r}")
         self.host, self.port = hs.host, hs.port
         self._http = httpx2.Client(base_url=self.base_url, headers=self.headers,
                                    timeout=REQUEST_TIMEOUT, trust_env=False)
+        self.registry.add(self.pid, port=self.port, spec=self.spec, name=self.name)
 
     def wait_until_ready(
         self, *, timeout: float = 120.0, on_progress: Callable[[Status], None] | None = None,
@@ -220,7 +155,7 @@ class RunnerClient:
         An exit or a load error is reported at once, with the runner's own error lines.
         On any failure (or interrupt) the runner is stopped: a half-loaded runner is no use.
         """
-        if self._proc is None:
+        if self._process is None:
             self.start()
         last_key: tuple[Any, ...] | None = None
         last_change = time.monotonic()
@@ -274,63 +209,30 @@ class RunnerClient:
             if self._closed:
                 return
             self._closed = True
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            deadline = time.monotonic() + grace
-            if self._http is not None and self._handshake is not None:
+        http = self._http
+
+        def ask() -> None:
+            if http is not None:
                 with contextlib.suppress(httpx2.HTTPError):
-                    self._http.post(protocol.ENDPOINTS["shutdown"][1], timeout=min(1.0, grace))
-            with contextlib.suppress(OSError):
-                proc.stdin.close()  # type: ignore[union-attr]
-            if not self._wait_exit(grace / 2):
-                self._signal(15)
-                if not self._wait_exit(max(deadline - time.monotonic(), 0.1)):
-                    self._signal(9)
-                    self._wait_exit(5.0)
-        self._release()
+                    http.post(protocol.ENDPOINTS["shutdown"][1], timeout=min(1.0, grace))
 
-    def _signal(self, sig: int) -> None:
-        """Signal the runner's process group (its own session), so its children go too."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-
-    def _release(self) -> None:
-        """Free pipes, threads, the HTTP pool and the registry record of an exited runner."""
-        if self._http is not None:
-            self._http.close()
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is not None:
-            self.registry.remove(proc.pid)
-        self._tail.wait_closed(1.0)
-        if self._stdout_thread is not None:
-            self._stdout_thread.join(1.0)
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            with contextlib.suppress(OSError):
-                if pipe is not None:
-                    pipe.close()
+        if self._process is not None:
+            self._process.stop(grace, ask)
+            if self._process.has_exited and self._process.pid is not None:
+                self.registry.remove(self._process.pid)
+        if http is not None:
+            http.close()
 
     def _wait_exit(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for the process to exit; True if it has."""
-        if self._proc is None:
-            return False
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
+        return self._process is not None and self._process.wait_exit(timeout)
 
     @property
     def has_exited(self) -> bool:
-        return self._proc is not None and self._proc.poll() is not None
+        return self._process is not None and self._process.has_exited
 
     @property
     def returncode(self) -> int | None:
-        return None if self._proc is None else self._proc.poll()
+        return None if self._process is None else self._process.returncode
 
     @property
     def closed(self) -> bool:
@@ -338,22 +240,19 @@ class RunnerClient:
 
     def exit_description(self) -> str:
         """``"killed by SIGKILL"``, ``"exited with code 1"``, ``"still running"``."""
-        if self._proc is None:
-            return "not started"
-        return describe_exit(self._proc.poll())
+        return "not started" if self._process is None else self._process.exit_description()
 
     def error_lines(self) -> list[str]:
         """The runner's stderr lines that explain a failure (may be empty)."""
-        return self._tail.error_lines()
+        return [] if self._process is None else self._process.tail.error_lines()
 
     def stderr_lines(self) -> list[str]:
         """The bounded tail of everything the runner wrote after its handshake."""
-        return self._tail.lines()
+        return [] if self._process is None else self._process.tail.lines()
 
     def _exit_message(self, what: str) -> str:
-        self._tail.wait_closed(0.5)
-        return failure_message(f"runner {self.name!r} (pid {self.pid}, {self.spec}) exited {what}",
-                               self.returncode, self.error_lines())
+        assert self._process is not None
+        return self._process.exit_message(what)
 
     # ------------------------------------------------------------ the error boundary
 
@@ -468,51 +367,15 @@ class RunnerClient:
         assert stream.result is not None
         return stream.text, stream.result
 
-    async def astream(
+    def astream(
         self, request: CompletionRequest | str, *, on_done: Callable[[DoneEvent], None] | None = None,
     ) -> AsyncIterator[ChunkEvent]:
         """Async twin of :meth:`stream` for background work on the kernel's event loop.
 
+        ``async for chunk in client.astream(...)``; ``on_done`` gets the final DoneEvent.
         Cancelling the consuming task closes the stream, which cancels on the runner.
         """
-        import asyncio
-
-        request = _as_request(request)
-        self._require_http()
-        method, path = protocol.ENDPOINTS["completion"]
-        timeout = httpx2.Timeout(30.0, connect=5.0, read=self.stream_read_timeout)
-        what = "while streaming a completion"
-        self._count_stream(1)
-        try:
-            async with httpx2.AsyncClient(base_url=self.base_url, headers=self.headers,
-                                          timeout=timeout, trust_env=False) as http:
-                try:
-                    async with http.stream(method, path, json=request.to_json()) as response:
-                        if response.status_code >= 400:
-                            await response.aread()
-                            self._check_response(response, "the completion request")
-                        async for line in response.aiter_lines():
-                            event = decode_line(self, line)
-                            if event is None:
-                                continue
-                            self.touch()
-                            if isinstance(event, ChunkEvent):
-                                yield event
-                            elif isinstance(event, ErrorEvent):
-                                raise GenerationError(f"runner {self.name!r}: {event.error}")
-                            else:
-                                if on_done is not None:
-                                    on_done(event)
-                                if event.done_reason == "error":
-                                    raise GenerationError(f"runner {self.name!r}: {event.error}")
-                                return
-                except (httpx2.HTTPError, httpx2.StreamError) as exc:
-                    raise await asyncio.to_thread(self._translate, exc, what) from exc
-            if await asyncio.to_thread(self._wait_exit, 1.0):
-                raise RunnerExitedError(self._exit_message(what))
-            raise ProtocolError(f"runner {self.name!r} ended the stream without a done event")
-        finally:
-            self._count_stream(-1)
+        return astream_events(self, _as_request(request), on_done)
 
     def tokenize(self, text: str | None = None, *,
                  messages: Sequence[protocol.ChatMessage | dict[str, str]] | None = None,

@@ -8,17 +8,26 @@ handlers and from another thread (a Stop button).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 import httpx2
 
 from .errors import GenerationError, MLXNotebookError, ProtocolError, RunnerExitedError
-from .protocol import ChunkEvent, DoneEvent, ErrorEvent, Event, decode_event
+from .protocol import (
+    ENDPOINTS,
+    ChunkEvent,
+    CompletionRequest,
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    decode_event,
+)
 
 if TYPE_CHECKING:
     from .client import RunnerClient
@@ -180,3 +189,44 @@ class CompletionStream:
                 return False
             self._finished.wait(0.05 if remaining is None else min(remaining, 0.05))
         return True
+
+
+async def astream_events(client: RunnerClient, request: CompletionRequest,
+                         on_done: Callable[[DoneEvent], None] | None) -> AsyncIterator[ChunkEvent]:
+    """The body of :meth:`RunnerClient.astream`; errors go through ``client._translate``."""
+    client._require_http()
+    method, path = ENDPOINTS["completion"]
+    timeout = httpx2.Timeout(30.0, connect=5.0, read=client.stream_read_timeout)
+    what = "while streaming a completion"
+    client._count_stream(1)
+    try:
+        async with httpx2.AsyncClient(base_url=client.base_url, headers=client.headers,
+                                      timeout=timeout, trust_env=False) as http:
+            try:
+                async with http.stream(method, path, json=request.to_json()) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        client._check_response(response, "the completion request")
+                    async for line in response.aiter_lines():
+                        event = decode_line(client, line)
+                        if event is None:
+                            continue
+                        client.touch()
+                        if isinstance(event, ChunkEvent):
+                            yield event
+                        elif isinstance(event, ErrorEvent):
+                            raise GenerationError(f"runner {client.name!r}: {event.error}")
+                        else:
+                            if on_done is not None:
+                                on_done(event)
+                            if event.done_reason == "error":
+                                raise GenerationError(f"runner {client.name!r}: {event.error}")
+                            return
+            except (httpx2.HTTPError, httpx2.StreamError) as exc:
+                # Translating may wait a moment for the process to exit: not on the loop.
+                raise await asyncio.to_thread(client._translate, exc, what) from exc
+        if await asyncio.to_thread(client._wait_exit, 1.0):
+            raise RunnerExitedError(client._exit_message(what))
+        raise ProtocolError(f"runner {client.name!r} ended the stream without a done event")
+    finally:
+        client._count_stream(-1)
