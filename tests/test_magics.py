@@ -326,32 +326,49 @@ def test_stream_and_cancel(tiny: str) -> None:
     assert mn.generate("Hi", max_tokens=2).finish_reason in ("stop", "length")  # still usable
 
 
-def _interrupt_once_generating() -> threading.Thread:
-    """Send the main thread a KeyboardInterrupt (a cell interrupt) once the runner is busy."""
+class Interrupter:
+    """Sends the main thread one KeyboardInterrupt (a cell interrupt) while it reads a stream.
 
-    def watch() -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if mn.status("tiny").active_requests:
-                _thread.interrupt_main()
+    It watches the client's count of open streams, so it can only fire while this
+    test's generation is running, never later in another test.
+    """
+
+    def __init__(self, name: str) -> None:
+        from mlx_notebook.manager import get_manager
+
+        self.client = get_manager().get(name)
+        self.stop = threading.Event()
+        self.fired = False
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self.stop.is_set():
+            if self.client.active_streams > 0:
+                time.sleep(0.05)  # let a few tokens arrive first
+                if self.client.active_streams > 0 and not self.stop.is_set():
+                    self.fired = True
+                    _thread.interrupt_main()
                 return
-            time.sleep(0.005)
+            time.sleep(0.002)
 
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
+    def __enter__(self) -> Interrupter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def test_interrupt_keeps_partial_text(entry: Entry, tiny: str) -> None:
-    watcher = _interrupt_once_generating()
     if entry.kind == "magic":  # the magic returns the partial answer, marked stopped
-        r = entry.generate("The", raw=True, max_tokens=480, model=tiny)
-        watcher.join()
+        with Interrupter(tiny) as interrupter:
+            r = entry.generate("The", raw=True, max_tokens=480, model=tiny)
+        assert interrupter.fired
         assert r.stopped and r.finish_reason == "cancel" and r.completion_tokens < 480
     else:  # the function cancels on the runner, then lets the interrupt through
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt), Interrupter(tiny):
             mn.generate("The", raw=True, max_tokens=480, model=tiny)
-        watcher.join()
     deadline = time.monotonic() + 3
     while mn.status(tiny).active_requests and time.monotonic() < deadline:
         time.sleep(0.02)
