@@ -63,12 +63,10 @@ def _as_request(request: CompletionRequest | str) -> CompletionRequest:
 class RunnerClient:
     """One runner subprocess serving one model. ``start()``, ``wait_until_ready()``, use, ``close()``.
 
-    Usable on its own in scripts::
+    Usable on its own in scripts (the ``with`` block starts, waits and closes)::
 
-        client = RunnerClient("demo")
-        client.start(); client.wait_until_ready()
-        text, done = client.complete("What is the capital of France?")
-        client.close()
+        with RunnerClient("demo") as client:
+            text, done = client.complete("What is the capital of France?")
     """
 
     def __init__(self, spec: str, *, name: str | None = None, python: str | None = None,
@@ -101,6 +99,14 @@ class RunnerClient:
     def __repr__(self) -> str:
         state = "exited" if self.has_exited else ("running" if self._process else "new")
         return f"<RunnerClient {self.name!r} spec={self.spec!r} pid={self.pid} port={self.port} {state}>"
+
+    def __enter__(self) -> RunnerClient:
+        if self._process is None:
+            self.wait_until_ready()  # starts it first
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------ lifecycle
 

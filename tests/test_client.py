@@ -129,6 +129,13 @@ def test_wrong_spec_fails_fast_with_runner_message(tmp_path, test_registry) -> N
         stop_client(client)
 
 
+def test_context_manager_starts_and_stops(tiny_model_dir, test_registry) -> None:
+    with RunnerClient(str(tiny_model_dir), registry=test_registry) as client:
+        assert client.complete(request(1))[1].completion_tokens == 1
+    assert client.has_exited and client.exit_description() == "exited with code 0"
+    assert client.pid not in {e.pid for e in test_registry.entries()}
+
+
 def test_missing_python_is_a_start_error() -> None:
     with pytest.raises(RunnerStartError, match="/nonexistent/python"):
         RunnerClient("demo", python="/nonexistent/python").start()
