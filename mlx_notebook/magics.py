@@ -27,7 +27,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
-from . import api
+from . import api, teaching
 from .config import get_config
 from .errors import MLXNotebookError
 from .interpolate import interpolate
@@ -44,8 +44,10 @@ SUMMARY = {
     "help": "this help, or the help of one subcommand",
     "generate": "(cell) generate from the cell as prompt, streaming the answer",
     "chat": "(cell) one turn of a conversation; line: --reset, --history",
+    "compare": "(cell) the same prompt across models and settings, side by side",
+    "explore": "next-token explorer widget: %mlx explore [TEXT] [-m NAME]",
 }
-CELL_ONLY = {"generate"}
+CELL_ONLY = {"generate", "compare"}
 
 
 class _Exit(Exception):
@@ -117,6 +119,23 @@ def _parsers() -> dict[str, _Parser]:
     p = new("generate", usage_cell=True)
     _sampling_args(p)
     p.add_argument("--raw", action="store_true", help="send the prompt as is, no chat template")
+    p.add_argument("--logprobs", type=int, metavar="K",
+                   help="shade tokens by probability; top-K alternatives on hover (1-20)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show the exact prompt after the chat template and its token count")
+    p = new("compare", usage_cell=True)
+    p.add_argument("-m", "--models", metavar="A,B", help="comma-separated loaded model names")
+    p.add_argument("--temp", dest="temps", metavar="T1,T2", help="temperatures, comma-separated")
+    p.add_argument("--top-p", dest="top_ps", metavar="P1,P2", help="top-p values, comma-separated")
+    p.add_argument("--seed", type=int, metavar="S", help="one seed for every sampled cell")
+    p.add_argument("--max-tokens", type=int, metavar="N", help="longest answer, in tokens")
+    p.add_argument("--system", metavar="TEXT", help="system prompt")
+    p.add_argument("--raw", action="store_true", help="send the prompt as is, no chat template")
+    p.add_argument("-o", "--output", metavar="VAR", help="store the records in VAR")
+    p.add_argument("--no-interpolate", action="store_true", help="send {braces} as written")
+    p = new("explore")
+    p.add_argument("text", nargs="*", help="the text to continue")
+    p.add_argument("-m", "--model", metavar="NAME", help="which loaded model")
     p = new("chat", usage="%%mlx chat [options] (cell = message)  |  %mlx chat --reset | --history")
     _sampling_args(p)
     p.add_argument("--reset", action="store_true", help="forget the conversation")
@@ -172,7 +191,7 @@ class MLXMagics(Magics):
         if sub == "tokenize":
             return self._tokenize(rest, cell)
         args = self._parse(sub, rest)
-        if cell is not None and sub not in ("generate", "chat"):
+        if cell is not None and sub not in ("generate", "chat", "compare"):
             raise UsageError(f"%%mlx {sub} takes no cell body; use %mlx {sub} on one line")
         if cell is None and sub in CELL_ONLY:
             raise UsageError(f"%mlx {sub} needs a cell: write the prompt below %%mlx {sub}")
@@ -284,9 +303,41 @@ class MLXMagics(Magics):
             raise UsageError("%%mlx generate: --system has no effect with --raw")
         kwargs = self._sampling(args, "generate")
         prompt = self._prompt(args, cell, "generate")
+        if args.dry_run:
+            teaching.show_preview(prompt, model=args.model, system=args.system, raw=args.raw)
+            return
+        if args.logprobs is not None:
+            if not 1 <= args.logprobs <= 20:
+                raise UsageError("%%mlx generate: --logprobs: must be between 1 and 20")
+            result = teaching.generate_logprobs(prompt, k=args.logprobs, model=args.model,
+                                                system=args.system, raw=args.raw, show=True,
+                                                **kwargs)
+            if args.output:
+                self.shell.user_ns[args.output] = result
+            return
         result = api.generate(prompt, model=args.model, system=args.system, raw=args.raw,
                               show=True, format=args.format, on_interrupt="return", **kwargs)
         self._store(args, result)
+
+    def _compare(self, args: argparse.Namespace, cell: str) -> None:
+        from .teaching.compare import compare_cell
+
+        prompt = self._prompt(args, cell, "compare")
+        try:
+            records = compare_cell(prompt, models=args.models, temps=args.temps,
+                                   top_ps=args.top_ps, seed=args.seed, max_tokens=args.max_tokens,
+                                   system=args.system, raw=args.raw)
+        except ValueError as exc:
+            raise UsageError(f"%%mlx compare: {exc}") from None
+        if args.output:
+            self.shell.user_ns[args.output] = records
+
+    def _explore(self, args: argparse.Namespace, cell: str | None) -> None:
+        from IPython.display import display
+
+        from .teaching.explorer import explore
+
+        display(explore(" ".join(args.text), model=args.model))
 
     def _chat(self, args: argparse.Namespace, cell: str | None) -> None:
         if args.reset:
