@@ -157,7 +157,23 @@ close to the greedy one. `--top-p 1.0` keeps them all.
     code("%%mlx generate --temp 1.5 --top-p 0.1 --seed 3 --max-tokens 20\nWrite a short title for a story about a cat.",
          "top_p"),
     md("""
-## 4. Speed and memory
+## 4. Seeing the probabilities
+
+`--logprobs 5` shades every token of the answer by how likely the model found it;
+hover over a token for the five most likely alternatives at that step. `--dry-run`
+shows the exact text the model reads (the chat template around your prompt) and
+its tokens, without generating anything.
+"""),
+    code("%%mlx generate --logprobs 5 --max-tokens 10 -o probs\nWhat is the capital of France?",
+         "logprobs"),
+    code("%%mlx generate --dry-run\nWhat is the capital of France?", "dry_run"),
+    md("""
+`%%mlx compare` runs one prompt under several settings at once, side by side:
+"""),
+    code("%%mlx compare --temp 0,1.0 --seed 1 --max-tokens 12 -o runs\n"
+         "Write a short title for a story about a cat.", "compare"),
+    md("""
+## 5. Speed and memory
 
 The footer under each answer shows two speeds. *Time to first token* is the
 time to read the prompt (all its tokens at once); *tokens/s* is the decode

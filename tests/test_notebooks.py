@@ -171,6 +171,9 @@ def test_teaching(run_notebook):
     speed = run.text("speed")
     assert "tokens/s" in speed and "first token after" in speed, speed
     assert run.widget_states("status"), "the status cell shows no widget"
+    assert "Paris" in run.text("logprobs")  # the shaded answer, with its plain-text twin
+    assert "prompt tokens" in run.text("dry_run") and "France" in run.text("dry_run")
+    assert "temperature=1.0" in run.text("compare")
 
 
 @pytest.mark.slow
