@@ -10,7 +10,7 @@ In a notebook::
 
 From Python (the same operations as the magics)::
 
-    import mlx_notebook as mn
+    import mlx_notebook as mn  # noqa: kernel-side only
     mn.load("demo")
     print(mn.generate("What is the capital of France?", max_tokens=20).text)
 

