@@ -10,9 +10,9 @@ In a notebook::
 
 From Python (the same operations as the magics)::
 
-    import mlx_notebook as mn  # noqa: kernel-side only
-    mn.load("demo")
-    print(mn.generate("What is the capital of France?", max_tokens=20).text)
+    >>> import mlx_notebook as mn
+    >>> mn.load("demo")
+    >>> print(mn.generate("What is the capital of France?", max_tokens=20).text)
 
 Importing this package is cheap: the API, the runner manager and httpx load on
 first use, and MLX is only ever imported by the runner subprocesses.

@@ -106,6 +106,18 @@ def stop(process: subprocess.Popen, grace: float = 5.0) -> None:
             stream.close()
 
 
+def reap_owner(owner: subprocess.Popen, runner_pid: int | None) -> None:
+    """Teardown for tests where a child process owns a runner: leave neither behind."""
+    if owner.poll() is None:
+        owner.kill()
+        owner.wait()
+    if runner_pid and pid_alive(runner_pid):
+        os.kill(runner_pid, signal.SIGKILL)
+    for pipe in (owner.stdin, owner.stdout, owner.stderr):
+        if pipe:
+            pipe.close()
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -128,4 +140,5 @@ def wait_gone(pid: int, timeout: float) -> float | None:
     return None
 
 
-__all__: Sequence[str] = ["RawRunner", "spawn_runner", "running", "stop", "pid_alive", "wait_gone"]
+__all__: Sequence[str] = ["RawRunner", "spawn_runner", "running", "stop", "reap_owner", "pid_alive",
+                        "wait_gone"]

@@ -30,7 +30,7 @@ from mlx_notebook.protocol import (
 )
 from mlx_notebook.stderr_tail import describe_exit, extract_error_lines
 from tests.fixtures_runner import stop_client
-from tests.runner_process import pid_alive, wait_gone
+from tests.runner_process import pid_alive, reap_owner, wait_gone
 
 
 def request(max_tokens: int = 6, **kw) -> CompletionRequest:
@@ -189,13 +189,7 @@ def test_owner_interrupt_spares_runner_and_owner_death_ends_it(tiny_model_dir) -
         owner.wait()
         assert wait_gone(runner_pid, 3.0) is not None, "runner outlived its SIGKILLed owner"
     finally:
-        if owner.poll() is None:
-            owner.kill()
-            owner.wait()
-        if runner_pid and pid_alive(runner_pid):
-            os.kill(runner_pid, signal.SIGKILL)
-        owner.stdin.close()
-        owner.stdout.close()
+        reap_owner(owner, runner_pid)
 
 
 @pytest.mark.slow

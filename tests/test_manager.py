@@ -18,7 +18,7 @@ from mlx_notebook.errors import (
 from mlx_notebook.manager import RunnerManager, default_name
 from mlx_notebook.protocol import CompletionRequest, SamplingOptions
 from mlx_notebook.registry import Registry
-from tests.runner_process import pid_alive, wait_gone
+from tests.runner_process import pid_alive, reap_owner, wait_gone
 
 LONG = CompletionRequest(prompt="hello", options=SamplingOptions(max_tokens=100000,
                                                                   temperature=1.0))
@@ -183,10 +183,4 @@ def test_sigterm_to_owner_stops_its_runners(tiny_model_dir, tmp_path) -> None:
         assert wait_gone(runner_pid, 3) is not None
         assert Registry(tmp_path / "runners").entries() == []
     finally:
-        if owner.poll() is None:
-            owner.kill()
-            owner.wait()
-        if runner_pid and pid_alive(runner_pid):
-            os.kill(runner_pid, signal.SIGKILL)
-        owner.stdin.close()
-        owner.stdout.close()
+        reap_owner(owner, runner_pid)
