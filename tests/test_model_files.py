@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from mlx_notebook.model_files import (
     parse_spec,
     read_gguf_summary,
 )
-from tests.tiny_model import make_tiny_gguf
+from tests.tiny_model import make_hub_cache_entry, make_tiny_gguf
 
 
 def test_importing_model_files_does_not_import_mlx() -> None:
@@ -84,10 +83,7 @@ def test_gguf_file_and_hf_snapshot_estimates(
     assert estimate_kv_bytes(str(gguf), 100) == estimate_kv_bytes(str(tiny_model_dir), 100)
 
     commit = "89abcdef0123456789abcdef0123456789abcdef"
-    repo = tmp_path / "hub" / "models--o--tiny"
-    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    make_hub_cache_entry(tiny_model_dir, tmp_path / "hub", "o/tiny", commit)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert estimate_weight_bytes("o/tiny") == estimate_weight_bytes(str(tiny_model_dir))
     assert model_context_length(f"o/tiny@{commit}") == 512

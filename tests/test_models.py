@@ -11,7 +11,7 @@ import pytest
 
 from mlx_notebook.model_files import ModelLoadError, converted_folder, parse_spec
 from mlx_notebook.runner.models import LoadedModel, load_model, prefetch
-from tests.tiny_model import make_tiny_gguf
+from tests.tiny_model import make_hub_cache_entry, make_tiny_gguf
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -141,10 +141,7 @@ def test_hf_repo_from_the_local_hub_cache(
     from huggingface_hub import constants
 
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--tiny-org--tiny-llama"
-    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    make_hub_cache_entry(tiny_model_dir, tmp_path / "hub", "tiny-org/tiny-llama", commit)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     lm = load_model("tiny-org/tiny-llama")
     assert (lm.name, lm.source, lm.source_hash) == (

@@ -231,3 +231,15 @@ def make_tiny_gguf(model_dir: Path, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     mx.save_gguf(str(path), {k: mx.array(v) for k, v in weights.items()}, metadata)
     return path
+
+
+def make_hub_cache_entry(model_dir: Path, hub: Path, repo_id: str, commit: str) -> Path:
+    """Lay ``model_dir`` out as huggingface_hub's cache holds ``repo_id`` at ``commit``."""
+    import shutil
+
+    repo = hub / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(model_dir, snapshot)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
