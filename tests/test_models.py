@@ -55,12 +55,28 @@ def test_tiny_folder_loads_and_generates(tiny_model_dir: Path) -> None:
     assert text and text == greedy(load_model(str(tiny_model_dir)))  # deterministic
 
 
-def test_dtype_casts_after_load(tiny_model_dir: Path) -> None:
+def test_dtype_casts_after_load(tiny_model_dir: Path, cache: Path) -> None:
     lm = load_model(str(tiny_model_dir), dtype="bfloat16")
     assert lm.weights_format == "bfloat16 (from float32)"
     assert 190_000 < lm.weight_bytes < 200_000
     with pytest.raises(ModelLoadError, match="dtype 'int8' is not one of"):
         load_model(str(tiny_model_dir), dtype="int8")
+
+
+def test_cast_weights_are_cached_and_repaired(tiny_model_dir: Path, cache: Path) -> None:
+    from mlx_notebook.runner import variants
+
+    first = load_model(str(tiny_model_dir), dtype="bfloat16")
+    hit = variants.find(tiny_model_dir, "bfloat16")
+    assert hit is not None and hit[1] == "bfloat16 (from float32)"
+    second = load_model(str(tiny_model_dir), dtype="bfloat16")  # served from the variant
+    assert (second.weights_format, second.weight_bytes) == (first.weights_format,
+                                                            first.weight_bytes)
+    assert greedy(second) == greedy(first)
+    (hit[0] / "model.safetensors").write_bytes(b"broken")
+    third = load_model(str(tiny_model_dir), dtype="bfloat16")  # rebuilt, not an error
+    assert greedy(third) == greedy(first)
+    assert (variants.variant_dir(tiny_model_dir, "bfloat16") / "model.safetensors").stat().st_size > 100
 
 
 def test_gguf_file_matches_the_folder(tiny_gguf: Path, tiny_text: str, cache: Path) -> None:

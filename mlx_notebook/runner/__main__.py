@@ -140,18 +140,29 @@ def _is_loopback(host: str) -> bool:
 
 
 def _prefetch(spec: str) -> int:
-    from .models import ModelLoadError, prefetch
+    from .models import ModelLoadError, load_model, prefetch
 
     def show(percent: float, message: str) -> None:
         print(f"\r[{percent:5.1f}%] {message[:70]:<70}", end="", file=sys.stderr, flush=True)
 
     try:
         path = prefetch(spec, progress=show)
+        if (dtype := _auto_dtype_here()) is not None:  # cache the weights as the runner holds them
+            load_model(spec, progress=show, dtype=dtype)
     except ModelLoadError as exc:
         print(f"\nmlx_notebook runner: cannot prefetch {spec!r}: {exc}", file=sys.stderr)
         return EXIT_LOAD_ERROR
     print(f"\n{path}", flush=True)
     return 0
+
+
+def _auto_dtype_here() -> str | None:
+    """What ``--dtype auto`` will pick once the runner has (re-)exec'd with OpenBLAS."""
+    import mlx.core as mx
+
+    from .fastblas import auto_dtype, find_openblas
+
+    return auto_dtype(mx.default_device().type.name.lower(), openblas=find_openblas() is not None)
 
 
 if __name__ == "__main__":

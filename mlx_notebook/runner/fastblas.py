@@ -51,6 +51,11 @@ def reexec_with_openblas(argv: list[str]) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "mlx_notebook.runner", *argv], env)
 
 
-def auto_dtype(device_type: str) -> str | None:
-    """float32 on a CPU with OpenBLAS preloaded; otherwise keep the model's own format."""
-    return "float32" if device_type == "cpu" and openblas_preloaded() else None
+def auto_dtype(device_type: str, openblas: bool | None = None) -> str | None:
+    """float32 on a CPU with OpenBLAS preloaded; otherwise keep the model's own format.
+
+    ``openblas`` defaults to whether this process has it preloaded.
+    """
+    if openblas is None:
+        openblas = openblas_preloaded()
+    return "float32" if device_type == "cpu" and openblas else None

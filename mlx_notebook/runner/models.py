@@ -35,6 +35,7 @@ from mlx_notebook.model_files import (
     parse_spec,
 )
 from mlx_notebook.paths import models_dir
+from mlx_notebook.runner import variants
 
 Progress = Callable[[float, str], None]
 MARKER = "mlx_notebook.json"
@@ -249,6 +250,23 @@ def _context_length(config: dict[str, Any]) -> int:
 
 
 def _load_folder(
+    folder: Path, progress: Progress, dtype: str | None
+) -> tuple[Any, Any, dict[str, Any], str]:
+    """Load ``folder``; a cast to ``dtype`` is done once and then served from the variant cache."""
+    if dtype is not None and (hit := variants.find(folder, dtype)) is not None:
+        try:
+            model, tok, config, _ = _load_and_cast(hit[0], progress, None)
+            return model, tok, config, hit[1]
+        except ModelLoadError:
+            variants.discard(folder, dtype)
+    model, tok, config, fmt = _load_and_cast(folder, progress, dtype)
+    if dtype is not None and "(from " in fmt:  # the cast changed something worth keeping
+        progress(100.0, f"saving the {dtype} weights for next time")
+        variants.save(folder, dtype, model, fmt)
+    return model, tok, config, fmt
+
+
+def _load_and_cast(
     folder: Path, progress: Progress, dtype: str | None
 ) -> tuple[Any, Any, dict[str, Any], str]:
     """mlx_lm.load lazily, cast if asked, then evaluate the weights in steps to show progress."""
