@@ -216,6 +216,40 @@ print(json.dumps({"load_s": round(loaded, 3), "load_and_first_token_s": round(ti
 """
 
 
+def bench_display_rate(tokens: int = 400) -> dict:
+    """Display messages per second while a fast model streams into a real kernel (nbclient)."""
+    import tempfile
+
+    import nbclient
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from tests.tiny_model import make_tiny_model
+
+    class Recording(nbclient.NotebookClient):
+        def process_message(self, msg, cell, cell_index):  # noqa: ANN001 - nbclient's hook
+            if msg["msg_type"] in ("display_data", "update_display_data"):
+                self.stamps.append((cell_index, time.perf_counter()))
+            return super().process_message(msg, cell, cell_index)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = make_tiny_model(Path(tmp) / "tiny")
+        nb = new_notebook(cells=[
+            new_code_cell(f"%load_ext mlx_notebook\n%mlx load {model} --as fast"),
+            new_code_cell(f"%%mlx generate -m fast --max-tokens {tokens} -o r\nhello"),
+            new_code_cell("print(r.completion_tokens, r.tokens_per_second, r.duration)"),
+            new_code_cell("%mlx unload --all")])
+        client = Recording(nb, timeout=300, kernel_name="python3")
+        client.stamps = []
+        client.execute()
+    stamps = [t for i, t in client.stamps if i == 1]
+    produced, tps, duration = nb.cells[2].outputs[0]["text"].split()
+    span = max(stamps[-1] - stamps[0], 1e-9)
+    return {"display_messages": len(stamps), "stream_seconds": round(span, 3),
+            "display_messages_per_s": round(len(stamps) / span, 1),
+            "tokens": int(produced), "token_rate": round(float(tps), 1),
+            "generation_seconds": round(float(duration), 3)}
+
+
 def bench_kernel(folder: Path) -> dict:
     def probe(code: str, *args: str) -> dict:
         out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
@@ -224,7 +258,7 @@ def bench_kernel(folder: Path) -> dict:
 
     ours = probe(KERNEL_PROBE)
     base = probe(IN_PROCESS_PROBE, str(folder))
-    return {"ours": ours, "in_process": base,
+    return {"ours": ours, "in_process": base, "display": bench_display_rate(),
             "cold_load_ratio": ratio(ours["load_demo_ready_s"] + ours["first_token_s"],
                                      base["load_and_first_token_s"])}
 
