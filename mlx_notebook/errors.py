@@ -12,7 +12,7 @@
      ├── ProtocolError             the runner answered something the protocol does not allow
      └── ModelNotLoadedError       no model of that name is loaded in this kernel
 
-Only the client boundary (``client.py``) translates httpx errors into these,
+Only the client boundary (``connection.py``) translates httpx errors into these,
 always keeping the cause (``raise ... from exc``).
 """
 

@@ -1,6 +1,6 @@
 """CompletionStream: one streamed completion from a runner, as an iterator of chunks.
 
-Kept apart from the process lifecycle in ``client.py``; re-exported from there.
+Kept apart from the HTTP requests in ``connection.py``; re-exported from ``client.py``.
 Closing the stream (or leaving its ``with`` block early) cancels generation on the
 runner; ``cancel()`` also sends an explicit cancel, and is safe from interrupt
 handlers and from another thread (a Stop button).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -30,10 +31,10 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from .client import RunnerClient
+    from .connection import RunnerConnection
 
 
-def decode_line(client: RunnerClient, line: str) -> Event | None:
+def decode_line(client: RunnerConnection, line: str) -> Event | None:
     """One NDJSON line as an event; None for a blank line; ProtocolError for garbage."""
     if not line.strip():
         return None
@@ -56,7 +57,7 @@ class CompletionStream:
         print(stream.result.completion_tokens)
     """
 
-    def __init__(self, client: RunnerClient, request_id: str, response: httpx2.Response) -> None:
+    def __init__(self, client: RunnerConnection, request_id: str, response: httpx2.Response) -> None:
         self.request_id = request_id
         self.result: DoneEvent | None = None
         self.text = ""
@@ -113,8 +114,9 @@ class CompletionStream:
                 if self._cancelled:
                     self._synthesize_cancel()
                     raise
-                if self._client._wait_exit(1.0):
-                    raise RunnerExitedError(self._client._exit_message(what)) from None
+                gone = self._client._vanished(what, wait=True)
+                if gone is not None:
+                    raise gone from None
                 raise ProtocolError(
                     f"runner {self._client.name!r} ended the stream without a done event") from None
             event = decode_line(self._client, line)
@@ -191,9 +193,9 @@ class CompletionStream:
         return True
 
 
-async def astream_events(client: RunnerClient, request: CompletionRequest,
+async def astream_events(client: RunnerConnection, request: CompletionRequest,
                          on_done: Callable[[DoneEvent], None] | None) -> AsyncIterator[ChunkEvent]:
-    """The body of :meth:`RunnerClient.astream`; errors go through ``client._translate``."""
+    """The body of :meth:`RunnerConnection.astream`; errors go through ``client._translate``."""
     client._require_http()
     method, path = ENDPOINTS["completion"]
     timeout = httpx2.Timeout(30.0, connect=5.0, read=client.stream_read_timeout)
@@ -225,8 +227,9 @@ async def astream_events(client: RunnerClient, request: CompletionRequest,
             except (httpx2.HTTPError, httpx2.StreamError) as exc:
                 # Translating may wait a moment for the process to exit: not on the loop.
                 raise await asyncio.to_thread(client._translate, exc, what) from exc
-        if await asyncio.to_thread(client._wait_exit, 1.0):
-            raise RunnerExitedError(client._exit_message(what))
+        gone = await asyncio.to_thread(functools.partial(client._vanished, what, wait=True))
+        if gone is not None:
+            raise gone
         raise ProtocolError(f"runner {client.name!r} ended the stream without a done event")
     finally:
         client._count_stream(-1)
