@@ -323,6 +323,17 @@ class MemoryInfo:
 
 
 @dataclass(frozen=True)
+class RankInfo:
+    """One process of a runner group (a model sharded over several processes or machines)."""
+
+    rank: int
+    host: str = ""
+    pid: int = 0
+    active: int = 0  # bytes, as MemoryInfo
+    peak: int = 0
+
+
+@dataclass(frozen=True)
 class Status:
     state: RunnerState
     progress: float  # 0-100 while loading
@@ -339,6 +350,7 @@ class Status:
     last_tokens_per_second: float = 0.0
     device: str = ""
     error: str | None = None
+    ranks: tuple[RankInfo, ...] = ()  # empty for a runner that is one process
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -348,6 +360,9 @@ class Status:
         data = dict(data)
         data["memory"] = MemoryInfo(**{k: v for k, v in (data.get("memory") or {}).items()
                                        if k in {f.name for f in fields(MemoryInfo)}})
+        rank_fields = {f.name for f in fields(RankInfo)}
+        data["ranks"] = tuple(RankInfo(**{k: v for k, v in r.items() if k in rank_fields})
+                              for r in data.get("ranks") or () if isinstance(r, dict) and "rank" in r)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -17,6 +17,7 @@ WIRE_TYPES = [
     protocol.TopLogprob, protocol.Status, protocol.MemoryInfo, protocol.TokenizeRequest,
     protocol.TokenizeResponse, protocol.DetokenizeRequest, protocol.DetokenizeResponse,
     protocol.CancelRequest, protocol.CancelResponse, protocol.ErrorBody, protocol.Handshake,
+    protocol.RankInfo,
 ]
 
 

@@ -1,5 +1,10 @@
 """``python -m mlx_notebook.runner --model SPEC``: serve one MLX model on loopback.
 
+With ``--hostfile FILE --rank R`` the process is one rank of a runner group that
+shards the model with MLX's distributed engine (docs/distributed.md): rank 0
+serves the protocol, the other ranks serve nothing and follow rank 0; they
+announce ``port`` 0 in their handshake.
+
 The runner binds first and announces its port on stdout (one JSON line), then
 loads the model in the background while ``/v1/status`` reports progress. The
 token comes from ``MLX_NOTEBOOK_TOKEN`` (never argv). It exits non-zero on a
@@ -19,6 +24,7 @@ import time
 from ..protocol import PROTOCOL_VERSION, TOKEN_ENV, Handshake
 
 EXIT_LOAD_ERROR = 2
+EXIT_RANK_LOST = 3  # a runner group lost a rank (or its worker failed) after loading
 EXIT_USAGE = 64
 _ERROR_LINGER_SECONDS = 0.5  # lets a polling client read the "error" status before we exit
 
@@ -51,7 +57,36 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not exit on stdin EOF (for runners started by hand)")
     parser.add_argument("--prefetch", action="store_true",
                         help="download/convert the model into the cache, then exit")
+    group = parser.add_argument_group("runner groups (one model over several processes)")
+    group.add_argument("--hostfile", default=os.environ.get("MLX_HOSTFILE") or None,
+                       help="MLX ring hostfile: a JSON list with one [\"ip:port\", ...] per rank "
+                            "(default: $MLX_HOSTFILE, as mlx.launch sets it)")
+    group.add_argument("--rank", type=int, default=_env_int("MLX_RANK"),
+                       help="this process's rank in the hostfile (default: $MLX_RANK)")
+    group.add_argument("--shard", choices=("tensor", "pipeline"), default="tensor",
+                       help="tensor parallel (mlx-lm's shard()) or pipeline (mlx-lm's pipeline())")
+    group.add_argument("--backend", default="ring", help="MLX distributed backend (default ring)")
     return parser
+
+
+def _env_int(name: str) -> int | None:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def _distributed(args: argparse.Namespace):  # noqa: ANN202 - imports MLX lazily
+    """The rank's Distributed, None for a single runner, or a usage problem as a string."""
+    if args.hostfile is None:
+        return None
+    if args.rank is None or args.rank < 0:
+        return "--hostfile needs --rank (or MLX_RANK in the environment)"
+    if not os.path.isfile(args.hostfile):
+        return f"hostfile {args.hostfile} does not exist"
+    from .distributed import Distributed
+
+    return Distributed(args.hostfile, args.rank, shard=args.shard, backend=args.backend)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,12 +104,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlx_notebook runner: {problem}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 
+    dist = _distributed(args)
+    if isinstance(dist, str):
+        print(f"mlx_notebook runner: {dist}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+
     from .engine import Engine
     from .server import RunnerServer
     from .watch import watch_parent
 
     engine = Engine(args.model, dtype=args.dtype, context_length=args.context,
-                    max_batch=args.max_batch, prompt_cache_bytes=args.prompt_cache_bytes)
+                    max_batch=args.max_batch, prompt_cache_bytes=args.prompt_cache_bytes,
+                    distributed=dist)
+    if engine.follower:
+        return _follow(engine, args)
     try:
         server = RunnerServer((args.host, args.port), engine, token)
     except OSError as exc:
@@ -98,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     watch_parent(lambda reason: stop(reason), parent_pid=args.parent_pid,
                  watch_stdin=not args.no_stdin_watch)
     engine.start()
-    threading.Thread(target=_report_load_failure, args=(engine, stop), daemon=True).start()
+    threading.Thread(target=_report_failure, args=(engine, stop), daemon=True).start()
     server.serve_forever(poll_interval=0.1)
     server.server_close()
     engine.shutdown()
@@ -107,13 +150,53 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(exit_code[0])  # skip interpreter teardown: MLX threads may still be winding down
 
 
-def _report_load_failure(engine, stop) -> None:  # noqa: ANN001 - internal callback plumbing
+def _report_failure(engine, stop) -> None:  # noqa: ANN001 - internal callback plumbing
     engine.ready_event.wait()
     if engine.state == "error":
-        print(f"mlx_notebook runner: cannot load model {engine.spec!r}: {engine.error}",
-              file=sys.stderr, flush=True)
+        print(f"mlx_notebook runner: {_rank_label(engine)}cannot load model {engine.spec!r}: "
+              f"{engine.error}", file=sys.stderr, flush=True)
         time.sleep(_ERROR_LINGER_SECONDS)
         stop("load error", EXIT_LOAD_ERROR)
+        return
+    if engine.distributed is None:
+        return  # a single runner keeps answering (status: error) after a worker failure
+    # A group cannot go on without every rank: leave, so that the others see it too.
+    engine.finished_event.wait()
+    if engine.state == "error":
+        print(f"mlx_notebook runner: {_rank_label(engine)}{engine.error}", file=sys.stderr,
+              flush=True)
+        time.sleep(_ERROR_LINGER_SECONDS)
+        stop("worker failed", EXIT_RANK_LOST)
+
+
+def _rank_label(engine) -> str:  # noqa: ANN001
+    dist = engine.distributed
+    return "" if dist is None else f"rank {dist.rank}: "
+
+
+def _follow(engine, args: argparse.Namespace) -> int:  # noqa: ANN001
+    """A rank > 0: no HTTP; decode in step with rank 0 until it stops, fails or the parent dies."""
+    from .watch import watch_parent
+
+    print(Handshake(port=0, pid=os.getpid(), protocol=PROTOCOL_VERSION, host=args.host).to_line(),
+          flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda _signum, _frame: done.set())
+    watch_parent(lambda _reason: done.set(), parent_pid=args.parent_pid,
+                 watch_stdin=not args.no_stdin_watch)
+    engine.start()
+    while not done.is_set() and not engine.finished_event.is_set():
+        done.wait(0.1)
+    code = 0
+    if engine.state == "error":
+        what = "cannot load model" if engine.loaded is None else "stopped"
+        print(f"mlx_notebook runner: {_rank_label(engine)}{what} {engine.spec!r}: {engine.error}",
+              file=sys.stderr, flush=True)
+        code = EXIT_LOAD_ERROR if engine.loaded is None else EXIT_RANK_LOST
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # the worker may be blocked in a collective: do not wait for it
 
 
 def _check_bind_policy(host: str, token: str | None, args: argparse.Namespace) -> str | None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import queue
+import secrets
 import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import mlx.core as mx
@@ -23,12 +24,14 @@ from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
 from ..protocol import ChunkEvent, DoneEvent, ErrorEvent, Event, MemoryInfo, SamplingOptions
+from .distributed import Admit, Distributed, Plan
 from .models import LoadedModel, load_model
 from .sampling import make_request_processors, make_request_sampler, token_logprob
 from .stops import StopStringFilter
 
 _CACHE_KEY = "model"  # one model per runner: every cache entry shares this key
 _IDLE_POLL_SECONDS = 0.5
+_RANK_REPORT_SECONDS = 2.0  # how often rank 0 gathers the other ranks' memory for the status
 
 
 @dataclass
@@ -57,8 +60,12 @@ class Engine:
 
     def __init__(self, spec: str, *, dtype: str | None = None, context_length: int | None = None,
                  max_batch: int = 8, prompt_cache_bytes: int | None = None,
-                 prefill_step: int = 512) -> None:
+                 prefill_step: int = 512, distributed: Distributed | None = None) -> None:
         self.spec = spec
+        self.distributed = distributed
+        # Ranks > 0 follow rank 0's plans; they serve no requests of their own.
+        self.follower = distributed is not None and distributed.rank != 0
+        self.ranks: list[dict[str, Any]] = []  # rank 0: every rank's facts, for the status
         self.dtype = dtype
         self.max_batch = max_batch
         self.prefill_step = prefill_step
@@ -71,10 +78,13 @@ class Engine:
         self.loaded: LoadedModel | None = None
         self.last_tokens_per_second = 0.0
         self.ready_event = threading.Event()  # set when the state leaves "loading"
+        self.finished_event = threading.Event()  # set when the worker thread ends
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._jobs: dict[str, Job] = {}
         self._jobs_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._removals: list[str] = []  # stopped by a stop string; leave the batch next step
+        self._last_report = 0.0
         self._thread = threading.Thread(target=self._main, name="mlx-worker", daemon=True)
 
     # ------------------------------------------------------------ called from any thread
@@ -129,8 +139,19 @@ class Engine:
 
     def _main(self) -> None:
         try:
+            self._main_inner()
+        finally:
+            self.finished_event.set()
+
+    def _main_inner(self) -> None:
+        dist = self.distributed
+        try:
+            if dist is not None:
+                self.progress_message = "connecting to the other ranks"
+                dist.connect()
             self.loaded = load_model(self.spec, progress=self._on_load_progress,
-                                     dtype=_resolve_dtype(self.dtype))
+                                     dtype=_resolve_dtype(self.dtype),
+                                     prepare=dist.prepare if dist is not None else None)
         except Exception as exc:  # the load error is reported, not raised: the process exits
             self.error = " ".join(str(exc).split()) or type(exc).__name__
             self.state = "error"
@@ -138,8 +159,9 @@ class Engine:
             return
         try:
             self._serve()
-        except Exception as exc:  # a bug in the loop: fail every request, report, exit
-            traceback.print_exc(file=sys.stderr)
+        except Exception as exc:  # a bug in the loop, or a lost rank: fail every request, exit
+            if dist is None or "[ring]" not in str(exc):
+                traceback.print_exc(file=sys.stderr)
             self.error = f"runner worker failed: {type(exc).__name__}: {exc}"
             self.state = "error"
             self.ready_event.set()
@@ -153,6 +175,8 @@ class Engine:
         assert self.loaded is not None
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
         stream = mx.new_stream(mx.default_device())  # streams are per thread in MLX
+        if self.distributed is not None:
+            self.distributed.stream = stream
         eos = sorted(tokenizer.eos_token_ids)
         generator = BatchGenerator(
             model, stop_tokens=[[t] for t in eos], completion_batch_size=self.max_batch,
@@ -162,14 +186,17 @@ class Engine:
             budget = min(1 << 30, max(64 << 20, mx.get_memory_limit() // 10))
         cache = LRUPromptCache(max_size=16, max_bytes=budget)
         self._warm_up(generator)
+        self._report_ranks()
         self.progress, self.progress_message = 100.0, "ready"
         self.state = "ready"
         self.ready_event.set()
         active: dict[int, Job] = {}
         eos_set = set(eos)
-        while not self._stopping.is_set():
-            self._admit(generator, cache, active, block=not active)
-            self._reap_cancelled(generator, cache, active)
+        while True:
+            plan = self._next_plan(active)
+            if plan.stop:
+                break
+            self._apply(plan, generator, cache, active)
             if not active:
                 mx.clear_cache()  # give freed buffers back between bursts
                 continue
@@ -177,7 +204,7 @@ class Engine:
             for response in responses:
                 job = active.get(response.uid)
                 if job is not None:
-                    self._on_token(job, response, eos_set, generator, cache, active)
+                    self._on_token(job, response, eos_set, cache, active)
         self._fail_all("runner is shutting down")
 
     def _warm_up(self, generator: BatchGenerator) -> None:
@@ -190,21 +217,68 @@ class Engine:
                 return
         generator.remove([uid])
 
-    def _admit(self, generator: BatchGenerator, cache: LRUPromptCache,
-               active: dict[int, Job], block: bool) -> None:
+    def _next_plan(self, active: dict[int, Job]) -> Plan:
+        """Rank 0 (or a single runner) decides the step; the other ranks receive it."""
+        dist = self.distributed
+        if self.follower:
+            assert dist is not None
+            data = dist.share(None)
+            return Plan.from_bytes(data) if data else Plan()
+        plan = Plan(stop=self._stopping.is_set())
+        if not plan.stop:
+            for job in self._take_inbox(block=not active):
+                if job.cancel_requested.is_set():
+                    self._finish(job, "cancel")
+                    continue
+                if dist is not None and job.options.temperature > 0 and job.options.seed is None:
+                    # Every rank must draw the same token: give the request its own seed.
+                    job.options = replace(job.options, seed=secrets.randbits(63))
+                plan.admit.append(Admit(job.request_id, job.prompt_tokens, job.options))
+            cancelled = [j.request_id for j in active.values() if j.cancel_requested.is_set()]
+            plan.remove = list(dict.fromkeys(self._removals + cancelled))
+            self._removals = []
+        if dist is not None:
+            now = time.monotonic()
+            plan.report = now - self._last_report > _RANK_REPORT_SECONDS
+            dist.share(None if plan.empty else plan.to_bytes())
+        return plan
+
+    def _take_inbox(self, block: bool) -> list[Job]:
         try:
             item = self._inbox.get(timeout=_IDLE_POLL_SECONDS) if block else self._inbox.get_nowait()
         except queue.Empty:
-            return
+            return []
+        items = [item]
         while True:
-            if item is not None and not item.cancel_requested.is_set():
-                self._start_job(item, generator, cache, active)
-            elif item is not None:
-                self._finish(item, "cancel")
             try:
-                item = self._inbox.get_nowait()
+                items.append(self._inbox.get_nowait())
             except queue.Empty:
-                return
+                return [i for i in items if i is not None]
+
+    def _apply(self, plan: Plan, generator: BatchGenerator, cache: LRUPromptCache,
+               active: dict[int, Job]) -> None:
+        """The same on every rank: remove, admit, maybe report; the generator stays in step."""
+        if plan.remove:
+            wanted = set(plan.remove)
+            uids = [uid for uid, job in active.items() if job.request_id in wanted]
+            generator.remove(uids)
+            for uid in uids:
+                self._finish(active.pop(uid), "cancel")  # a no-op for jobs already done
+        for admit in plan.admit:
+            with self._jobs_lock:
+                job = self._jobs.get(admit.request_id)
+            if job is None:  # a follower: a shadow job that nobody reads
+                job = Job(admit.request_id, admit.tokens, admit.options)
+            self._start_job(job, generator, cache, active)
+        if plan.report:
+            self._report_ranks()
+
+    def _report_ranks(self) -> None:
+        if self.distributed is not None:
+            self._last_report = time.monotonic()
+            facts = self.distributed.gather(self.distributed.facts())
+            if not self.follower:
+                self.ranks = facts
 
     def _start_job(self, job: Job, generator: BatchGenerator, cache: LRUPromptCache,
                    active: dict[int, Job]) -> None:
@@ -225,18 +299,14 @@ class Engine:
             logits_processors=[make_request_processors(job.options)])
         active[job.uid] = job
 
-    def _reap_cancelled(self, generator: BatchGenerator, cache: LRUPromptCache,
-                        active: dict[int, Job]) -> None:
-        cancelled = [uid for uid, job in active.items() if job.cancel_requested.is_set()]
-        if not cancelled:
-            return
-        generator.remove(cancelled)
-        for uid in cancelled:
-            self._finish(active.pop(uid), "cancel")
-
-    def _on_token(self, job: Job, response: Any, eos: set[int], generator: BatchGenerator,
-                  cache: LRUPromptCache, active: dict[int, Job]) -> None:
+    def _on_token(self, job: Job, response: Any, eos: set[int], cache: LRUPromptCache,
+                  active: dict[int, Job]) -> None:
         assert self.loaded is not None and job.stop_filter is not None
+        if self.follower:  # only what keeps the generator and prompt cache as on rank 0
+            if response.finish_reason is not None:
+                active.pop(job.uid, None)
+                self._keep_cache(response, cache)
+            return
         if not job.first_token_at:
             job.first_token_at = time.perf_counter()
         token = int(response.token)
@@ -254,18 +324,23 @@ class Engine:
         if text or logprobs:
             job.events.put(ChunkEvent(content=text, tokens=() if is_eos else (token,),
                                       logprobs=logprobs))
-        if job.stop_filter.stopped:
-            generator.remove([job.uid])
-            active.pop(job.uid, None)
-            self._finish(job, "stop")
-        elif response.finish_reason is not None:
-            tail = job.stop_filter.flush()
+        stopped = job.stop_filter.stopped
+        if response.finish_reason is not None:
+            tail = "" if stopped else job.stop_filter.flush()
             if tail:
                 job.events.put(ChunkEvent(content=tail))
             active.pop(job.uid, None)
-            if response.prompt_cache is not None and response.all_tokens:
-                cache.insert_cache(_CACHE_KEY, list(response.all_tokens), response.prompt_cache)
-            self._finish(job, "stop" if response.finish_reason == "stop" else "length")
+            self._keep_cache(response, cache)
+            self._finish(job, "stop" if stopped or response.finish_reason == "stop" else "length")
+        elif stopped:
+            # Done now; it leaves the batch at the next plan, on every rank at once.
+            self._removals.append(job.request_id)
+            self._finish(job, "stop")
+
+    @staticmethod
+    def _keep_cache(response: Any, cache: LRUPromptCache) -> None:
+        if response.prompt_cache is not None and response.all_tokens:
+            cache.insert_cache(_CACHE_KEY, list(response.all_tokens), response.prompt_cache)
 
     def _finish(self, job: Job, reason: str, error: str | None = None) -> None:
         if job.finished:

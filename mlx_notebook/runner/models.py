@@ -38,6 +38,7 @@ from mlx_notebook.paths import models_dir
 from mlx_notebook.runner import variants
 
 Progress = Callable[[float, str], None]
+Prepare = Callable[[Any], None]  # changes a lazily loaded model in place (e.g. shards it)
 MARKER = "mlx_notebook.json"
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -250,26 +251,27 @@ def _context_length(config: dict[str, Any]) -> int:
 
 
 def _load_folder(
-    folder: Path, progress: Progress, dtype: str | None
+    folder: Path, progress: Progress, dtype: str | None, prepare: Prepare | None = None
 ) -> tuple[Any, Any, dict[str, Any], str]:
     """Load ``folder``; a cast to ``dtype`` is done once and then served from the variant cache."""
     if dtype is not None and (hit := variants.find(folder, dtype)) is not None:
         try:
-            model, tok, config, _ = _load_and_cast(hit[0], progress, None)
+            model, tok, config, _ = _load_and_cast(hit[0], progress, None, prepare)
             return model, tok, config, hit[1]
         except ModelLoadError:
             variants.discard(folder, dtype)
-    model, tok, config, fmt = _load_and_cast(folder, progress, dtype)
-    if dtype is not None and "(from " in fmt:  # the cast changed something worth keeping
+    model, tok, config, fmt = _load_and_cast(folder, progress, dtype, prepare)
+    # A shard holds only part of the weights: never save it as the whole cast model.
+    if dtype is not None and "(from " in fmt and prepare is None:  # the cast changed something worth keeping
         progress(100.0, f"saving the {dtype} weights for next time")
         variants.save(folder, dtype, model, fmt)
     return model, tok, config, fmt
 
 
 def _load_and_cast(
-    folder: Path, progress: Progress, dtype: str | None
+    folder: Path, progress: Progress, dtype: str | None, prepare: Prepare | None = None
 ) -> tuple[Any, Any, dict[str, Any], str]:
-    """mlx_lm.load lazily, cast if asked, then evaluate the weights in steps to show progress."""
+    """mlx_lm.load lazily, cast and shard if asked, then evaluate the weights in steps."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm import load
@@ -290,6 +292,8 @@ def _load_and_cast(
         model.set_dtype(getattr(mx, dtype))
         new = _weights_format(model)
         fmt = new if new == fmt else f"{new} (from {fmt})"
+    if prepare is not None:
+        prepare(model)  # still lazy: a shard reads and keeps only its own part of the weights
     params = [v for _, v in tree_flatten(model.parameters())]
     total = sum(v.nbytes for v in params) or 1
     done, batch, batch_bytes = 0, [], 0
@@ -340,7 +344,8 @@ def prefetch(spec: str, progress: Progress | None = None) -> Path:
 
 
 def load_model(
-    spec: str, *, progress: Progress | None = None, dtype: str | None = None
+    spec: str, *, progress: Progress | None = None, dtype: str | None = None,
+    prepare: Prepare | None = None,
 ) -> LoadedModel:
     """Resolve ``spec``, fetch/convert it if needed and load it; see the module docstring.
 
@@ -355,11 +360,11 @@ def load_model(
         fetch, load = _scaled(progress, 0, 60), _scaled(progress, 60, 100)
         folder, facts = _converted(parsed, fetch)
         try:
-            model, tok, config, fmt = _load_folder(folder, load, dtype)
+            model, tok, config, fmt = _load_folder(folder, load, dtype, prepare)
         except ModelLoadError:
             # A damaged cache entry whose sizes still matched: convert once more.
             folder, facts = _converted(parsed, fetch, force=True)
-            model, tok, config, fmt = _load_folder(folder, load, dtype)
+            model, tok, config, fmt = _load_folder(folder, load, dtype, prepare)
         if cast := facts.get("cast_to_float16"):
             fmt = f"{fmt} (cast from {facts.get('gguf_type')} GGUF: {', '.join(cast)})"
         name = "demo" if parsed.kind == "demo" else Path(facts["source"]).name
@@ -369,14 +374,14 @@ def load_model(
         )  # fmt: skip
     if parsed.kind == "hf":
         folder = _hf_folder(parsed, _scaled(progress, 0, 60))
-        model, tok, config, fmt = _load_folder(folder, _scaled(progress, 60, 100), dtype)
+        model, tok, config, fmt = _load_folder(folder, _scaled(progress, 60, 100), dtype, prepare)
         revision = folder.name  # the snapshot folder is named by its commit hash
         return _loaded(
             model, tok, config, fmt, name=parsed.repo or parsed.text,
             source=f"{parsed.repo}@{revision}", source_hash=revision[:12],
         )  # fmt: skip
     assert parsed.path is not None
-    model, tok, config, fmt = _load_folder(parsed.path, _scaled(progress, 0, 100), dtype)
+    model, tok, config, fmt = _load_folder(parsed.path, _scaled(progress, 0, 100), dtype, prepare)
     return _loaded(
         model, tok, config, fmt, name=parsed.path.name, source=str(parsed.path),
         source_hash=_folder_hash(parsed.path),

@@ -34,6 +34,7 @@ from ..protocol import (
     DetokenizeResponse,
     DoneEvent,
     ErrorEvent,
+    RankInfo,
     Status,
     TokenizeRequest,
     TokenizeResponse,
@@ -202,7 +203,8 @@ class RunnerHandler(BaseHTTPRequestHandler):
             context_length=engine.context_length, memory=engine.memory(),
             active_requests=engine.active_requests(),
             last_tokens_per_second=round(engine.last_tokens_per_second, 2),
-            device=runner_device(), error=engine.error)
+            device=runner_device(), error=engine.error,
+            ranks=tuple(RankInfo(**r) for r in engine.ranks))
         self._send_json(200, status.to_json())
 
     def _handle_tokenize(self, body: Any) -> None:
