@@ -1,0 +1,258 @@
+"""RunnerGroup: one model sharded over several local runner processes (MLX ring backend).
+
+A :class:`RunnerGroup` is a :class:`~mlx_notebook.client.RunnerClient` for rank 0
+(which serves the usual protocol) plus one :class:`~mlx_notebook.process.RunnerProcess`
+per other rank, so the manager can hold it wherever it holds a client::
+
+    with RunnerGroup("/models/llama", ranks=2) as group:
+        text, done = group.complete("Hello")
+        print([r.host for r in group.status().ranks])
+
+The ranks are started directly with a hostfile and their rank (MLX's own ring
+engine, without ``mlx.launch``, which busy-loops a core). Each lives in its own
+session, watches its parent and gets the token by environment. When any rank dies
+the whole group is stopped, and every later error names that rank with its own
+error lines. Ranks on other machines are started there (docs/distributed.md) and
+attached with ``%mlx connect``; this class starts local ranks only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from . import protocol
+from .client import RunnerClient
+from .errors import MLXNotebookError, RunnerExitedError
+from .process import POLL_INTERVAL, RunnerProcess
+from .protocol import ChunkEvent, CompletionRequest, DoneEvent
+
+__all__ = ["RunnerGroup", "loopback_hostfile"]
+
+_TEARDOWN_GRACE = 2.0
+
+
+def loopback_hostfile(ranks: int) -> list[list[str]]:
+    """A ring hostfile for ``ranks`` processes on this machine (free loopback ports)."""
+    ports: list[int] = []
+    sockets = []
+    try:
+        for _ in range(ranks):  # hold them all open so no port is handed out twice
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in sockets:
+            s.close()
+    return [[f"127.0.0.1:{p}"] for p in ports]
+
+
+class RunnerGroup(RunnerClient):
+    """``ranks`` runner processes holding one model, seen through rank 0; same methods as a client."""
+
+    def __init__(self, spec: str, *, ranks: int = 2, shard: str = "tensor",
+                 backend: str = "ring", **kwargs: Any) -> None:
+        if ranks < 2:
+            raise ValueError(f"a runner group needs at least 2 ranks, not {ranks}")
+        super().__init__(spec, **kwargs)
+        self.ranks, self.shard, self.backend = ranks, shard, backend
+        self.hostfile = ""
+        self._followers: list[RunnerProcess] = []
+        self._first_dead: tuple[int, RunnerProcess] | None = None
+        self._dead_lock = threading.Lock()
+        self._closing = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"<RunnerGroup {self.name!r} spec={self.spec!r} ranks={self.ranks} pid={self.pid}>"
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _rank_args(self, rank: int) -> list[str]:
+        return ["--hostfile", self.hostfile, "--rank", str(rank), "--shard", self.shard,
+                "--backend", self.backend]
+
+    def command(self, rank: int = 0) -> list[str]:  # type: ignore[override]
+        """Rank ``rank``'s argv; rank 0 is the one that serves HTTP."""
+        return super().command() + self._rank_args(rank)
+
+    def start(self) -> None:
+        """Write the hostfile, start every rank, read rank 0's handshake, watch them all."""
+        fd, self.hostfile = tempfile.mkstemp(prefix="mlx-notebook-ring-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(loopback_hostfile(self.ranks), f)
+        try:
+            super().start()  # rank 0, with the token, the session and the parent watch
+            env = self._process.env  # type: ignore[union-attr]
+            for rank in range(1, self.ranks):
+                proc = RunnerProcess(self.command(rank), env,
+                                     label=f"rank {rank} of runner {self.name!r} (pid ?, {self.spec})")
+                self._followers.append(proc)
+                proc.spawn(self.handshake_timeout)
+                if proc.pid is not None:
+                    self.registry.add(proc.pid, port=None, spec=self.spec,
+                                      name=f"{self.name} rank {rank}")
+        except BaseException:
+            self.close(grace=1.0)
+            raise
+        self._label_rank0()
+        threading.Thread(target=self._watch, name=f"group-{self.pid}-watch", daemon=True).start()
+
+    def _label_rank0(self) -> None:
+        if self._process is not None:
+            self._process.label = self._process.label.replace("runner ", "rank 0 of runner ", 1)
+
+    def _ranks(self) -> list[tuple[int, RunnerProcess]]:
+        procs = [self._process] if self._process is not None else []
+        return list(enumerate(procs + self._followers))
+
+    def _watch(self) -> None:
+        """The first rank to die takes the group down: the others cannot go on without it."""
+        while not self._closing.is_set():
+            dead = next(((r, p) for r, p in self._ranks() if p.has_exited), None)
+            if dead is not None:
+                self._note_dead(*dead)
+                self._stop_ranks(_TEARDOWN_GRACE)
+                return
+            self._closing.wait(POLL_INTERVAL)
+
+    def _note_dead(self, rank: int, proc: RunnerProcess) -> None:
+        with self._dead_lock:
+            if self._first_dead is None:
+                self._first_dead = (rank, proc)
+
+    def _stop_ranks(self, grace: float) -> None:
+        """Stop every rank at once (in parallel: each waits out its own grace)."""
+        threads = []
+        for _, proc in self._ranks():
+            t = threading.Thread(target=proc.stop, args=(grace,), daemon=True)
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join(grace + 10.0)
+
+    def close(self, grace: float = 5.0) -> None:
+        """Stop every rank (rank 0 asked first, which tells the others), no process left behind."""
+        self._closing.set()
+        follower_stop = threading.Thread(target=self._close_followers, args=(grace,), daemon=True)
+        follower_stop.start()
+        super().close(grace)  # rank 0: shutdown request, stdin EOF, SIGTERM, SIGKILL
+        follower_stop.join(grace + 10.0)
+        if self.hostfile:
+            with contextlib.suppress(OSError):
+                os.unlink(self.hostfile)
+
+    def _close_followers(self, grace: float) -> None:
+        for proc in self._followers:
+            # Rank 0's shutdown ends their loop; the ladder is for the ones that do not follow.
+            proc.stop(grace)
+            if proc.has_exited and proc.pid is not None:
+                self.registry.remove(proc.pid)
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def pids(self) -> list[int]:
+        """Every rank's pid, rank 0 first."""
+        return [p.pid for _, p in self._ranks() if p.pid is not None]
+
+    @property
+    def has_exited(self) -> bool:
+        """True once any rank has exited: a group with a rank missing cannot decode."""
+        return any(p.has_exited for _, p in self._ranks())
+
+    def _wait_exit(self, timeout: float) -> bool:
+        ranks = self._ranks()
+        left = timeout
+        while not any(p.has_exited for _, p in ranks):
+            if left <= 0:
+                return False
+            time.sleep(min(POLL_INTERVAL, left))
+            left -= POLL_INTERVAL
+        return True
+
+    def _dead_rank(self) -> tuple[int, RunnerProcess] | None:
+        if self._first_dead is None:
+            dead = next(((r, p) for r, p in self._ranks() if p.has_exited), None)
+            if dead is not None:
+                self._note_dead(*dead)
+        return self._first_dead
+
+    def _exit_message(self, what: str) -> str:
+        dead = self._dead_rank()
+        if dead is None:
+            return super()._exit_message(what)
+        rank, proc = dead
+        return proc.exit_message(what) + " (the runner group was stopped)"
+
+    def error_lines(self) -> list[str]:
+        dead = self._dead_rank()
+        return dead[1].tail.error_lines() if dead else super().error_lines()
+
+    def exit_description(self) -> str:
+        dead = self._dead_rank()
+        if dead is None:
+            return super().exit_description()
+        return f"rank {dead[0]} {dead[1].exit_description()}"
+
+    # ------------------------------------------------------------ errors name the dead rank
+
+    @contextlib.contextmanager
+    def _naming_dead_rank(self, what: str) -> Iterator[None]:
+        """Rank 0 only knows "a peer was lost"; we know which rank it was."""
+        try:
+            yield
+        except MLXNotebookError as exc:
+            if isinstance(exc, RunnerExitedError) or not self._wait_exit(1.5):
+                raise
+            raise RunnerExitedError(self._exit_message(what)) from exc
+
+    def stream(self, request: CompletionRequest | str) -> Any:
+        with self._naming_dead_rank("while starting a completion"):
+            return _GroupStream(super().stream(request), self)
+
+    def astream(self, request: CompletionRequest | str, *,
+                on_done: Callable[[DoneEvent], None] | None = None) -> AsyncIterator[ChunkEvent]:
+        inner = super().astream(request, on_done=on_done)
+
+        async def events() -> AsyncIterator[ChunkEvent]:
+            with self._naming_dead_rank("during the completion"):
+                async for chunk in inner:
+                    yield chunk
+
+        return events()
+
+    def status(self) -> protocol.Status:
+        with self._naming_dead_rank("during status"):
+            return super().status()
+
+
+class _GroupStream:
+    """A CompletionStream whose errors name the rank that died."""
+
+    def __init__(self, inner: Any, group: RunnerGroup) -> None:
+        self._inner, self._group = inner, group
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __enter__(self) -> _GroupStream:
+        self._inner.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> Any:
+        return self._inner.__exit__(*exc)
+
+    def __iter__(self) -> _GroupStream:
+        return self
+
+    def __next__(self) -> ChunkEvent:
+        with self._group._naming_dead_rank("during the completion"):
+            return next(self._inner)
