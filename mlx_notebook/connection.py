@@ -97,6 +97,10 @@ class RunnerConnection:
     def _wait_exit(self, timeout: float) -> bool:
         return False
 
+    def exit_description(self) -> str:
+        """How the runner process ended, as far as this side can tell."""
+        return "unknown (not a process of this kernel)"
+
     def _vanished(self, what: str, *, wait: bool) -> MLXNotebookError | None:
         """The error for a runner that is gone, or None if it may still be there.
 

@@ -142,13 +142,15 @@ def _duration(seconds: float) -> str:
 
 
 def ps_table(rows: Sequence[RunnerInfo], default: str | None = None) -> str:
-    """A text table of runners (``*`` marks the default)."""
+    """A text table of runners (``*`` marks the default; a remote one shows its URL)."""
     if not rows:
         return "No models loaded: run %mlx load demo"
     head = ("NAME", "MODEL", "STATE", "MEMORY", "PEAK", "CONTEXT", "PID", "IDLE")
     body = [(("*" if r.name == default else "") + r.name, r.model, r.state,
              human_bytes(r.memory_active), human_bytes(r.memory_peak),
-             str(r.context_length or "-"), str(r.pid or "-"), _duration(r.idle_seconds))
+             str(r.context_length or "-"),
+             str(r.pid or "-") + (f" ({r.url})" if r.url else ""),  # a remote runner's pid
+             _duration(r.idle_seconds))
             for r in rows]
     widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()

@@ -4,7 +4,9 @@ It loads models into runner subprocesses (:class:`~mlx_notebook.client.RunnerCli
 keeps a default, makes room by unloading the least recently used idle runner when
 a model would not fit, optionally unloads runners idle for longer than
 ``keep_alive``, reports a runner that died on its next use, and stops every runner
-it owns at exit. A kernel that is SIGKILLed cannot clean up: the runners' own
+it owns at exit. Runners it does not own (``connect()``: a
+:class:`~mlx_notebook.remote.RemoteRunner` started by hand) are listed and used
+like the others, but never evicted, expired, recorded for reaping or stopped. A kernel that is SIGKILLed cannot clean up: the runners' own
 parent watch and the registry (reaped when the next manager starts) cover that.
 """
 
@@ -19,9 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import preflight
 from .client import RunnerClient
+from .connection import RunnerConnection
 from .errors import (
     InsufficientMemoryError,
     MLXNotebookError,
@@ -31,6 +35,9 @@ from .errors import (
 from .preflight import MemoryEstimate, format_bytes
 from .protocol import Status
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from .remote import RemoteRunner
 
 __all__ = ["RunnerInfo", "RunnerManager", "get_manager", "default_name"]
 
@@ -57,6 +64,7 @@ class RunnerInfo:
     spec: str = ""
     is_default: bool = False
     error: str | None = None
+    url: str = ""  # set for a remote runner (one this kernel did not start)
 
 
 def default_name(spec: str) -> str:
@@ -86,7 +94,7 @@ class RunnerManager:
         self.runner_module = runner_module
         self.env = dict(env or {})
         self.on_message: Notify = on_message or _quiet  # notes from the keep-alive thread
-        self._runners: dict[str, RunnerClient] = {}
+        self._runners: dict[str, RunnerConnection] = {}
         self._needs: dict[str, MemoryEstimate] = {}
         self._loading: dict[str, RunnerClient] = {}
         self._dead: dict[str, tuple[RunnerClient, str]] = {}
@@ -126,16 +134,33 @@ class RunnerManager:
         finally:
             with self._lock:
                 self._loading.pop(name, None)
+        self._register(client, need)
+        return client
+
+    def connect(self, url: str, *, token: str, name: str | None = None,
+                token_source: str | None = None,
+                on_progress: Callable[[Status], None] | None = None) -> RemoteRunner:
+        """Attach to a runner already running at ``url`` (``unload`` only disconnects)."""
+        from .remote import RemoteRunner
+
+        client = RemoteRunner.connect(url, token, name=name, token_source=token_source,
+                                      timeout=self.start_timeout, on_progress=on_progress)
+        if client.name in self._runners or client.name in self._dead:
+            self.unload(client.name)
+        self._register(client, None)
+        return client
+
+    def _register(self, client: RunnerConnection, need: MemoryEstimate | None) -> None:
         with self._lock:
-            old = self._runners.pop(name, None)
-            self._runners[name] = client
-            self._needs[name] = need
+            old = self._runners.pop(client.name, None)
+            self._runners[client.name] = client
+            if need is not None:
+                self._needs[client.name] = need
             if self._default is None or self._default not in self._runners:
-                self._default = name
+                self._default = client.name
         if old is not None:  # loaded concurrently under the same name
             old.close()
         client.touch()
-        return client
 
     def _budget_used(self) -> int:
         return sum(n.required or 0 for name, n in self._needs.items() if name in self._runners)
@@ -170,9 +195,9 @@ class RunnerManager:
             return
         raise InsufficientMemoryError(message)
 
-    def _least_recently_used_idle(self) -> RunnerClient | None:
+    def _least_recently_used_idle(self) -> RunnerConnection | None:
         with self._lock:
-            idle = [c for c in self._runners.values() if not c.active_streams]
+            idle = [c for c in self._runners.values() if not c.active_streams and not c.remote]
         return min(idle, key=lambda c: (not c.has_exited, c.last_used), default=None)
 
     # ------------------------------------------------------------ lookup
@@ -193,7 +218,7 @@ class RunnerManager:
             return list(self._runners)
 
     def get(self, name: str | None = None, *, reload: bool = False,
-            on_message: Notify | None = None) -> RunnerClient:
+            on_message: Notify | None = None) -> RunnerConnection:
         """The runner called ``name`` (the default one when None).
 
         A runner that died is reported (:class:`RunnerExitedError` with its exit
@@ -213,6 +238,7 @@ class RunnerManager:
                 raise ModelNotLoadedError(self._not_loaded(key))
             if not client.has_exited:
                 return client
+            assert isinstance(client, RunnerClient)  # only our own process can be seen to exit
             message = self._bury(client)
         if not reload:
             raise RunnerExitedError(message)
@@ -283,8 +309,8 @@ class RunnerManager:
         while not self._stop.wait(interval):
             now = time.time()
             with self._lock:
-                stale = [c for c in self._runners.values()
-                         if not c.active_streams and now - c.last_used > self.keep_alive]
+                stale = [c for c in self._runners.values() if not c.remote
+                         and not c.active_streams and now - c.last_used > self.keep_alive]
             for client in stale:
                 try:
                     self.unload(client.name)
@@ -301,7 +327,7 @@ class RunnerManager:
             clients = [*self._runners.values(), *self._loading.values()]
         return [self._info(c) for c in clients]
 
-    def _info(self, client: RunnerClient) -> RunnerInfo:
+    def _info(self, client: RunnerConnection) -> RunnerInfo:
         error = None
         status = client.last_status
         if client.has_exited:
@@ -325,7 +351,8 @@ class RunnerManager:
             memory_peak=status.memory.peak if status else 0, idle_seconds=idle,
             context_length=status.context_length if status else (client.context_length or 0),
             weights_format=status.weights_format if status else "", spec=client.spec,
-            is_default=client.name == self._default, error=error)
+            is_default=client.name == self._default, error=error,
+            url=client.base_url if client.remote else "")
 
 
 # ---------------------------------------------------------------- the per-process manager
