@@ -20,8 +20,11 @@ import pytest
 from mlx_notebook.client import RunnerClient
 from mlx_notebook.errors import GenerationError, RunnerExitedError, RunnerUnavailableError
 from mlx_notebook.protocol import CompletionRequest, SamplingOptions
+from tests import frontend_helpers
 from tests.reliability_figures import record
 from tests.runner_process import pid_alive, wait_gone
+
+shell = frontend_helpers.shell  # fixture: a fresh IPython shell with the extension loaded
 
 LONG = CompletionRequest(prompt="hello", options=SamplingOptions(max_tokens=100000,
                                                                   temperature=1.0))
@@ -189,3 +192,39 @@ def test_prompt_longer_than_context_is_a_clear_error(tiny_model_dir):
     finally:
         client.close()
     record("prompt longer than the context: clear 400, runner fine", cycles=1, failures=0)
+
+
+@cycles(2, 20)
+def test_runner_sigkilled_mid_cell(tiny_model_dir, n, shell):
+    """Through the magic: one clear error naming the signal, the kernel side usable, reload works."""
+    from mlx_notebook.manager import get_manager
+
+    detect = []
+    failures = 0
+    for _ in range(n):
+        shell.run_line_magic("mlx", f"load {tiny_model_dir} --as victim --force")
+        client = get_manager().get("victim")
+        killed: list[float] = []
+
+        def kill_when_streaming(client=client, killed=killed) -> None:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not client.status().active_requests:
+                time.sleep(0.01)
+            os.kill(client.pid, signal.SIGKILL)
+            killed.append(time.monotonic())
+
+        killer = threading.Thread(target=kill_when_streaming)
+        killer.start()
+        result = shell.run_cell("%%mlx generate -m victim --max-tokens 100000\nhello")
+        ended = time.monotonic()
+        killer.join()
+        error = result.error_in_exec
+        if error is None or "SIGKILL" not in str(error):
+            failures += 1
+        detect.append(ended - killed[0])
+    shell.run_line_magic("mlx", f"load {tiny_model_dir} --as victim --force")
+    assert shell.run_cell("%%mlx generate -m victim --max-tokens 3\nhello").success
+    shell.run_line_magic("mlx", "unload victim")
+    record("runner SIGKILLed mid-cell: one-line error naming the signal, reload works",
+           cycles=n, failures=failures, max_detect_s=max(detect))
+    assert failures == 0 and max(detect) < 1.0
