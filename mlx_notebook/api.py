@@ -14,12 +14,13 @@ The manager (and with it httpx) is imported on first use, never at import time.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import protocol
 from .chat_history import get_history
@@ -29,13 +30,15 @@ from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status
 if TYPE_CHECKING:
     from .client import CompletionStream, RunnerClient
     from .manager import RunnerInfo, RunnerManager
+    from .remote import RemoteRunner
 
 __all__ = [
-    "Generation", "GenerationResult", "chat", "conversation", "generate", "load", "ps",
+    "Generation", "GenerationResult", "chat", "connect", "conversation", "generate", "load", "ps",
     "reset_chat", "status", "stream", "tokenize", "unload", "use",
 ]
 
 FinishReason = Literal["stop", "length", "cancel", "error"]
+REMOTE_TOKEN_ENV = "MLX_REMOTE_TOKEN"  # where connect() looks for a remote runner's token
 
 
 @dataclass(frozen=True)
@@ -212,22 +215,54 @@ def load(model: str = "demo", *, name: str | None = None, context_length: int | 
     ``show=True`` draws a progress bar (text in a terminal) while it loads.
     """
     manager = _manager()
+    return _with_progress(name or model, show, on_progress, lambda report, say: manager.load(
+        model, name, context_length=context_length, force=force, on_progress=report,
+        on_message=say))
+
+
+def connect(url: str, *, token_env: str = REMOTE_TOKEN_ENV, name: str | None = None,
+            show: bool = False, on_progress: Callable[[Status], None] | None = None,
+            ) -> RemoteRunner:
+    """Attach to a runner already running at ``url`` (maybe on another machine).
+
+    The token is read from the environment variable ``token_env``, so it never lands
+    in the notebook. The runner is then used like a loaded one; ``unload`` only
+    disconnects (it keeps running). Its name defaults to ``MODEL@HOST``.
+
+    >>> os.environ["MLX_REMOTE_TOKEN"] = getpass.getpass()      # doctest: +SKIP
+    >>> mn.connect("http://10.0.0.5:50123")                      # doctest: +SKIP
+    """
+    token = os.environ.get(token_env, "")
+    if not token:
+        raise ValueError(
+            f"environment variable {token_env} is not set or is empty: set it to the "
+            f"runner's {protocol.TOKEN_ENV} (os.environ[{token_env!r}] = getpass.getpass())")
+    manager = _manager()
+    return _with_progress(name or url, show, on_progress, lambda report, _say: manager.connect(
+        url, token=token, name=name, token_source=f"${token_env}", on_progress=report))
+
+
+_Client = TypeVar("_Client", "RunnerClient", "RemoteRunner")
+
+
+def _with_progress(label: str, show: bool, on_progress: Callable[[Status], None] | None,
+                   start: Callable[[Callable[[Status], None] | None, Callable[[str], None] | None],
+                                   _Client]) -> _Client:
+    """Run ``start(on_progress, on_message)``, with a progress bar when ``show``."""
     _wake_widgets()
     if not show:
-        client = manager.load(model, name, context_length=context_length, force=force,
-                              on_progress=on_progress)
+        client = start(on_progress, None)
         _wake_widgets(refresh=True)
         return client
     from .widgets import LoadProgress
 
-    with LoadProgress(name or model) as progress:
+    with LoadProgress(label) as progress:
         def report(status: Status) -> None:
             progress.update(status)
             if on_progress is not None:
                 on_progress(status)
 
-        client = manager.load(model, name, context_length=context_length, force=force,
-                              on_progress=report, on_message=progress.message)
+        client = start(report, progress.message)
         progress.done(client.status())
     _wake_widgets(refresh=True)
     return client

@@ -4,6 +4,7 @@ Usage::
 
     %load_ext mlx_notebook
     %mlx load demo                       # progress bar, then a status line
+    %mlx connect http://10.0.0.5:50123 --token-env MLX_REMOTE_TOKEN   # a runner started by hand
     %%mlx generate --max-tokens 32 -o r  # the cell is the prompt; r: GenerationResult
     What is the capital of {country}?
     %%mlx chat --system "Be brief."      # one turn of the conversation with the model
@@ -35,7 +36,8 @@ from .protocol import SamplingOptions, ValidationError
 
 SUMMARY = {
     "load": "start a runner for a model (default: demo) and show its load progress",
-    "unload": "stop a runner (the default one), or all of them",
+    "connect": "attach to a runner started by hand (maybe on another machine) by URL",
+    "unload": "stop a runner (the default one), or all of them; disconnect a remote one",
     "use": "make a loaded model the default",
     "ps": "table of loaded models: name, model, state, memory, pid, idle time",
     "status": "live status and memory widget (text in a terminal)",
@@ -104,6 +106,13 @@ def _parsers() -> dict[str, _Parser]:
     p.add_argument("--as", "--name", dest="name", metavar="NAME", help="name to refer to it by")
     p.add_argument("--context", type=int, metavar="N", help="context length in tokens")
     p.add_argument("--force", action="store_true", help="load even if memory looks short; reload")
+    p = new("connect", usage="%mlx connect URL [--token-env VAR] [--as NAME]")
+    p.add_argument("url", help="the runner's http://HOST:PORT")
+    p.add_argument("--token-env", default=api.REMOTE_TOKEN_ENV, metavar="VAR",
+                   help=f"environment variable holding the runner's token "
+                        f"(default {api.REMOTE_TOKEN_ENV}); never put the token itself here")
+    p.add_argument("--as", "--name", dest="name", metavar="NAME",
+                   help="name to refer to it by (default: MODEL@HOST)")
     p = new("unload")
     p.add_argument("name", nargs="?", help="model name (default: the current one)")
     p.add_argument("--all", action="store_true", help="stop every runner")
@@ -241,6 +250,15 @@ class MLXMagics(Magics):
             raise UsageError("%mlx load: --context must be a positive number of tokens")
         api.load(args.model, name=args.name, context_length=args.context, force=args.force,
                  show=True)
+
+    def _connect(self, args: argparse.Namespace, cell: str | None) -> None:
+        if not args.token_env.isidentifier():
+            raise UsageError(f"%mlx connect: --token-env needs a variable name, got "
+                             f"{args.token_env!r} (put the token in that variable, not here)")
+        try:
+            api.connect(args.url, token_env=args.token_env, name=args.name, show=True)
+        except ValueError as exc:
+            raise UsageError(f"%mlx connect: {exc}") from None
 
     def _unload(self, args: argparse.Namespace, cell: str | None) -> None:
         if args.all and args.name:

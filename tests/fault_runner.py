@@ -18,6 +18,7 @@ MLX at all. Faults are switched by environment variables:
 ``FAULT_STDERR``           text written to stderr (``\\n`` separated) right after the handshake
 ``FAULT_IGNORE_SHUTDOWN``  ``1``: /v1/shutdown and stdin EOF do nothing
 ``FAULT_IGNORE_SIGTERM``   ``1``: SIGTERM is ignored (so only SIGKILL works)
+``FAULT_PROTOCOL``         ``N``: report protocol version N in the status
 =========================  ==============================================================
 """
 
@@ -91,7 +92,8 @@ class Handler(BaseHTTPRequestHandler):
         status = protocol.Status(
             state=STATE["state"], progress=STATE["progress"], pid=os.getpid(),
             progress_message=STATE["message"], model=SPEC, error=STATE["error"],
-            context_length=2048)
+            context_length=2048,
+            protocol=int(os.environ.get("FAULT_PROTOCOL", protocol.PROTOCOL_VERSION)))
         self._json(200, status.to_json())
 
     def do_POST(self) -> None:

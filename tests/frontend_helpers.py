@@ -88,6 +88,13 @@ class Entry:
         else:
             mn.load(spec, name=name, show=True)
 
+    def connect(self, url: str, token_env: str, name: str | None = None) -> None:
+        if self.kind == "magic":
+            self.shell.run_line_magic("mlx", f"connect {url} --token-env {token_env}"
+                                      + (f" --as {name}" if name else ""))
+        else:
+            mn.connect(url, token_env=token_env, name=name, show=True)
+
     def unload(self, name: str | None = None) -> None:
         if self.kind == "magic":
             self.shell.run_line_magic("mlx", f"unload {name or ''}")

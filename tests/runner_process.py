@@ -93,6 +93,37 @@ def running(model: str, *args: str, ready: bool = True) -> Iterator[RawRunner]:
         stop(process)
 
 
+@dataclass
+class HandStarted:
+    """A runner started the way a user starts one on another machine: by hand, with a URL."""
+
+    process: subprocess.Popen
+    handshake: Handshake
+    token: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.handshake.host}:{self.handshake.port}"
+
+
+@contextmanager
+def started_by_hand(model: str, host: str = "127.0.0.1", *args: str,
+                    module: str = "mlx_notebook.runner",
+                    env: dict[str, str] | None = None) -> Iterator[HandStarted]:
+    """``python -m mlx_notebook.runner --host HOST --no-stdin-watch``; stopped by pid at the end."""
+    token = secrets.token_hex(16)
+    full_env = dict(os.environ, **(env or {}), **{TOKEN_ENV: token})
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, "--model", model, "--host", host, "--port", "0", *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        env=full_env, start_new_session=True)  # stdin stays open: the fault runner watches it
+    try:
+        handshake = Handshake.from_line(process.stdout.readline().decode())
+        yield HandStarted(process, handshake, token)
+    finally:
+        stop(process)
+
+
 def stop(process: subprocess.Popen, grace: float = 5.0) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -140,5 +171,6 @@ def wait_gone(pid: int, timeout: float) -> float | None:
     return None
 
 
-__all__: Sequence[str] = ["RawRunner", "spawn_runner", "running", "stop", "reap_owner", "pid_alive",
+__all__: Sequence[str] = ["RawRunner", "HandStarted", "spawn_runner", "running",
+                        "started_by_hand", "stop", "reap_owner", "pid_alive",
                         "wait_gone"]
