@@ -85,6 +85,9 @@ class RunnerGroup(RunnerClient):
 
     def start(self) -> None:
         """Write the hostfile, start every rank, read rank 0's handshake, watch them all."""
+        # Local ranks share this machine's cores: split the BLAS threads between them.
+        threads = max(1, (os.cpu_count() or 1) // self.ranks)
+        self.env.setdefault("OPENBLAS_NUM_THREADS", str(threads))
         fd, self.hostfile = tempfile.mkstemp(prefix="mlx-notebook-ring-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(loopback_hostfile(self.ranks), f)

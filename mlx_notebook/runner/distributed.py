@@ -80,6 +80,7 @@ class Distributed:
         # The plan's collectives must run on the stream the model decodes on: the ring
         # pairs collectives by order, and another stream could overtake a step in flight.
         self.stream: Any = None
+        self._in_flight: list[Any] = []  # rank 0's last broadcast, kept alive until it is sent
 
     @property
     def size(self) -> int:
@@ -131,16 +132,29 @@ class Distributed:
     # ------------------------------------------------------------ per-step collectives
 
     def share(self, payload: bytes | None) -> bytes | None:
-        """Rank 0's bytes on every rank (None: nothing this step). One all_sum when empty."""
-        mine = payload if self.rank == 0 and payload else b""
-        size = int(mx.distributed.all_sum(mx.array(len(mine)), group=self.group,
-                                              stream=self.stream).item())
+        """Rank 0's bytes on every rank (None: nothing this step). One all_sum when empty.
+
+        Rank 0 never waits here (it knows what it sent): the decode step in flight keeps
+        running while its HTTP threads and the next plan are prepared. The others wait.
+        """
+        kw = {"group": self.group, "stream": self.stream}
+        if self.rank == 0:
+            mine = payload or b""
+            sent = [mx.distributed.all_sum(mx.array(len(mine)), **kw)]
+            if mine:
+                sent.append(mx.distributed.all_sum(mx.array(memoryview(mine), dtype=mx.uint8),
+                                                   **kw))
+            # One async_eval each: they run in submission order on the decode stream, as the
+            # other ranks run them (one eval of both could run the data collective first).
+            for array in sent:
+                mx.async_eval(array)
+            self._in_flight = sent
+            return payload
+        size = int(mx.distributed.all_sum(mx.array(0), **kw).item())
         if size == 0:
             return None
-        data = (mx.array(memoryview(mine), dtype=mx.uint8) if self.rank == 0
-                else mx.zeros(size, dtype=mx.uint8))
-        shared = mx.distributed.all_sum(data, group=self.group, stream=self.stream)
-        mx.eval(shared)  # every rank must run the collective now, rank 0 included
+        shared = mx.distributed.all_sum(mx.zeros(size, dtype=mx.uint8), **kw)
+        mx.eval(shared)
         return bytes(memoryview(shared))
 
     def gather(self, facts: dict[str, Any]) -> list[dict[str, Any]]:
