@@ -106,6 +106,10 @@ def _parsers() -> dict[str, _Parser]:
     p.add_argument("--as", "--name", dest="name", metavar="NAME", help="name to refer to it by")
     p.add_argument("--context", type=int, metavar="N", help="context length in tokens")
     p.add_argument("--force", action="store_true", help="load even if memory looks short; reload")
+    p.add_argument("--ranks", type=int, default=1, metavar="N",
+                   help="shard the model over N local processes (MLX ring backend)")
+    p.add_argument("--shard", choices=("tensor", "pipeline"), default="tensor",
+                   help="how to split it over the ranks (default: tensor)")
     p = new("connect", usage="%mlx connect URL [--token-env VAR] [--as NAME]")
     p.add_argument("url", help="the runner's http://HOST:PORT")
     p.add_argument("--token-env", default=api.REMOTE_TOKEN_ENV, metavar="VAR",
@@ -248,8 +252,10 @@ class MLXMagics(Magics):
     def _load(self, args: argparse.Namespace, cell: str | None) -> None:
         if args.context is not None and args.context < 1:
             raise UsageError("%mlx load: --context must be a positive number of tokens")
+        if args.ranks < 1:
+            raise UsageError("%mlx load: --ranks must be 1 or more")
         api.load(args.model, name=args.name, context_length=args.context, force=args.force,
-                 show=True)
+                 show=True, ranks=args.ranks, shard=args.shard)
 
     def _connect(self, args: argparse.Namespace, cell: str | None) -> None:
         if not args.token_env.isidentifier():

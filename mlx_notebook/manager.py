@@ -111,10 +111,12 @@ class RunnerManager:
 
     def load(self, spec: str, name: str | None = None, *, context_length: int | None = None,
              force: bool = False, on_progress: Callable[[Status], None] | None = None,
-             on_message: Notify | None = None) -> RunnerClient:
+             on_message: Notify | None = None, ranks: int = 1,
+             shard: str = "tensor") -> RunnerClient:
         """Start a runner for ``spec`` under ``name`` (replacing one of that name) and wait for it.
 
-        Refuses a model that would not fit (after unloading idle runners, least
+        ``ranks > 1`` shards the model over that many local processes (MLX ring
+        backend, see :mod:`mlx_notebook.group`). Refuses a model that would not fit (after unloading idle runners, least
         recently used first) with :class:`InsufficientMemoryError`, unless ``force``.
         """
         name = name or default_name(spec)
@@ -123,9 +125,14 @@ class RunnerManager:
             self.unload(name)
         need = preflight.estimate(spec, context_length)
         self._make_room(need, say, force)
-        client = RunnerClient(spec, name=name, python=self.python, context_length=context_length,
-                              env=self.env, runner_module=self.runner_module,
-                              registry=self.registry)
+        options = dict(name=name, python=self.python, context_length=context_length, env=self.env,
+                       runner_module=self.runner_module, registry=self.registry)
+        if ranks > 1:
+            from .group import RunnerGroup
+
+            client: RunnerClient = RunnerGroup(spec, ranks=ranks, shard=shard, **options)
+        else:
+            client = RunnerClient(spec, **options)
         with self._lock:
             self._loading[name] = client
         try:
@@ -244,7 +251,8 @@ class RunnerManager:
             raise RunnerExitedError(message)
         (on_message or self.on_message)(f"{message.split(': ', 1)[0]}; reloading it")
         return self.load(client.spec, client.name, context_length=client.context_length,
-                         on_message=on_message)
+                         on_message=on_message, ranks=getattr(client, "ranks", 1),
+                         shard=getattr(client, "shard", "tensor"))
 
     def _bury(self, client: RunnerClient) -> str:
         """Move a dead runner out of the live set, keeping its story for later calls."""

@@ -97,6 +97,8 @@ class RunnerRow(w.HBox):
                 bits.append(f"{status.last_tokens_per_second:.1f} tok/s")
             if status.state == "loading" and status.progress_message:
                 bits.append(status.progress_message)
+            if status.ranks:
+                bits.append(html.escape(ranks_text(status)))
             if status.error:
                 bits.append(f"<span style='color:#c00'>{html.escape(status.error)}</span>")
             self.info.value = " · ".join(bits)
@@ -227,9 +229,18 @@ def status_line(status: Status) -> str:
         bits.append(f"ctx {status.context_length}")
     mem = status.memory
     bits.append(f"{human_bytes(mem.active)} active (peak {human_bytes(mem.peak)})")
+    if status.ranks:
+        bits.append(ranks_text(status))
     if status.error:
         bits.append(status.error)
     return " · ".join(bits)
+
+
+def ranks_text(status: Status) -> str:
+    """``2 ranks: #0 host pid 12 95.0 MB (peak 120.0 MB); #1 ...`` for a sharded model."""
+    parts = [f"#{r.rank} {r.host} pid {r.pid} {human_bytes(r.active)} (peak {human_bytes(r.peak)})"
+             for r in status.ranks]
+    return f"{len(parts)} ranks: " + "; ".join(parts)
 
 
 class LoadProgress:

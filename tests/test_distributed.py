@@ -18,7 +18,10 @@ from mlx_notebook.errors import RunnerExitedError, RunnerStartError
 from mlx_notebook.group import RunnerGroup, loopback_hostfile
 from mlx_notebook.protocol import CompletionRequest, SamplingOptions
 from mlx_notebook.registry import Registry
+from tests import frontend_helpers
 from tests.runner_process import pid_alive, wait_gone
+
+shell = frontend_helpers.shell  # fixture
 
 PROMPT = "The capital of France is"
 
@@ -124,3 +127,21 @@ def test_a_rank_needs_its_rank_and_an_existing_hostfile(tmp_path):
         done = subprocess.run([sys.executable, "-m", "mlx_notebook.runner", "--model", "x",
                                "--no-openblas", *args], env=env, capture_output=True, timeout=30)
         assert done.returncode == 64 and expected in done.stderr.decode()
+
+
+def test_sharded_load_through_the_magic_matches_one_process(tiny_model_dir, shell):
+    """`%mlx load --ranks 2`: same greedy text as one process; the status shows both ranks."""
+    import mlx_notebook as mn
+
+    shell.run_line_magic("mlx", f"load {tiny_model_dir} --as solo")
+    shell.run_line_magic("mlx", f"load {tiny_model_dir} --as duo --ranks 2")
+    try:
+        solo = mn.generate("hello", model="solo", max_tokens=8).text
+        shell.run_cell_magic("mlx", "generate -m duo --max-tokens 8 -o duo_result", "hello")
+        assert shell.user_ns["duo_result"].text == solo
+        from mlx_notebook.widgets import runner_statuses, status_text
+
+        text = status_text(runner_statuses())
+        assert "2 ranks: #0 " in text and "#1 " in text, text
+    finally:
+        shell.run_line_magic("mlx", "unload --all")
