@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import mlx.core as mx
+import psutil
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
@@ -119,12 +120,7 @@ class Engine:
 
     def memory(self) -> MemoryInfo:
         weights = self.loaded.weight_bytes if self.loaded else 0
-        try:
-            import psutil
-
-            rss = psutil.Process().memory_info().rss
-        except Exception:  # psutil is optional on the runner side
-            rss = 0
+        rss = psutil.Process().memory_info().rss
         return MemoryInfo(active=mx.get_active_memory(), peak=mx.get_peak_memory(),
                           cache=mx.get_cache_memory(), weights=weights,
                           limit=mx.get_memory_limit(), rss=rss)

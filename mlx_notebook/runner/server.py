@@ -196,7 +196,7 @@ class RunnerHandler(BaseHTTPRequestHandler):
         loaded = engine.loaded
         status = Status(
             state=engine.state, progress=round(engine.progress, 1),  # type: ignore[arg-type]
-            pid=_pid(), protocol=PROTOCOL_VERSION, progress_message=engine.progress_message,
+            pid=os.getpid(), protocol=PROTOCOL_VERSION, progress_message=engine.progress_message,
             model=loaded.name if loaded else engine.spec, source=loaded.source if loaded else "",
             source_hash=loaded.source_hash if loaded else "",
             weights_format=loaded.weights_format if loaded else "",
@@ -322,7 +322,4 @@ def _peer_closed(sock: socket.socket) -> bool:
     except (OSError, ValueError):
         return True
 
-
-def _pid() -> int:
-    return os.getpid()
 
