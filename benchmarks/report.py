@@ -68,8 +68,9 @@ def write_markdown(report: dict, path: Path) -> None:
         if "display" in k:
             d = k["display"]
             lines.append(f"- streaming {d['tokens']} tokens at {d['token_rate']} tok/s into a real "
-                         f"kernel: {d['display_messages']} display messages in "
-                         f"{d['stream_seconds']} s = **{d['display_messages_per_s']}/s**")
+                         f"kernel: {d['display_messages']} display updates over "
+                         f"{d['stream_seconds']} s = **{d['display_messages_per_s']}/s** "
+                         f"(the final text is one more output)")
         lines.append("")
     lines += ["## Raw figures", "", "```json", json.dumps(report, indent=2), "```", ""]
     path.write_text("\n".join(lines))
