@@ -109,8 +109,7 @@ class RunnerClient(RunnerConnection):
             # Same interpreter: make sure the runner imports this very mlx_notebook.
             here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
-        self._process = RunnerProcess(self.command(), env,
-                                      label=f"runner {self.name!r} (pid ?, {self.spec})")
+        self._process = self._new_process(env)
         self.started_at = self.last_used = time.time()
         try:
             hs = self._process.spawn(self.handshake_timeout)
@@ -120,6 +119,10 @@ class RunnerClient(RunnerConnection):
         self.host, self.port = hs.host, hs.port
         self._open_http()
         self.registry.add(self.pid, port=self.port, spec=self.spec, name=self.name)
+
+    def _new_process(self, env: dict[str, str]) -> RunnerProcess:
+        """The process that serves HTTP (a runner group makes it rank 0, maybe over ssh)."""
+        return RunnerProcess(self.command(), env, label=f"runner {self.name!r} (pid ?, {self.spec})")
 
     def wait_until_ready(
         self, *, timeout: float = 120.0, on_progress: Callable[[Status], None] | None = None,

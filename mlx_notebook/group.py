@@ -31,6 +31,7 @@ from typing import Any
 from . import protocol
 from .client import RunnerClient
 from .errors import MLXNotebookError, RunnerExitedError
+from .hosts import DEFAULT_RING_PORT, HostPlan, HostsError, read_hosts, remote_command, remote_env
 from .process import POLL_INTERVAL, RunnerProcess
 from .protocol import ChunkEvent, CompletionRequest, DoneEvent
 
@@ -56,15 +57,32 @@ def loopback_hostfile(ranks: int) -> list[list[str]]:
 
 
 class RunnerGroup(RunnerClient):
-    """``ranks`` runner processes holding one model, seen through rank 0; same methods as a client."""
+    """Ranks of one model, seen through rank 0; same methods as a client.
+
+    ``ranks=N`` starts N processes on this machine. ``hosts`` (a :class:`HostPlan`,
+    a hostfile path or a comma-separated list of IPs, as ``mlx.launch`` takes them)
+    puts rank ``i`` on host ``i``: started directly when that host is this machine,
+    over ssh otherwise (:mod:`mlx_notebook.hosts`). ``ring_port`` is the first ring
+    port on the hosts (default 32323, as ``mlx.launch``).
+    """
 
     def __init__(self, spec: str, *, ranks: int = 2, shard: str = "tensor",
-                 backend: str = "ring", **kwargs: Any) -> None:
-        if ranks < 2:
-            raise ValueError(f"a runner group needs at least 2 ranks, not {ranks}")
+                 hosts: HostPlan | str | None = None, backend: str | None = None,
+                 ring_port: int | None = None, **kwargs: Any) -> None:
+        if hosts is None:
+            if ranks < 2:
+                raise ValueError(f"a runner group needs at least 2 ranks, not {ranks}")
+            if backend not in (None, "ring"):
+                raise HostsError(f"backend {backend!r}: local ranks use the ring backend")
+            plan = HostPlan.loopback(ranks)
+        else:
+            plan = hosts if isinstance(hosts, HostPlan) else read_hosts(hosts, backend)
         super().__init__(spec, **kwargs)
-        self.ranks, self.shard, self.backend = ranks, shard, backend
+        self.plan, self.hosts = plan, hosts
+        self.ranks, self.shard, self.backend = plan.size, shard, plan.backend
+        self.ring_port = ring_port
         self.hostfile = ""
+        self._ring: list[list[str]] = []
         self._followers: list[RunnerProcess] = []
         self._first_dead: tuple[int, RunnerProcess] | None = None
         self._dead_lock = threading.Lock()
@@ -76,27 +94,56 @@ class RunnerGroup(RunnerClient):
     # ------------------------------------------------------------ lifecycle
 
     def _rank_args(self, rank: int) -> list[str]:
-        return ["--hostfile", self.hostfile, "--rank", str(rank), "--shard", self.shard,
-                "--backend", self.backend]
+        return ["--rank", str(rank), "--shard", self.shard, "--backend", self.backend]
 
     def command(self, rank: int = 0) -> list[str]:  # type: ignore[override]
-        """Rank ``rank``'s argv; rank 0 is the one that serves HTTP."""
-        return super().command() + self._rank_args(rank)
+        """A local rank's argv; rank 0 is the one that serves HTTP."""
+        return super().command() + self._rank_args(rank) + ["--hostfile", self.hostfile]
+
+    def remote_argv(self, rank: int) -> list[str]:
+        """A remote rank's runner argv, without ``--hostfile`` (its ssh script adds it)."""
+        cmd = [self.python, "-m", self.runner_module, "--model", self.spec, "--port", "0",
+               "--token-stdin"]
+        if rank == 0:  # the notebook must reach it: listen on its address, token required
+            cmd += ["--host", self.plan.hosts[0].address, "--allow-remote"]
+        if self.context_length:
+            cmd += ["--context", str(self.context_length)]
+        return cmd + list(self.extra_args) + self._rank_args(rank)
+
+    def _new_process(self, env: dict[str, str]) -> RunnerProcess:
+        return self._rank_process(0, env)
+
+    def _rank_process(self, rank: int, env: dict[str, str]) -> RunnerProcess:
+        host = self.plan.hosts[rank]
+        where = "" if host.local else f" on {host.ssh}"
+        label = f"rank {rank}{where} of runner {self.name!r} (pid ?, {self.spec})"
+        if host.local:
+            return RunnerProcess(self.command(rank), env, label=label)
+        token = env[protocol.TOKEN_ENV]
+        argv = remote_command(host, self.remote_argv(rank), self._ring,
+                              remote_env(env, self.env, self.plan))
+        ssh_env = {k: v for k, v in env.items() if k != protocol.TOKEN_ENV}
+        return RunnerProcess(argv, ssh_env, label=label, first_line=token.encode())
 
     def start(self) -> None:
-        """Write the hostfile, start every rank, read rank 0's handshake, watch them all."""
+        """Write the ring hostfile, start every rank, read rank 0's handshake, watch them all."""
+        local = sum(h.local for h in self.plan.hosts)
         # Local ranks share this machine's cores: split the BLAS threads between them.
-        threads = max(1, (os.cpu_count() or 1) // self.ranks)
-        self.env.setdefault("OPENBLAS_NUM_THREADS", str(threads))
+        self.env.setdefault("OPENBLAS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // local)))
+        if self.hosts is None:
+            self._ring = loopback_hostfile(self.ranks)
+        else:
+            self._ring = self.plan.ring(self.ring_port or DEFAULT_RING_PORT)
         fd, self.hostfile = tempfile.mkstemp(prefix="mlx-notebook-ring-", suffix=".json")
         with os.fdopen(fd, "w") as f:
-            json.dump(loopback_hostfile(self.ranks), f)
+            json.dump(self._ring, f)
         try:
             super().start()  # rank 0, with the token, the session and the parent watch
             env = self._process.env  # type: ignore[union-attr]
+            if not self.plan.hosts[0].local:
+                env = {**env, protocol.TOKEN_ENV: self._token}
             for rank in range(1, self.ranks):
-                proc = RunnerProcess(self.command(rank), env,
-                                     label=f"rank {rank} of runner {self.name!r} (pid ?, {self.spec})")
+                proc = self._rank_process(rank, env)
                 self._followers.append(proc)
                 proc.spawn(self.handshake_timeout)
                 if proc.pid is not None:
@@ -105,12 +152,7 @@ class RunnerGroup(RunnerClient):
         except BaseException:
             self.close(grace=1.0)
             raise
-        self._label_rank0()
         threading.Thread(target=self._watch, name=f"group-{self.pid}-watch", daemon=True).start()
-
-    def _label_rank0(self) -> None:
-        if self._process is not None:
-            self._process.label = self._process.label.replace("runner ", "rank 0 of runner ", 1)
 
     def _ranks(self) -> list[tuple[int, RunnerProcess]]:
         procs = [self._process] if self._process is not None else []

@@ -26,9 +26,11 @@ POLL_INTERVAL = 0.1
 class RunnerProcess:
     """One runner subprocess: ``spawn()`` returns its handshake; ``stop()`` ends it."""
 
-    def __init__(self, argv: Sequence[str], env: dict[str, str], *, label: str) -> None:
+    def __init__(self, argv: Sequence[str], env: dict[str, str], *, label: str,
+                 first_line: bytes | None = None) -> None:
         self.argv = list(argv)
         self.env = env
+        self.first_line = first_line  # written to its stdin at once (a token over ssh)
         self.label = label  # how messages name it: "runner 'demo' (pid 42, demo)"
         self.proc: subprocess.Popen[bytes] | None = None
         self.tail = StderrTail()
@@ -52,6 +54,10 @@ class RunnerProcess:
             raise RunnerStartError(f"could not start {self.label} with {self.argv[0]!r}: {exc}"
                                    ) from exc
         self.label = self.label.replace("(pid ?", f"(pid {self.proc.pid}")
+        if self.first_line is not None:
+            with contextlib.suppress(OSError):  # an early death is reported below
+                self.proc.stdin.write(self.first_line + b"\n")  # type: ignore[union-attr]
+                self.proc.stdin.flush()  # type: ignore[union-attr]
         self.tail.follow(self.proc.stderr, name=f"runner-{self.proc.pid}-stderr")  # type: ignore[arg-type]
         self._stdout_thread = threading.Thread(
             target=self._read_stdout, name=f"runner-{self.proc.pid}-stdout", daemon=True)

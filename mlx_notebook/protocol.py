@@ -327,7 +327,8 @@ class RankInfo:
     """One process of a runner group (a model sharded over several processes or machines)."""
 
     rank: int
-    host: str = ""
+    host: str = ""  # the machine's host name
+    address: str = ""  # the IP this rank listens on for the ring (from the hostfile)
     pid: int = 0
     active: int = 0  # bytes, as MemoryInfo
     peak: int = 0

@@ -237,9 +237,9 @@ def status_line(status: Status) -> str:
 
 
 def ranks_text(status: Status) -> str:
-    """``2 ranks: #0 host pid 12 95.0 MB (peak 120.0 MB); #1 ...`` for a sharded model."""
-    parts = [f"#{r.rank} {r.host} pid {r.pid} {human_bytes(r.active)} (peak {human_bytes(r.peak)})"
-             for r in status.ranks]
+    """``2 ranks: #0 mac1 (10.0.0.1) pid 12 95.0 MB (peak 120.0 MB); #1 ...`` for a sharded model."""
+    parts = [f"#{r.rank} {r.host}{f' ({r.address})' if r.address else ''} pid {r.pid} "
+             f"{human_bytes(r.active)} (peak {human_bytes(r.peak)})" for r in status.ranks]
     return f"{len(parts)} ranks: " + "; ".join(parts)
 
 

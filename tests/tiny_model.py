@@ -122,6 +122,9 @@ def _weights(config: dict, seed: int, rows: np.ndarray) -> dict[str, np.ndarray]
         w[p + "self_attn.k_proj.weight"] = mat(kv_out, h)
         w[p + "self_attn.v_proj.weight"] = mat(kv_out, h)
         w[p + "self_attn.o_proj.weight"] = mat(h, q_out)
+        if config["model_type"] == "qwen2":  # qwen2 has biases on q, k and v
+            for name, size in (("q", q_out), ("k", kv_out), ("v", kv_out)):
+                w[p + f"self_attn.{name}_proj.bias"] = mat(1, size)[0] * 0.1
         w[p + "mlp.gate_proj.weight"] = mat(inter, h)
         w[p + "mlp.up_proj.weight"] = mat(inter, h)
         w[p + "mlp.down_proj.weight"] = mat(h, inter)
@@ -130,14 +133,22 @@ def _weights(config: dict, seed: int, rows: np.ndarray) -> dict[str, np.ndarray]
     return w
 
 
-def make_tiny_model(path: Path, *, seed: int = 0, vocab_size: int = 384) -> Path:
-    """Write the tiny model into ``path`` (created if needed) and return ``path``."""
+def make_tiny_model(path: Path, *, seed: int = 0, vocab_size: int = 384,
+                    model_type: str = "llama", layers: int = 2, kv_heads: int = 2) -> Path:
+    """Write the tiny model into ``path`` (created if needed) and return ``path``.
+
+    ``model_type="qwen2"`` gives mlx-lm's qwen2 (which has pipeline support), and
+    ``kv_heads=4`` a model that splits over 4 tensor-parallel ranks.
+    """
     import mlx.core as mx
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     real_vocab = _build_tokenizer(path, vocab_size)
-    config = dict(CONFIG, vocab_size=real_vocab)
+    config = dict(CONFIG, vocab_size=real_vocab, model_type=model_type, num_hidden_layers=layers,
+                  num_key_value_heads=kv_heads)
+    if model_type == "qwen2":
+        config["architectures"] = ["Qwen2ForCausalLM"]
     ids = json.loads((path / "tokenizer.json").read_text())["model"]["vocab"]
     config["bos_token_id"] = ids["<|im_start|>"]
     config["eos_token_id"] = ids["<|im_end|>"]

@@ -22,6 +22,7 @@ import threading
 import time
 
 from ..protocol import PROTOCOL_VERSION, TOKEN_ENV, Handshake
+from .fastblas import REEXEC_ENV
 
 EXIT_LOAD_ERROR = 2
 EXIT_RANK_LOST = 3  # a runner group lost a rank (or its worker failed) after loading
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exit when this process dies (also exits on stdin EOF)")
     parser.add_argument("--no-stdin-watch", action="store_true",
                         help="do not exit on stdin EOF (for runners started by hand)")
+    parser.add_argument("--token-stdin", action="store_true",
+                        help=f"read the token from the first line of stdin instead of {TOKEN_ENV} "
+                             "(for ranks started over ssh, which passes no environment)")
     parser.add_argument("--prefetch", action="store_true",
                         help="download/convert the model into the cache, then exit")
     group = parser.add_argument_group("runner groups (one model over several processes)")
@@ -92,6 +96,9 @@ def _distributed(args: argparse.Namespace):  # noqa: ANN202 - imports MLX lazily
 def main(argv: list[str] | None = None) -> int:
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(raw_argv)
+    if args.token_stdin and not os.environ.get(REEXEC_ENV):
+        # Into the environment, so that the OpenBLAS re-exec below keeps it (not in argv).
+        os.environ[TOKEN_ENV] = sys.stdin.readline().strip()
     if not args.prefetch and not args.no_openblas:
         from .fastblas import reexec_with_openblas
 

@@ -173,7 +173,16 @@ class Distributed:
                 out.append({"rank": r})
         return out
 
+    def address(self) -> str:
+        """This rank's first ring address (the IP part), as the hostfile gives it."""
+        try:
+            with open(self.hostfile) as f:
+                return str(json.load(f)[self.rank][0]).rsplit(":", 1)[0]
+        except (OSError, ValueError, LookupError, TypeError):
+            return ""
+
     def facts(self) -> dict[str, Any]:
         """What the status shows about this rank."""
-        return {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(),
+        return {"rank": self.rank, "host": socket.gethostname(), "address": self.address(),
+                "pid": os.getpid(),
                 "active": mx.get_active_memory(), "peak": mx.get_peak_memory()}

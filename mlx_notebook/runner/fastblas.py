@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 OPENBLAS_ENV = "MLX_NOTEBOOK_OPENBLAS"  # a path to use, or "0" to disable
+REEXEC_ENV = "_MLX_NOTEBOOK_REEXEC"  # set in the runner that was re-executed with OpenBLAS
 _CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
     "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
@@ -39,12 +40,12 @@ def openblas_preloaded() -> bool:
 
 def reexec_with_openblas(argv: list[str]) -> None:
     """Replace this process by itself with OpenBLAS preloaded, when one is available."""
-    if openblas_preloaded() or os.environ.get("_MLX_NOTEBOOK_REEXEC"):
+    if openblas_preloaded() or os.environ.get(REEXEC_ENV):
         return
     library = find_openblas()
     if library is None:
         return
-    env = dict(os.environ, _MLX_NOTEBOOK_REEXEC="1")
+    env = dict(os.environ, **{REEXEC_ENV: "1"})
     env["LD_PRELOAD"] = ":".join(p for p in (library, env.get("LD_PRELOAD", "")) if p)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -1,0 +1,164 @@
+"""Where the ranks of a runner group run, and how each one is started there.
+
+The hosts come in ``mlx.launch``'s own forms, read by MLX's own reader: a hostfile
+(``[{"ssh": "mac1", "ips": ["10.0.0.1"]}, ...]``, or ``{"backend": ..., "envs": [...],
+"hosts": [...]}``) or a comma-separated list of IPs. Rank ``i`` runs on host ``i``.
+The ring addresses are laid out as ``mlx.launch`` lays them out (one port per rank
+and IP, counting up from a starting port).
+
+A rank on this machine is started directly; a rank elsewhere through ``ssh HOST
+SCRIPT``, one ssh per rank, which is what ``mlx.launch`` does too. Doing it here
+rather than through ``mlx.launch`` keeps each rank's stdout (its handshake) and
+stderr (its error lines) apart, and avoids the launcher's busy loop. ssh passes no
+environment, so a remote rank 0 reads its token from the first line of stdin; and
+ssh's stdin is the remote rank's parent watch: when this side goes, the remote
+runner sees EOF and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .errors import MLXNotebookError
+
+__all__ = ["HostPlan", "HostsError", "RankHost", "read_hosts", "remote_command", "remote_env",
+           "SSH_ENV"]
+
+SSH_ENV = "MLX_NOTEBOOK_SSH"  # the ssh command line (default "ssh"), e.g. "ssh -F ~/.ssh/ring"
+DEFAULT_RING_PORT = 32323  # mlx.launch's default starting port
+LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+SUPPORTED_BACKENDS = ("ring",)
+# Settings a remote rank needs to find the same model the same way (their values, not secrets).
+PASSED_ENV = ("PYTHONPATH", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "MLX_NOTEBOOK_CACHE",
+              "MLX_NOTEBOOK_OPENBLAS")
+
+
+class HostsError(MLXNotebookError):
+    """The hosts given for a runner group cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class RankHost:
+    """One rank's host: where to start it (``ssh``) and the IPs its ring peers reach it on."""
+
+    rank: int
+    ssh: str
+    ips: tuple[str, ...]
+
+    @property
+    def local(self) -> bool:
+        """Started directly, without ssh (as ``mlx.launch`` does for 127.0.0.1)."""
+        return self.ssh in LOCAL_NAMES or self.ssh == socket.gethostname()
+
+    @property
+    def address(self) -> str:
+        """Where rank 0's HTTP server listens when it runs on this host (and not here)."""
+        return self.ips[0] if self.ips else self.ssh
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """Every rank's host, the MLX backend and the hostfile's extra environment."""
+
+    hosts: tuple[RankHost, ...]
+    backend: str = "ring"
+    envs: tuple[str, ...] = ()  # "NAME=value" strings, as in MLX's hostfile
+    source: str = ""  # what it was read from, for messages
+
+    @property
+    def size(self) -> int:
+        return len(self.hosts)
+
+    @property
+    def remote(self) -> bool:
+        return any(not h.local for h in self.hosts)
+
+    def ring(self, port: int = DEFAULT_RING_PORT) -> list[list[str]]:
+        """The ring hostfile every rank reads: one ``["ip:port", ...]`` per rank."""
+        ring = []
+        for host in self.hosts:
+            ring.append([f"{ip}:{port + i}" for i, ip in enumerate(host.ips)])
+            port += len(host.ips)
+        return ring
+
+    @classmethod
+    def loopback(cls, ranks: int) -> HostPlan:
+        """``ranks`` processes on this machine."""
+        return cls(tuple(RankHost(r, "127.0.0.1", ("127.0.0.1",)) for r in range(ranks)))
+
+
+def read_hosts(value: str, backend: str | None = None) -> HostPlan:
+    """A :class:`HostPlan` from a hostfile path or a comma-separated list of IPs."""
+    try:
+        from mlx._distributed_utils.common import Hostfile  # mlx.launch's reader; no MLX core
+    except ImportError as exc:
+        raise HostsError(f"--hosts needs mlx.launch's hostfile reader, missing in this mlx "
+                         f"({exc}); upgrade mlx") from exc
+    path = os.path.expanduser(value)
+    try:
+        if os.path.isfile(path):
+            parsed = Hostfile.from_file(path)
+        elif "," in value:
+            parsed = Hostfile.from_list(value)
+        else:
+            raise HostsError(f"--hosts {value!r}: no such hostfile, and not a comma-separated "
+                             "list of IPs")
+    except ValueError as exc:
+        raise HostsError(f"--hosts {value!r}: {exc}") from exc
+    hosts = tuple(RankHost(h.rank, h.ssh_hostname, tuple(h.ips)) for h in parsed.hosts)
+    chosen = backend or parsed.backend or "ring"
+    if chosen not in SUPPORTED_BACKENDS:
+        raise HostsError(
+            f"backend {chosen!r} is not started by mlx_notebook (only {', '.join(SUPPORTED_BACKENDS)}"
+            "): start the ranks with mlx.launch and attach with %mlx connect (docs/distributed.md)")
+    if len(hosts) < 2:
+        raise HostsError(f"--hosts {value!r} lists {len(hosts)} host; a runner group needs 2 or more")
+    missing = [h.ssh for h in hosts if not h.ips]
+    if missing:
+        raise HostsError(f"the ring backend needs an IP for every host; add \"ips\" for "
+                         f"{', '.join(missing)} in {value!r}")
+    return HostPlan(hosts, chosen, tuple(parsed.envs), source=value)
+
+
+def remote_command(host: RankHost, runner_argv: Sequence[str], ring: list[list[str]],
+                   env: Mapping[str, str]) -> list[str]:
+    """``ssh HOST SCRIPT``: write the ring hostfile there, then run the rank and report its end.
+
+    ``runner_argv`` is the rank's argv without ``--hostfile``; the script adds it. The
+    rank runs as the script's child (not ``exec``), so a signal that kills it is named.
+    """
+    python = runner_argv[0]
+    exports = "".join(f"export {name}={shlex.quote(value)}; " for name, value in env.items()
+                      if name.isidentifier())
+    who = f"rank {host.rank} on {host.ssh}"
+    script = (
+        f"cd {shlex.quote(os.getcwd())} 2>/dev/null; {exports}"
+        f"if [ ! -x {shlex.quote(python)} ]; then printf 'mlx_notebook runner: %s: no Python at %s "
+        "(every host needs the same environment at the same path)\\n' "
+        f"{shlex.quote(who)} {shlex.quote(python)} >&2; exit 2; fi; "
+        "f=$(mktemp) || exit 2; "
+        f"printf '%s' {shlex.quote(json.dumps(ring))} >\"$f\"; "
+        f"{shlex.join(runner_argv)} --hostfile \"$f\"; rc=$?; rm -f \"$f\"; "
+        f"if [ $rc -gt 128 ]; then echo \"mlx_notebook runner: {who} was killed by "
+        "SIG$(kill -l $((rc - 128)))\" >&2; fi; exit $rc"
+    )
+    ssh = shlex.split(os.environ.get(SSH_ENV) or "ssh")
+    return [*ssh, "-T", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", host.ssh, script]
+
+
+def remote_env(local_env: Mapping[str, str], client_env: Mapping[str, str],
+               plan: HostPlan) -> dict[str, str]:
+    """What a remote rank's script exports: the settings that find the model, the client's
+    own variables and the hostfile's ``envs``; never the token."""
+    env = {name: local_env[name] for name in PASSED_ENV if local_env.get(name)}
+    env.update(client_env)
+    env["PYTHONUNBUFFERED"] = "1"
+    for item in plan.envs:
+        name, _, value = item.partition("=")
+        env[name] = value
+    return env
