@@ -209,16 +209,19 @@ def _messages(prompt: str, system: str | None) -> tuple[ChatMessage, ...]:
 
 def load(model: str = "demo", *, name: str | None = None, context_length: int | None = None,
          force: bool = False, show: bool = False, ranks: int = 1, shard: str = "tensor",
+         hosts: str | None = None, backend: str | None = None,
          on_progress: Callable[[Status], None] | None = None) -> RunnerClient:
     """Start a runner for ``model`` (``demo``, a Hugging Face id, a folder or a .gguf file).
 
     ``show=True`` draws a progress bar (text in a terminal) while it loads; ``ranks=2``
-    shards the model over two local processes (``shard``: tensor or pipeline).
+    shards the model over two local processes, ``hosts="hosts.json"`` (an mlx.launch
+    hostfile, or IPs separated by commas) over those machines (``shard``: tensor or
+    pipeline; see docs/distributed.md).
     """
     manager = _manager()
     return _with_progress(name or model, show, on_progress, lambda report, say: manager.load(
         model, name, context_length=context_length, force=force, on_progress=report,
-        on_message=say, ranks=ranks, shard=shard))
+        on_message=say, ranks=ranks, shard=shard, hosts=hosts, backend=backend))
 
 
 def connect(url: str, *, token_env: str = REMOTE_TOKEN_ENV, name: str | None = None,

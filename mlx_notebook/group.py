@@ -31,7 +31,7 @@ from typing import Any
 from . import protocol
 from .client import RunnerClient
 from .errors import MLXNotebookError, RunnerExitedError
-from .hosts import DEFAULT_RING_PORT, HostPlan, HostsError, read_hosts, remote_command, remote_env
+from .hosts import HostPlan, HostsError, read_hosts, remote_command, remote_env
 from .process import POLL_INTERVAL, RunnerProcess
 from .protocol import ChunkEvent, CompletionRequest, DoneEvent
 
@@ -63,7 +63,7 @@ class RunnerGroup(RunnerClient):
     a hostfile path or a comma-separated list of IPs, as ``mlx.launch`` takes them)
     puts rank ``i`` on host ``i``: started directly when that host is this machine,
     over ssh otherwise (:mod:`mlx_notebook.hosts`). ``ring_port`` is the first ring
-    port on the hosts (default 32323, as ``mlx.launch``).
+    port on the hosts (default ``$MLX_NOTEBOOK_RING_PORT`` or 32323, as ``mlx.launch``).
     """
 
     def __init__(self, spec: str, *, ranks: int = 2, shard: str = "tensor",
@@ -118,7 +118,11 @@ class RunnerGroup(RunnerClient):
         where = "" if host.local else f" on {host.ssh}"
         label = f"rank {rank}{where} of runner {self.name!r} (pid ?, {self.spec})"
         if host.local:
-            return RunnerProcess(self.command(rank), env, label=label)
+            # Local ranks share this machine's cores: split the BLAS threads between them.
+            local = sum(h.local for h in self.plan.hosts)
+            threads = self.env.get("OPENBLAS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // local)))
+            return RunnerProcess(self.command(rank), {**env, "OPENBLAS_NUM_THREADS": threads},
+                                 label=label)
         token = env[protocol.TOKEN_ENV]
         argv = remote_command(host, self.remote_argv(rank), self._ring,
                               remote_env(env, self.env, self.plan))
@@ -127,13 +131,10 @@ class RunnerGroup(RunnerClient):
 
     def start(self) -> None:
         """Write the ring hostfile, start every rank, read rank 0's handshake, watch them all."""
-        local = sum(h.local for h in self.plan.hosts)
-        # Local ranks share this machine's cores: split the BLAS threads between them.
-        self.env.setdefault("OPENBLAS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // local)))
         if self.hosts is None:
             self._ring = loopback_hostfile(self.ranks)
         else:
-            self._ring = self.plan.ring(self.ring_port or DEFAULT_RING_PORT)
+            self._ring = self.plan.ring(self.ring_port)
         fd, self.hostfile = tempfile.mkstemp(prefix="mlx-notebook-ring-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(self._ring, f)

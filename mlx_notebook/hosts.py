@@ -21,16 +21,18 @@ import json
 import os
 import shlex
 import socket
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import MLXNotebookError
 
 __all__ = ["HostPlan", "HostsError", "RankHost", "read_hosts", "remote_command", "remote_env",
-           "SSH_ENV"]
+           "RING_PORT_ENV", "SSH_ENV"]
 
 SSH_ENV = "MLX_NOTEBOOK_SSH"  # the ssh command line (default "ssh"), e.g. "ssh -F ~/.ssh/ring"
 DEFAULT_RING_PORT = 32323  # mlx.launch's default starting port
+RING_PORT_ENV = "MLX_NOTEBOOK_RING_PORT"  # another starting port (a firewall's, say)
 LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 SUPPORTED_BACKENDS = ("ring",)
 # Settings a remote rank needs to find the same model the same way (their values, not secrets).
@@ -78,8 +80,12 @@ class HostPlan:
     def remote(self) -> bool:
         return any(not h.local for h in self.hosts)
 
-    def ring(self, port: int = DEFAULT_RING_PORT) -> list[list[str]]:
-        """The ring hostfile every rank reads: one ``["ip:port", ...]`` per rank."""
+    def ring(self, port: int | None = None) -> list[list[str]]:
+        """The ring hostfile every rank reads: one ``["ip:port", ...]`` per rank.
+
+        Ports count up from ``port`` (default: ``$MLX_NOTEBOOK_RING_PORT`` or 32323).
+        """
+        port = port or int(os.environ.get(RING_PORT_ENV) or DEFAULT_RING_PORT)
         ring = []
         for host in self.hosts:
             ring.append([f"{ip}:{port + i}" for i, ip in enumerate(host.ips)])
@@ -102,7 +108,11 @@ def read_hosts(value: str, backend: str | None = None) -> HostPlan:
     path = os.path.expanduser(value)
     try:
         if os.path.isfile(path):
-            parsed = Hostfile.from_file(path)
+            with open(path) as f:
+                json.load(f)  # a JSON error here, where the file is closed properly
+            with warnings.catch_warnings():  # MLX's reader leaves its file to the collector
+                warnings.simplefilter("ignore", ResourceWarning)
+                parsed = Hostfile.from_file(path)
         elif "," in value:
             parsed = Hostfile.from_list(value)
         else:

@@ -108,6 +108,9 @@ def _parsers() -> dict[str, _Parser]:
     p.add_argument("--force", action="store_true", help="load even if memory looks short; reload")
     p.add_argument("--ranks", type=int, default=1, metavar="N",
                    help="shard the model over N local processes (MLX ring backend)")
+    p.add_argument("--hosts", metavar="HOSTFILE",
+                   help="shard it over these machines: an mlx.launch hostfile or IP,IP,...")
+    p.add_argument("--backend", metavar="NAME", help="MLX distributed backend (ring)")
     p.add_argument("--shard", choices=("tensor", "pipeline"), default="tensor",
                    help="how to split it over the ranks (default: tensor)")
     p = new("connect", usage="%mlx connect URL [--token-env VAR] [--as NAME]")
@@ -254,8 +257,14 @@ class MLXMagics(Magics):
             raise UsageError("%mlx load: --context must be a positive number of tokens")
         if args.ranks < 1:
             raise UsageError("%mlx load: --ranks must be 1 or more")
+        if args.hosts is not None and args.ranks != 1:
+            raise UsageError("%mlx load: give --ranks or --hosts, not both (the hostfile "
+                             "sets the number of ranks)")
+        if args.backend is not None and args.hosts is None and args.ranks == 1:
+            raise UsageError("%mlx load: --backend goes with --hosts or --ranks")
         api.load(args.model, name=args.name, context_length=args.context, force=args.force,
-                 show=True, ranks=args.ranks, shard=args.shard)
+                 show=True, ranks=args.ranks, shard=args.shard, hosts=args.hosts,
+                 backend=args.backend)
 
     def _connect(self, args: argparse.Namespace, cell: str | None) -> None:
         if not args.token_env.isidentifier():

@@ -32,6 +32,7 @@ from .errors import (
     ModelNotLoadedError,
     RunnerExitedError,
 )
+from .hosts import HostPlan, read_hosts
 from .preflight import MemoryEstimate, format_bytes
 from .protocol import Status
 from .registry import Registry
@@ -111,26 +112,32 @@ class RunnerManager:
 
     def load(self, spec: str, name: str | None = None, *, context_length: int | None = None,
              force: bool = False, on_progress: Callable[[Status], None] | None = None,
-             on_message: Notify | None = None, ranks: int = 1,
-             shard: str = "tensor") -> RunnerClient:
+             on_message: Notify | None = None, ranks: int = 1, shard: str = "tensor",
+             hosts: str | HostPlan | None = None, backend: str | None = None) -> RunnerClient:
         """Start a runner for ``spec`` under ``name`` (replacing one of that name) and wait for it.
 
-        ``ranks > 1`` shards the model over that many local processes (MLX ring
-        backend, see :mod:`mlx_notebook.group`). Refuses a model that would not fit (after unloading idle runners, least
-        recently used first) with :class:`InsufficientMemoryError`, unless ``force``.
+        ``ranks > 1`` shards the model over that many local processes, ``hosts`` (an
+        mlx.launch hostfile or a list of IPs) over those machines (MLX ring backend,
+        see :mod:`mlx_notebook.group`). Refuses a model that would not fit here (after
+        unloading idle runners, least recently used first) with
+        :class:`InsufficientMemoryError`, unless ``force``.
         """
         name = name or default_name(spec)
         say = on_message or self.on_message
+        plan = read_hosts(hosts, backend) if isinstance(hosts, str) else hosts
         if name in self._runners or name in self._dead:
             self.unload(name)
         need = preflight.estimate(spec, context_length)
+        if plan is not None:  # only the ranks on this machine take memory here
+            need = preflight.share(need, sum(h.local for h in plan.hosts), plan.size)
         self._make_room(need, say, force)
         options = dict(name=name, python=self.python, context_length=context_length, env=self.env,
                        runner_module=self.runner_module, registry=self.registry)
-        if ranks > 1:
+        if ranks > 1 or plan is not None:
             from .group import RunnerGroup
 
-            client: RunnerClient = RunnerGroup(spec, ranks=ranks, shard=shard, **options)
+            client: RunnerClient = RunnerGroup(spec, ranks=ranks, shard=shard, hosts=plan,
+                                               backend=backend, **options)
         else:
             client = RunnerClient(spec, **options)
         with self._lock:
@@ -252,7 +259,8 @@ class RunnerManager:
         (on_message or self.on_message)(f"{message.split(': ', 1)[0]}; reloading it")
         return self.load(client.spec, client.name, context_length=client.context_length,
                          on_message=on_message, ranks=getattr(client, "ranks", 1),
-                         shard=getattr(client, "shard", "tensor"))
+                         shard=getattr(client, "shard", "tensor"),
+                         hosts=getattr(client, "hosts", None))
 
     def _bury(self, client: RunnerClient) -> str:
         """Move a dead runner out of the live set, keeping its story for later calls."""

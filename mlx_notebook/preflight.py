@@ -10,6 +10,7 @@ Linux system memory: in both cases psutil's ``available`` is the right figure.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -68,6 +69,14 @@ class MemoryEstimate:
         if self.weights is None:
             return None
         return self.weights + (self.kv_cache or 0)
+
+
+def share(need: MemoryEstimate, ranks_here: int, ranks: int) -> MemoryEstimate:
+    """What ``ranks_here`` of ``ranks`` shards need on this machine (an even split)."""
+    def part(n: int | None) -> int | None:
+        return None if n is None else -(-n * ranks_here // ranks)
+
+    return dataclasses.replace(need, weights=part(need.weights), kv_cache=part(need.kv_cache))
 
 
 def estimate(spec: str, context_length: int | None = None) -> MemoryEstimate:
