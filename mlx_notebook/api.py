@@ -19,13 +19,13 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import protocol
 from .chat_history import get_history
 from .config import get_config
 from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status
+from .results import GenerationResult, make_result
 
 if TYPE_CHECKING:
     from .client import CompletionStream, RunnerClient
@@ -37,44 +37,7 @@ __all__ = [
     "reset_chat", "status", "stream", "tokenize", "unload", "use",
 ]
 
-FinishReason = Literal["stop", "length", "cancel", "error"]
 REMOTE_TOKEN_ENV = "MLX_REMOTE_TOKEN"  # where connect() looks for a remote runner's token
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    """One finished (or stopped) generation: the text and how it was made."""
-
-    text: str
-    model: str
-    finish_reason: FinishReason
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    time_to_first_token: float = 0.0
-    tokens_per_second: float = 0.0
-    duration: float = 0.0
-    options: SamplingOptions = field(default_factory=SamplingOptions)
-    seed: int | None = None
-    stopped: bool = False
-    name: str = ""
-    request_id: str = ""
-    prompt: str = ""  # the prompt (or chat message) as sent, after interpolation
-
-    def __str__(self) -> str:
-        return self.text
-
-    def __repr__(self) -> str:
-        text = self.text if len(self.text) <= 60 else self.text[:57] + "..."
-        return (f"GenerationResult(text={text!r}, model={self.model!r}, "
-                f"finish_reason={self.finish_reason!r}, tokens={self.completion_tokens}, "
-                f"tokens_per_second={self.tokens_per_second:.1f}"
-                f"{', stopped=True' if self.stopped else ''})")
-
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        from .display import footer_line
-
-        p.text(f"{self.text}\n{footer_line(self)}")
 
 
 class Generation:
@@ -142,31 +105,9 @@ class Generation:
         if self.result is not None:
             return
         done = getattr(self._stream, "result", None)
-        self.result = _make_result(self, done, time.perf_counter() - self._t0)
+        self.result = make_result(self, done, time.perf_counter() - self._t0)
         with contextlib.suppress(Exception):  # bookkeeping must never hide the answer
             _manager().touch(self.name)
-
-
-def _make_result(gen: Generation, done: protocol.DoneEvent | None, wall: float) -> GenerationResult:
-    opts = gen.request.options
-    n = done.completion_tokens if done else 0
-    ttft = (done.time_to_first_token if done and done.time_to_first_token else gen._first) or 0.0
-    tps = 0.0
-    if done and done.eval_duration > 0 and n > 1:
-        tps = (n - 1) / done.eval_duration
-    elif n and wall > ttft:
-        tps = n / max(wall - ttft, 1e-9)
-    reason: FinishReason = "cancel" if gen._stopped else (done.done_reason if done else "cancel")
-    return GenerationResult(
-        text=gen.text, model=getattr(gen.client, "spec", gen.name) or gen.name,
-        finish_reason=reason, prompt_tokens=done.prompt_tokens if done else 0,
-        completion_tokens=n, cached_tokens=done.cached_tokens if done else 0,
-        time_to_first_token=ttft, tokens_per_second=tps, duration=wall, options=opts,
-        seed=opts.seed, stopped=gen._stopped, name=gen.name,
-        request_id=(done.request_id if done else "") or gen._stream.request_id,
-        prompt=gen.request.prompt if gen.request.prompt is not None
-        else gen.request.messages[-1].content if gen.request.messages else "",
-    )
 
 
 # ---------------------------------------------------------------- helpers

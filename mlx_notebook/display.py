@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from .api import GenerationResult
     from .manager import RunnerInfo
     from .protocol import TokenizeResponse
+    from .results import GenerationResult
 
 Mode = Literal["auto", "display", "print"]
 PLACEHOLDER = "…"

@@ -1,19 +1,20 @@
-"""RunnerGroup: one model sharded over several local runner processes (MLX ring backend).
+"""RunnerGroup: one model sharded over several runner processes (MLX ring backend).
 
 A :class:`RunnerGroup` is a :class:`~mlx_notebook.client.RunnerClient` for rank 0
 (which serves the usual protocol) plus one :class:`~mlx_notebook.process.RunnerProcess`
 per other rank, so the manager can hold it wherever it holds a client::
 
-    with RunnerGroup("/models/llama", ranks=2) as group:
+    with RunnerGroup("/models/llama", ranks=2) as group:          # on this machine
         text, done = group.complete("Hello")
-        print([r.host for r in group.status().ranks])
+    with RunnerGroup("/models/llama", hosts="hosts.json") as group:  # mlx.launch's hostfile
+        print([(r.host, r.address) for r in group.status().ranks])
 
-The ranks are started directly with a hostfile and their rank (MLX's own ring
-engine, without ``mlx.launch``, which busy-loops a core). Each lives in its own
-session, watches its parent and gets the token by environment. When any rank dies
-the whole group is stopped, and every later error names that rank with its own
-error lines. Ranks on other machines are started there (docs/distributed.md) and
-attached with ``%mlx connect``; this class starts local ranks only.
+Each rank is started with a ring hostfile and its rank (MLX's own engine, without
+``mlx.launch``, which merges the ranks' output and busy-loops a core): directly on
+this machine, over ssh elsewhere (:mod:`mlx_notebook.hosts`). Each lives in its own
+session and watches its parent; the token goes by environment, or by stdin over
+ssh. When any rank dies the whole group is stopped, and every later error names
+that rank, its host and its own error lines.
 """
 
 from __future__ import annotations

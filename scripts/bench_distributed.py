@@ -1,4 +1,4 @@
-"""Decode speed of one runner vs a 2-rank tensor-parallel RunnerGroup on this machine.
+"""Decode speed of one runner vs a 2-rank tensor-parallel RunnerGroup (local, and over ssh).
 
     python scripts/bench_distributed.py
 
@@ -45,8 +45,31 @@ def measure(label: str, client: RunnerClient) -> None:
           f"(best of 3; {done.prompt_tokens} prompt tokens)", flush=True)
 
 
+def measure_over_ssh(path: str) -> None:
+    """Rank 1 in a network namespace, started over real ssh (needs root; tests/ssh_hosts.py)."""
+    import os
+    import tempfile
+
+    from mlx_notebook.hosts import SSH_ENV
+    from tests.ssh_hosts import make_ssh_hosts, missing_tools
+
+    why = missing_tools()
+    if why:
+        print(f"{'2 ranks ssh':>12}: skipped ({why})")
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="mlx-notebook-bench-hosts-"))
+    hosts = make_ssh_hosts(workdir, count=1)
+    os.environ[SSH_ENV] = hosts.ssh_command
+    try:
+        hostfile = hosts.hostfile(workdir / "hosts.json", ["local", "0"])
+        measure("2 ranks ssh", RunnerGroup(path, hosts=str(hostfile)))
+    finally:
+        hosts.close()
+
+
 if __name__ == "__main__":
     path = str(build())
     measure("1 process", RunnerClient(path))
     measure("2 ranks TP", RunnerGroup(path, ranks=2))
+    measure_over_ssh(path)
     measure("1 process", RunnerClient(path))

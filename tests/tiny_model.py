@@ -134,7 +134,8 @@ def _weights(config: dict, seed: int, rows: np.ndarray) -> dict[str, np.ndarray]
 
 
 def make_tiny_model(path: Path, *, seed: int = 0, vocab_size: int = 384,
-                    model_type: str = "llama", layers: int = 2, kv_heads: int = 2) -> Path:
+                    model_type: str = "llama", layers: int | None = None,
+                    kv_heads: int | None = None) -> Path:
     """Write the tiny model into ``path`` (created if needed) and return ``path``.
 
     ``model_type="qwen2"`` gives mlx-lm's qwen2 (which has pipeline support), and
@@ -145,8 +146,11 @@ def make_tiny_model(path: Path, *, seed: int = 0, vocab_size: int = 384,
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     real_vocab = _build_tokenizer(path, vocab_size)
-    config = dict(CONFIG, vocab_size=real_vocab, model_type=model_type, num_hidden_layers=layers,
-                  num_key_value_heads=kv_heads)
+    config = dict(CONFIG, vocab_size=real_vocab, model_type=model_type)
+    if layers is not None:
+        config["num_hidden_layers"] = layers
+    if kv_heads is not None:
+        config["num_key_value_heads"] = kv_heads
     if model_type == "qwen2":
         config["architectures"] = ["Qwen2ForCausalLM"]
     ids = json.loads((path / "tokenizer.json").read_text())["model"]["vocab"]
