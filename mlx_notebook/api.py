@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from .remote import RemoteRunner
 
 __all__ = [
-    "Generation", "GenerationResult", "chat", "connect", "conversation", "generate", "load", "ps",
+    "Generation", "GenerationResult", "chat", "connect", "conversation", "free_memory", "generate",
+    "load", "ps",
     "reset_chat", "status", "stream", "tokenize", "unload", "use",
 ]
 
@@ -351,6 +352,17 @@ def tokenize(text: str, *, model: str | None = None) -> protocol.TokenizeRespons
 def status(model: str | None = None) -> Status:
     """The runner's live status: state, progress, memory, context length, speed."""
     return _manager().get(model).status()
+
+
+def free_memory(model: str | None = None) -> protocol.FreeResponse:
+    """Drop a runner's reusable prompt cache and MLX's buffer cache; the model stays loaded.
+
+    Later prompts are read from scratch once (no prompt-cache hits). In a runner
+    group every rank frees its own share.
+    """
+    freed = _manager().get(model).free_memory()
+    _wake_widgets()
+    return freed
 
 
 def ps() -> list[RunnerInfo]:

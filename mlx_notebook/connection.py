@@ -263,6 +263,11 @@ class RunnerConnection:
         self.touch()
         return str(data.get("text", ""))
 
+    def free_memory(self) -> protocol.FreeResponse:
+        """Drop the runner's reusable prompt cache and MLX's buffer cache (keeps the model)."""
+        data = self._call("free", {}, timeout=REQUEST_TIMEOUT)
+        return protocol.FreeResponse.from_json(data)
+
     def cancel(self, request_id: str) -> bool:
         """Ask the runner to stop one request; True if it was running."""
         data = self._call("cancel", protocol.CancelRequest(request_id=request_id).to_json(),

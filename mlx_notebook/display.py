@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from .manager import RunnerInfo
-    from .protocol import TokenizeResponse
+    from .protocol import FreeResponse, TokenizeResponse
     from .results import GenerationResult
 
 Mode = Literal["auto", "display", "print"]
@@ -189,3 +189,11 @@ def show(text: str, html_text: str | None = None) -> None:
         display(bundle, raw=True)
     else:
         print(text)
+
+
+def free_message(freed: FreeResponse) -> str:
+    """``freed 12.0 MB of prompt cache; now 95.0 MB active, 0 B cache`` after ``free_memory``."""
+    mem = freed.memory
+    head = (f"freed {human_bytes(freed.prompt_cache_freed)} of prompt cache" if freed.done
+            else "the runner is busy; it frees its caches after the current step")
+    return f"{head}; now {human_bytes(mem.active)} active, {human_bytes(mem.cache)} cache"

@@ -21,6 +21,7 @@ SUMMARY = {
     "connect": "attach to a runner started by hand (maybe on another machine) by URL",
     "unload": "stop a runner (the default one), or all of them; disconnect a remote one",
     "use": "make a loaded model the default",
+    "free": "drop a runner's prompt cache and MLX's buffer cache; the model stays loaded",
     "ps": "table of loaded models: name, model, state, memory, pid, idle time",
     "status": "live status and memory widget (text in a terminal)",
     "tokenize": "show how the model splits a text into tokens",
@@ -106,6 +107,7 @@ def _parsers() -> dict[str, _Parser]:
     p.add_argument("name", nargs="?", help="model name (default: the current one)")
     p.add_argument("--all", action="store_true", help="stop every runner")
     new("use").add_argument("name", help="a loaded model's name")
+    new("free").add_argument("name", nargs="?", help="model name (default: the current one)")
     new("ps")
     new("status")
     p = new("tokenize", usage="%mlx tokenize TEXT  |  %%mlx tokenize [-m NAME] (cell = text)")

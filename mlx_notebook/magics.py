@@ -149,6 +149,11 @@ class MLXMagics(Magics):
         api.use(args.name)
         print(f"Default model: {args.name}")
 
+    def _free(self, args: argparse.Namespace, cell: str | None) -> None:
+        from .display import free_message
+
+        print(free_message(api.free_memory(args.name)))
+
     def _ps(self, args: argparse.Namespace, cell: str | None) -> None:
         from .display import ps_table, show
 

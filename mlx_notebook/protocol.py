@@ -22,6 +22,8 @@ Endpoints:
 ``POST /v1/tokenize``     :class:`TokenizeRequest` -> :class:`TokenizeResponse`
 ``POST /v1/detokenize``   :class:`DetokenizeRequest` -> :class:`DetokenizeResponse`
 ``POST /v1/cancel``       :class:`CancelRequest` -> :class:`CancelResponse`
+``POST /v1/free``         -> :class:`FreeResponse`: drop the prompt cache and MLX's
+                          buffer cache (on every rank of a group)
 ``POST /v1/shutdown``     -> ``{"ok": true}``; the runner exits shortly after
 ========================  =========================================================
 
@@ -55,6 +57,7 @@ ENDPOINTS: dict[str, tuple[str, str]] = {
     "tokenize": ("POST", "/v1/tokenize"),
     "detokenize": ("POST", "/v1/detokenize"),
     "cancel": ("POST", "/v1/cancel"),
+    "free": ("POST", "/v1/free"),
     "shutdown": ("POST", "/v1/shutdown"),
 }
 
@@ -299,6 +302,24 @@ class CancelRequest:
 @dataclass(frozen=True)
 class CancelResponse:
     cancelled: bool
+
+
+@dataclass(frozen=True)
+class FreeResponse:
+    """What ``/v1/free`` did; ``done`` is False when a long step kept the worker past the
+    wait (it frees them right after)."""
+
+    done: bool
+    prompt_cache_freed: int = 0  # bytes of reusable KV cache dropped
+    memory: MemoryInfo = field(default_factory=lambda: MemoryInfo())
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FreeResponse:
+        mem = data.get("memory") or {}
+        known = {f.name for f in fields(MemoryInfo)}
+        return cls(done=bool(data.get("done")),
+                   prompt_cache_freed=int(data.get("prompt_cache_freed") or 0),
+                   memory=MemoryInfo(**{k: int(v) for k, v in mem.items() if k in known}))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@
 The status widget has one row per runner: name and model, state (loading /
 ready / generating / error), a progress bar while loading, a memory bar (active
 against the limit MLX may use, peak in the label), context length and the last
-tokens/s. A daemon thread polls the runners while something happens and parks
+tokens/s, and two buttons: free its caches (``%mlx free``) and unload it. A daemon thread polls the runners while something happens and parks
 after a few idle polls; a new load or generation wakes it (:func:`wake_all`).
 """
 
@@ -27,6 +27,7 @@ from .errors import MLXNotebookError
 from .protocol import Status
 
 StatusSource = Callable[[], dict[str, Status]]
+RowAction = Callable[[str, str], str]  # (action, runner name) -> a line saying what happened
 _LIVE: weakref.WeakSet[StatusWidget] = weakref.WeakSet()
 
 
@@ -59,21 +60,53 @@ _STATE_STYLE = {"loading": "info", "ready": "success", "generating": "warning",
                 "error": "danger", "stopping": "warning"}
 
 
-class RunnerRow(w.HBox):
-    """The widgets of one runner."""
+def manager_action(action: str, name: str) -> str:
+    """What the row buttons do by default: the same calls as ``%mlx free`` / ``%mlx unload``."""
+    from . import api
+    from .display import free_message
 
-    def __init__(self, name: str) -> None:
+    if action == "free":
+        return free_message(api.free_memory(name))
+    api.unload(name)
+    return f"unloaded {name}"
+
+
+class RunnerRow(w.HBox):
+    """The widgets of one runner, with buttons to free its caches and to unload it."""
+
+    def __init__(self, name: str, on_action: RowAction = manager_action) -> None:
         self.name = name
+        self.on_action = on_action
+        self.note = ""  # what the last button did, shown until the next one
         self.title = w.HTML(layout=w.Layout(width="220px"))
         self.state = w.Button(disabled=True, layout=w.Layout(width="95px"))
         self.progress = w.FloatProgress(min=0, max=100, description="load",
                                         layout=w.Layout(width="220px"))
         self.memory = w.FloatProgress(min=0, max=100, description="memory",
                                       layout=w.Layout(width="220px"))
+        self.free_button = w.Button(description="free cache", layout=w.Layout(width="90px"),
+                                    tooltip="drop the prompt cache and MLX's buffer cache; "
+                                            "the model stays loaded")
+        self.unload_button = w.Button(description="unload", layout=w.Layout(width="75px"),
+                                      tooltip="stop this runner (disconnect a remote one)")
+        self.free_button.on_click(lambda _b: self._act("free"))
+        self.unload_button.on_click(lambda _b: self._act("unload"))
         self.info = w.HTML()
-        super().__init__([self.title, self.state, self.progress, self.memory, self.info])
+        self._last: Status | None = None
+        super().__init__([self.title, self.state, self.progress, self.memory, self.free_button,
+                          self.unload_button, self.info])
+
+    def _act(self, action: str) -> None:
+        """A click: run the action; a failure becomes the row's note, never a traceback."""
+        try:
+            self.note = self.on_action(action, self.name)
+        except MLXNotebookError as exc:
+            self.note = f"{action} failed: {exc}"
+        if self._last is not None and self.comm is not None:
+            self.show(self._last)
 
     def show(self, status: Status) -> None:
+        self._last = status
         label = state_label(status)
         mem = status.memory
         limit = mem.limit or mem.rss or 1
@@ -101,7 +134,10 @@ class RunnerRow(w.HBox):
                 bits.append(html.escape(ranks_text(status)))
             if status.error:
                 bits.append(f"<span style='color:#c00'>{html.escape(status.error)}</span>")
+            if self.note:
+                bits.append(f"<i>{html.escape(self.note)}</i>")
             self.info.value = " · ".join(bits)
+            self.free_button.disabled = status.state != "ready"
 
 
 class StatusWidget(w.VBox):
@@ -113,10 +149,12 @@ class StatusWidget(w.VBox):
     """
 
     def __init__(self, source: StatusSource | None = None, *, interval: float = 0.5,
-                 idle_polls: int = 3, poll: bool = True) -> None:
+                 idle_polls: int = 3, poll: bool = True,
+                 on_action: RowAction = manager_action) -> None:
         self.empty = w.HTML("No models loaded: run <code>%mlx load demo</code>")
         super().__init__([self.empty])
         self.source = source or runner_statuses
+        self.on_action = on_action
         self.interval = interval
         self.idle_polls = idle_polls
         self.rows: dict[str, RunnerRow] = {}
@@ -145,10 +183,15 @@ class StatusWidget(w.VBox):
                 self.rows.pop(name).close()
             for name, status in statuses.items():
                 if name not in self.rows:
-                    self.rows[name] = RunnerRow(name)
+                    self.rows[name] = RunnerRow(name, self._row_action)
                 self.rows[name].show(status)
             self.children = [self.rows[n] for n in statuses] or [self.empty]
         return any(is_busy(s) for s in statuses.values())
+
+    def _row_action(self, action: str, name: str) -> str:
+        note = self.on_action(action, name)
+        self.wake()  # an unload removes the row at the next poll; a free shows less memory
+        return note
 
     def __repr__(self) -> str:
         # The text/plain fallback saved beside the widget: readable on GitHub and in a terminal.

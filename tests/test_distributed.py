@@ -58,6 +58,11 @@ def test_sharded_model_gives_the_same_greedy_text(tiny_model_dir, single_text, r
         stop = single_text[0][5:8]
         text, done = group.complete(greedy(stop=[stop]))
         assert text == single_text[0][:single_text[0].index(stop)] and done.done_reason == "stop"
+        # Freeing the caches happens on every rank at the same step: still in step after.
+        freed = group.free_memory()
+        assert freed.done and freed.prompt_cache_freed > 0
+        text, done = group.complete(greedy())
+        assert text == single_text[0] and done.cached_tokens == 0
         status = group.status()
         assert [r.rank for r in status.ranks] == [0, 1]
         assert [r.pid for r in status.ranks] == pids

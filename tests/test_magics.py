@@ -393,3 +393,15 @@ def test_demo_knows_paris(entry: Entry, demo: str) -> None:
     r = entry.generate("What is the capital of France?", model=demo, max_tokens=12)
     assert "Paris" in r.text, r.text
     assert r.finish_reason in ("stop", "length") and r.completion_tokens <= 12
+
+
+def test_free_magic_drops_the_prompt_cache(shell: InteractiveShell, tiny: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    prompt = "a prompt to cache " * 5
+    mn.generate(prompt, max_tokens=2, model=tiny)
+    assert mn.generate(prompt, max_tokens=2, model=tiny).cached_tokens > 0
+    capsys.readouterr()
+    shell.run_line_magic("mlx", f"free {tiny}")
+    out = capsys.readouterr().out
+    assert out.startswith("freed ") and "of prompt cache; now " in out, out
+    assert mn.generate(prompt, max_tokens=2, model=tiny).cached_tokens == 0

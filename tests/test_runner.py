@@ -187,6 +187,19 @@ def test_shared_prefix_reuses_the_kv_cache(tiny):
     assert second[-1]["cached_tokens"] >= first[-1]["prompt_tokens"] // 2
 
 
+def test_free_drops_the_prompt_cache_and_keeps_the_model(tiny):
+    body = {"prompt": "free me: " + "the cat sat on the mat " * 6, "options": {"max_tokens": 3}}
+    text, _ = tiny.complete(body)
+    _, again = tiny.complete(body)
+    assert again[-1]["cached_tokens"] > 0  # the cache serves a repeat
+    freed = tiny.post("/v1/free").json()
+    assert freed["done"] is True and freed["prompt_cache_freed"] > 0
+    assert freed["memory"]["active"] > 0  # the weights stay
+    after_text, after = tiny.complete(body)
+    assert after[-1]["cached_tokens"] == 0 and after_text == text  # recomputed, same answer
+    assert tiny.post("/v1/free").json()["prompt_cache_freed"] > 0  # that run was cached again
+
+
 def test_tokenize_and_detokenize_round_trip(tiny):
     tokens = tiny.post("/v1/tokenize", {"text": "hello world"}).json()
     assert tokens["tokens"] and len(tokens["pieces"]) == len(tokens["tokens"])

@@ -11,6 +11,9 @@ from IPython.utils.capture import capture_output
 
 from mlx_notebook.protocol import MemoryInfo, Status
 from mlx_notebook.widgets import LoadProgress, StatusWidget, status_line, status_text, wake_all
+from tests import frontend_helpers
+
+shell = frontend_helpers.shell  # fixture
 
 MB = 2**20
 
@@ -136,3 +139,45 @@ def test_load_progress_prints_in_a_terminal(capsys: pytest.CaptureFixture[str]) 
         p.done(st())
     assert capsys.readouterr().out.splitlines() == [
         "demo: 10%", "demo: 30%", "demo: " + status_line(st())]
+
+
+def test_row_buttons_run_their_action_and_show_what_happened() -> None:
+    from mlx_notebook.errors import RunnerUnavailableError
+
+    calls: list[tuple[str, str]] = []
+
+    def act(action: str, name: str) -> str:
+        calls.append((action, name))
+        if action == "unload":
+            raise RunnerUnavailableError("runner 'demo' does not answer")
+        return "freed 12.0 MB of prompt cache"
+
+    sw = StatusWidget(source=dict, poll=False, on_action=act)
+    sw.refresh({"demo": st(), "loading": st("loading")})
+    row = sw.rows["demo"]
+    assert not row.free_button.disabled and sw.rows["loading"].free_button.disabled
+    row.free_button.click()
+    assert calls == [("free", "demo")] and "freed 12.0 MB" in row.info.value
+    row.unload_button.click()  # a failure is a note in the row, not a traceback
+    assert calls[-1] == ("unload", "demo")
+    assert "unload failed: runner &#x27;demo&#x27; does not answer" in row.info.value
+    sw.close()
+
+
+def test_row_buttons_free_and_unload_a_real_runner(tiny_model_dir, shell) -> None:
+    import mlx_notebook as mn
+
+    shell.run_line_magic("mlx", f"load {tiny_model_dir} --as tiny")
+    try:
+        mn.generate("the cat sat on the mat " * 4, max_tokens=3)
+        sw = StatusWidget(poll=False)
+        row = sw.rows["tiny"]
+        row.free_button.click()
+        assert "freed" in row.info.value and "freed 0 B" not in row.info.value, row.info.value
+        again = mn.generate("the cat sat on the mat " * 4, max_tokens=3)
+        assert again.cached_tokens == 0  # the prompt cache really went
+        row.unload_button.click()
+        assert mn.ps() == [] and sw.rows == {} and sw.children == (sw.empty,)
+        sw.close()
+    finally:
+        shell.run_line_magic("mlx", "unload --all")

@@ -48,16 +48,17 @@ class Plan:
     remove: list[str] = field(default_factory=list)  # request ids: cancels and stop strings
     report: bool = False  # gather every rank's facts for the status
     stop: bool = False
+    free: bool = False  # drop the reusable prompt cache and MLX's buffer cache
 
     @property
     def empty(self) -> bool:
-        return not (self.admit or self.remove or self.report or self.stop)
+        return not (self.admit or self.remove or self.report or self.stop or self.free)
 
     def to_bytes(self) -> bytes:
         return json.dumps({
             "admit": [{"id": a.request_id, "tokens": a.tokens, "options": a.options.to_json()}
                       for a in self.admit],
-            "remove": self.remove, "report": self.report, "stop": self.stop,
+            "remove": self.remove, "report": self.report, "stop": self.stop, "free": self.free,
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -65,7 +66,8 @@ class Plan:
         raw = json.loads(data)
         return cls(admit=[Admit(a["id"], list(a["tokens"]), SamplingOptions.from_json(a["options"]))
                           for a in raw["admit"]],
-                   remove=list(raw["remove"]), report=bool(raw["report"]), stop=bool(raw["stop"]))
+                   remove=list(raw["remove"]), report=bool(raw["report"]), stop=bool(raw["stop"]),
+                   free=bool(raw.get("free")))
 
 
 class Distributed:

@@ -84,6 +84,10 @@ class Engine:
         self._jobs: dict[str, Job] = {}
         self._jobs_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._free_wanted = threading.Event()  # set by free(); the worker clears it when done
+        self._freed = threading.Condition()
+        self._frees_done = 0
+        self.last_freed_bytes = 0
         self._removals: list[str] = []  # stopped by a stop string; leave the batch next step
         self._last_report = 0.0
         self._thread = threading.Thread(target=self._main, name="mlx-worker", daemon=True)
@@ -113,6 +117,20 @@ class Engine:
         job.cancel_requested.set()
         self._inbox.put(None)  # wake the worker if it sleeps
         return True
+
+    def free(self, timeout: float = 30.0) -> int | None:
+        """Drop the reusable prompt cache and MLX's buffer cache, on the worker (every rank).
+
+        Returns the prompt-cache bytes dropped, or None if the worker did not get to it
+        within ``timeout`` s (it is busy with a long step; it will still do it).
+        """
+        with self._freed:
+            target = self._frees_done + 1
+            self._free_wanted.set()
+            self._inbox.put(None)  # wake the worker if it sleeps
+            if not self._freed.wait_for(lambda: self._frees_done >= target, timeout):
+                return None
+            return self.last_freed_bytes
 
     def active_requests(self) -> int:
         with self._jobs_lock:
@@ -233,6 +251,9 @@ class Engine:
             cancelled = [j.request_id for j in active.values() if j.cancel_requested.is_set()]
             plan.remove = list(dict.fromkeys(self._removals + cancelled))
             self._removals = []
+            if self._free_wanted.is_set():  # read after the inbox: free() wakes it
+                self._free_wanted.clear()
+                plan.free = True
         if dist is not None:
             now = time.monotonic()
             plan.report = now - self._last_report > _RANK_REPORT_SECONDS
@@ -268,6 +289,17 @@ class Engine:
             self._start_job(job, generator, cache, active)
         if plan.report:
             self._report_ranks()
+        if plan.free:
+            self._free(cache)
+
+    def _free(self, cache: LRUPromptCache) -> None:
+        before = cache.nbytes
+        cache.trim_to(n_sequences=0)
+        mx.clear_cache()
+        with self._freed:
+            self.last_freed_bytes = before
+            self._frees_done += 1
+            self._freed.notify_all()
 
     def _report_ranks(self) -> None:
         if self.distributed is not None:

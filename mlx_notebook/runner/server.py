@@ -34,6 +34,7 @@ from ..protocol import (
     DetokenizeResponse,
     DoneEvent,
     ErrorEvent,
+    FreeResponse,
     RankInfo,
     Status,
     TokenizeRequest,
@@ -235,6 +236,13 @@ class RunnerHandler(BaseHTTPRequestHandler):
         request = _validated(CancelRequest.from_json, body)
         cancelled = self.server.engine.cancel(request.request_id)
         self._send_json(200, asdict(CancelResponse(cancelled=cancelled)))
+
+    def _handle_free(self, _body: Any) -> None:
+        engine = self._require_ready()
+        freed = engine.free(timeout=10.0)
+        self._send_json(200, asdict(FreeResponse(done=freed is not None,
+                                                 prompt_cache_freed=freed or 0,
+                                                 memory=engine.memory())))
 
     def _handle_shutdown(self, _body: Any) -> None:
         self._send_json(200, {"ok": True})
