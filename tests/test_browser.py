@@ -3,7 +3,7 @@
 Opens notebooks/quickstart.ipynb (a copy) in a JupyterLab started on 127.0.0.1 with
 a token, runs "Restart Kernel and Run All Cells", waits for the streamed answer and
 the status widget in the DOM, checks them (a MutationObserver proves the answer grew
-while it streamed) and saves a screenshot for the README (docs/quickstart.png, or
+while it streamed), clicks the widget's free-cache and unload buttons, and saves a screenshot for the README (docs/quickstart.png, or
 $MLX_NOTEBOOK_SCREENSHOT). Needs /usr/bin/chromium (or $MLX_NOTEBOOK_CHROMIUM):
 `apt-get install chromium`; never let Playwright download its own browser.
 """
@@ -234,6 +234,19 @@ def test_quickstart_in_jupyterlab(lab, page):
     expect(widget).to_be_visible()
     st_seen = " ".join(seen[str(st_i)])
     assert "demo" in st_seen and "ready" in st_seen, st_seen
+
+    # its buttons, clicked in the browser: load the demo again in a new cell (the widget
+    # wakes and shows it), free its cache, unload it
+    cells.nth(n_code - 1).locator(".jp-InputArea-prompt").click()
+    page.keyboard.press("b")  # a new code cell below, then edit it
+    page.keyboard.press("Enter")
+    page.keyboard.type("%mlx load demo")
+    page.keyboard.press("Shift+Enter")
+    expect(widget).to_contain_text("ready")
+    widget.locator("button", has_text="free cache").click()
+    expect(widget).to_contain_text("freed")
+    widget.locator("button", has_text="unload").click()
+    expect(widget).to_contain_text("No models loaded")
 
     expect(panel.locator(".jp-OutputArea-output", has_text="Traceback")).to_have_count(0)
     expect(panel.locator(".jp-OutputArea-output", has_text="UsageError")).to_have_count(0)
