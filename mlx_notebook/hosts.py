@@ -158,7 +158,10 @@ def remote_command(host: RankHost, runner_argv: Sequence[str], ring: list[list[s
         "SIG$(kill -l $((rc - 128)))\" >&2; fi; exit $rc"
     )
     ssh = shlex.split(os.environ.get(SSH_ENV) or "ssh")
-    return [*ssh, "-T", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", host.ssh, script]
+    # No prompts, no pty; a dead link ends ssh within ~15 s, which ends the group.
+    options = ["-T", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+               "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+    return [*ssh, *options, host.ssh, script]
 
 
 def remote_env(local_env: Mapping[str, str], client_env: Mapping[str, str],
