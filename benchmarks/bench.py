@@ -2,6 +2,10 @@
 
     python benchmarks/bench.py [--quick] [--sections decode,concurrency,chat,kernel]
 
+Offline (e.g. on a lent GPU machine, see docs/benchmarks-gpu.md and
+benchmarks/gpu_bench.sh): ``--random-demo q4 --large random-1b-bfloat16 --tokenizer DIR``
+uses random weights of the demo's shape and of a ~1B llama instead of downloading.
+
 Prints one JSON document and rewrites docs/benchmarks.md from it. Every figure is
 measured in this run next to its baseline, with the same weights (the demo model
 as our runner holds it on this device, saved once for the baselines), the same
@@ -11,6 +15,7 @@ prompts and greedy settings. Never part of the test suite: timings do not gate C
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -269,11 +274,16 @@ def machine() -> dict:
 
     from mlx_notebook.runner.fastblas import openblas_preloaded
 
-    return {"date": datetime.date.today().isoformat(), "platform": platform.platform(),
+    info = {"date": datetime.date.today().isoformat(), "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "mlx": mx.__version__,
             "mlx_lm": mlx_lm.__version__, "device": str(mx.default_device()),
             "openblas_preloaded": openblas_preloaded()}
+    if mx.default_device() == mx.gpu:
+        with contextlib.suppress(Exception):
+            name = mx.device_info().get("device_name")
+            info["gpu"] = name.decode() if isinstance(name, bytes) else name
+    return info
 
 
 def main() -> None:
@@ -281,27 +291,72 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer tokens and runs")
     parser.add_argument("--sections", default="decode,concurrency,chat,kernel")
     parser.add_argument("--no-markdown", action="store_true")
+    parser.add_argument("--random-demo", metavar="FORMAT",
+                        help="random weights of the demo's shape (q4, bfloat16, float16, "
+                             "float32) instead of the demo: no download")
+    parser.add_argument("--large", default="random-large",
+                        help="the second decode model: random-large, random-1b[-FORMAT], "
+                             "random-demo[-FORMAT] (not with --quick)")
+    parser.add_argument("--tokenizer", type=Path,
+                        help="folder with the demo's tokenizer.json and tokenizer_config.json "
+                             "for the random models (default: fetch the demo)")
+    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--reps", type=int)
+    parser.add_argument("--levels", help="concurrency levels, e.g. 1,4,8")
+    parser.add_argument("--chat-turns", type=int)
+    parser.add_argument("--json", type=Path, help="also write the report here, after each section")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="record a failing section's error and go on to the next")
     args = parser.parse_args()
     from benchmarks.baselines import prepare_weights, reexec_like_runner
 
     reexec_like_runner()  # same BLAS and weights format as the runner: a fair baseline
     sections = args.sections.split(",")
     tokens, reps = (24, 2) if args.quick else (64, 3)
-    demo = prepare_weights("demo")
+    tokens, reps = args.max_tokens or tokens, args.reps or reps
+    levels = [1, 2, 4] if args.quick else [1, 2, 4, 8]
+    levels = [int(n) for n in args.levels.split(",")] if args.levels else levels
+    turns = args.chat_turns or (5 if args.quick else 10)
+    demo_spec = f"random-demo-{args.random_demo}" if args.random_demo else "demo"
+    demo = prepare_weights(demo_spec, args.tokenizer)
+    spec = str(demo) if args.random_demo else "demo"  # the runner loads the same folder
     report: dict = {"machine": machine(), "settings": {"max_tokens": tokens, "reps": reps,
                                                        "greedy": True}}
+    if args.random_demo:
+        report["settings"].update(demo=demo_spec, large=args.large)
+
+    def section(name: str, run) -> None:  # noqa: ANN001 - a thunk
+        try:
+            run()
+        except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+            if not args.keep_going:
+                raise
+            report.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[-3000:]
+            print(f"[bench] {name} failed: {exc}", file=sys.stderr, flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+        print(f"[bench] {name} done", file=sys.stderr, flush=True)
+
+    def decode() -> None:
+        report["decode"] = {"demo": bench_decode(spec, demo, tokens, reps)}
+
+    def decode_large() -> None:
+        large = prepare_weights(args.large, args.tokenizer)
+        key = args.large.replace("-", "_")
+        report["decode"][key] = bench_decode(str(large), large, tokens // 2, 2)
+
     if "decode" in sections:
-        report["decode"] = {"demo": bench_decode("demo", demo, tokens, reps)}
-        if not args.quick:
-            large = prepare_weights("random-large")
-            report["decode"]["random_large"] = bench_decode(str(large), large, tokens // 2, 2)
+        section("decode", decode)
+        if not args.quick and "decode" in report:
+            section("decode_large", decode_large)
     if "concurrency" in sections:
-        levels = [1, 2, 4] if args.quick else [1, 2, 4, 8]
-        report["concurrency"] = bench_concurrency("demo", demo, levels, tokens // 2)
+        section("concurrency",
+                lambda: report.update(concurrency=bench_concurrency(spec, demo, levels,
+                                                                    tokens // 2)))
     if "chat" in sections:
-        report["chat"] = bench_chat("demo", demo, 5 if args.quick else 10, 16)
+        section("chat", lambda: report.update(chat=bench_chat(spec, demo, turns, 16)))
     if "kernel" in sections:
-        report["kernel"] = bench_kernel(demo)
+        section("kernel", lambda: report.update(kernel=bench_kernel(demo)))
     print(json.dumps(report, indent=2))
     if not args.no_markdown:
         write_markdown(report, ROOT / "docs" / "benchmarks.md")
