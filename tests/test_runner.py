@@ -177,6 +177,39 @@ def test_concurrent_requests_match_sequential_greedy_text(tiny):
     assert [results[i] for i in range(len(prompts))] == sequential
 
 
+@pytest.mark.parametrize("options", [{"temperature": 0}, {"temperature": 1.0, "seed": 11}],
+                         ids=["greedy", "seeded"])
+def test_a_request_joined_mid_stream_goes_on_as_if_alone(tiny, options):
+    """The first request is decoded alone (runner/solo.py); a second one arriving
+    mid-stream moves it into the batch: neither text may change."""
+    first = {"prompt": "alone at first: the cat", "options": {"max_tokens": 400, **options}}
+    second = {"prompt": "then a second: zebra", "options": {"max_tokens": 12, **options}}
+    alone = [tiny.complete(first)[0], tiny.complete(second)[0]]
+    tiny.post("/v1/free")  # no prompt-cache hits: the same path as the first time
+    results: dict[str, str] = {}
+    joined = threading.Event()
+
+    def run_second() -> None:
+        joined.wait(60)
+        with httpx2.Client(timeout=60) as http:
+            results["second"] = RawRunner(tiny.process, tiny.handshake, tiny.token,
+                                          http).complete(second)[0]
+
+    helper = threading.Thread(target=run_second)
+    helper.start()
+    pieces = []
+    with tiny.http.stream("POST", tiny.url + "/v1/completion", json=first,
+                          headers=tiny.headers()) as response:
+        for line in response.iter_lines():
+            event = json.loads(line) if line else {}
+            if event.get("type") == "chunk":
+                pieces.append(event["content"])
+                if len(pieces) == 5:
+                    joined.set()
+    helper.join(60)
+    assert ["".join(pieces), results["second"]] == alone
+
+
 def test_shared_prefix_reuses_the_kv_cache(tiny):
     history = [{"role": "user", "content": "tell me about cats and dogs " * 4}]
     _, first = tiny.complete({"messages": history, "options": {"max_tokens": 4}})

@@ -28,6 +28,7 @@ from ..protocol import ChunkEvent, DoneEvent, ErrorEvent, Event, MemoryInfo, Sam
 from .distributed import Admit, Distributed, Plan
 from .models import LoadedModel, load_model
 from .sampling import make_request_processors, make_request_sampler, token_logprob
+from .solo import SoloDecoder
 from .stops import StopStringFilter
 
 _CACHE_KEY = "model"  # one model per runner: every cache entry shares this key
@@ -85,6 +86,10 @@ class Engine:
         self._jobs_lock = threading.Lock()
         self._stopping = threading.Event()
         self._free_wanted = threading.Event()  # set by free(); the worker clears it when done
+        self._solo: tuple[SoloDecoder, Job] | None = None  # a request decoded alone
+        self._solo_uid = 0  # solo uids count down from -1: never a BatchGenerator uid
+        self._eos_set: set[int] = set()
+        self._stream: Any = None
         self._freed = threading.Condition()
         self._frees_done = 0
         self.last_freed_bytes = 0
@@ -206,11 +211,16 @@ class Engine:
         self.ready_event.set()
         active: dict[int, Job] = {}
         eos_set = set(eos)
+        self._eos_set, self._stream = eos_set, stream
+        self._warm_up_solo(model)
         while True:
             plan = self._next_plan(active)
             if plan.stop:
                 break
             self._apply(plan, generator, cache, active)
+            if self._solo is not None:
+                self._solo_step(cache, active)
+                continue
             if not active:
                 mx.clear_cache()  # give freed buffers back between bursts
                 continue
@@ -220,6 +230,58 @@ class Engine:
                 if job is not None:
                     self._on_token(job, response, eos_set, cache, active)
         self._fail_all("runner is shutting down")
+
+    def _warm_up_solo(self, model: Any) -> None:
+        solo = SoloDecoder(model, -1, rest=[0, 0], cache=None, cached=[], max_tokens=1,
+                           sampler=None, processors=[], stop_tokens=set(), stream=self._stream,
+                           prefill_step=self.prefill_step)
+        while solo.step() is None:
+            pass
+
+    # ------------------------------------------------------------ one request alone
+
+    def _start_solo(self, job: Job, cache: LRUPromptCache, active: dict[int, Job]) -> None:
+        """Decode ``job`` alone (runner/solo.py) until another request arrives."""
+        assert self.loaded is not None
+        prompt_cache, rest, cached = self._prepare_job(job, cache)
+        self._solo_uid -= 1
+        job.uid = self._solo_uid
+        solo = SoloDecoder(
+            self.loaded.model, job.uid, rest=rest, cache=prompt_cache,
+            cached=job.prompt_tokens[:cached], max_tokens=job.options.max_tokens,
+            sampler=make_request_sampler(job.options),
+            processors=make_request_processors(job.options), stop_tokens=self._eos_set,
+            stream=self._stream, prefill_step=self.prefill_step)
+        self._solo = (solo, job)
+        active[job.uid] = job
+
+    def _solo_step(self, cache: LRUPromptCache, active: dict[int, Job]) -> None:
+        assert self._solo is not None
+        solo, job = self._solo
+        response = solo.step()
+        if response is not None:
+            self._on_token(job, response, self._eos_set, cache, active)
+        if job.finished:  # its end, or a stop string (then the next plan removes nothing)
+            self._solo = None
+            active.pop(job.uid, None)
+
+    def _hand_over(self, generator: BatchGenerator, cache: LRUPromptCache,
+                   active: dict[int, Job]) -> None:
+        """Another request came: move the one decoded alone into the batch, mid-stream."""
+        assert self._solo is not None
+        solo, job = self._solo
+        self._solo = None
+        response, rest = solo.hand_over()
+        if response is not None:
+            self._on_token(job, response, self._eos_set, cache, active)
+        active.pop(job.uid, None)
+        if rest is None or job.finished:
+            return
+        (job.uid,) = generator.insert(
+            [rest.prompt], max_tokens=[rest.max_tokens], caches=[rest.cache],
+            all_tokens=[rest.all_tokens], samplers=[solo.request_sampler],
+            logits_processors=[solo.processors])
+        active[job.uid] = job
 
     def _warm_up(self, generator: BatchGenerator) -> None:
         """One tiny generation so the first real request does not pay for lazy set-up."""
@@ -277,6 +339,11 @@ class Engine:
         """The same on every rank: remove, admit, maybe report; the generator stays in step."""
         if plan.remove:
             wanted = set(plan.remove)
+            if self._solo is not None and self._solo[1].request_id in wanted:
+                solo_job = self._solo[1]
+                self._solo = None
+                active.pop(solo_job.uid, None)
+                self._finish(solo_job, "cancel")
             uids = [uid for uid, job in active.items() if job.request_id in wanted]
             generator.remove(uids)
             for uid in uids:
@@ -286,7 +353,12 @@ class Engine:
                 job = self._jobs.get(admit.request_id)
             if job is None:  # a follower: a shadow job that nobody reads
                 job = Job(admit.request_id, admit.tokens, admit.options)
-            self._start_job(job, generator, cache, active)
+            if self._solo is not None:
+                self._hand_over(generator, cache, active)
+            if self.distributed is None and not active and len(plan.admit) == 1:
+                self._start_solo(job, cache, active)
+            else:
+                self._start_job(job, generator, cache, active)
         if plan.report:
             self._report_ranks()
         if plan.free:
@@ -310,6 +382,16 @@ class Engine:
 
     def _start_job(self, job: Job, generator: BatchGenerator, cache: LRUPromptCache,
                    active: dict[int, Job]) -> None:
+        prompt_cache, rest, cached = self._prepare_job(job, cache)
+        tokens = job.prompt_tokens
+        (job.uid,) = generator.insert(
+            [rest], max_tokens=[job.options.max_tokens], caches=[prompt_cache],
+            all_tokens=[tokens[:cached]], samplers=[make_request_sampler(job.options)],
+            logits_processors=[make_request_processors(job.options)])
+        active[job.uid] = job
+
+    def _prepare_job(self, job: Job, cache: LRUPromptCache) -> tuple[Any, list[int], int]:
+        """The nearest prompt cache, the tokens it lacks and how many it holds; job timers."""
         assert self.loaded is not None
         tokens = job.prompt_tokens
         prompt_cache, rest = cache.fetch_nearest_cache(_CACHE_KEY, tokens)
@@ -321,11 +403,7 @@ class Engine:
         job.started = time.perf_counter()
         job.detokenizer = self.loaded.tokenizer.detokenizer
         job.stop_filter = StopStringFilter(job.options.stop)
-        (job.uid,) = generator.insert(
-            [rest], max_tokens=[job.options.max_tokens], caches=[prompt_cache],
-            all_tokens=[tokens[:cached]], samplers=[make_request_sampler(job.options)],
-            logits_processors=[make_request_processors(job.options)])
-        active[job.uid] = job
+        return prompt_cache, rest, cached
 
     def _on_token(self, job: Job, response: Any, eos: set[int], cache: LRUPromptCache,
                   active: dict[int, Job]) -> None:
