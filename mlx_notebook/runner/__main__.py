@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.token_stdin and not os.environ.get(REEXEC_ENV):
         # Into the environment, so that the OpenBLAS re-exec below keeps it (not in argv).
         os.environ[TOKEN_ENV] = sys.stdin.readline().strip()
+    # MLX's CUDA backend compiles kernels at run time and keeps them in /tmp by default;
+    # in our cache they outlive a reboot (seconds saved per new shape). Unused elsewhere.
+    from ..paths import cache_dir
+
+    os.environ.setdefault("MLX_PTX_CACHE_DIR", str(cache_dir() / "ptx"))
     if not args.prefetch and not args.no_openblas:
         from .fastblas import reexec_with_openblas
 

@@ -25,9 +25,24 @@ _CANDIDATES = (
 )
 
 
+def _cuda_build() -> bool:
+    """mlx[cuda] is installed: MLX runs on the GPU, where a CPU BLAS does nothing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("mlx-cuda-13", "mlx-cuda-12", "mlx-cuda"):
+        try:
+            version(name)
+            return True
+        except PackageNotFoundError:
+            continue
+    return False
+
+
 def find_openblas() -> str | None:
     choice = os.environ.get(OPENBLAS_ENV)
     if choice == "0" or not sys.platform.startswith("linux"):
+        return None
+    if not choice and _cuda_build():
         return None
     if choice:
         return choice if Path(choice).exists() else None
