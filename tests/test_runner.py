@@ -210,6 +210,13 @@ def test_a_request_joined_mid_stream_goes_on_as_if_alone(tiny, options):
     assert ["".join(pieces), results["second"]] == alone
 
 
+def test_batch_only_decodes_the_same_text(tiny, tiny_model_dir):
+    """--batch-only keeps a lone request in the BatchGenerator: same tokens, other path."""
+    body = {"prompt": "one path or the other", "options": {"max_tokens": 30}}
+    with running(str(tiny_model_dir), "--batch-only") as batch_only:
+        assert batch_only.complete(body)[0] == tiny.complete(body)[0]
+
+
 def test_shared_prefix_reuses_the_kv_cache(tiny):
     history = [{"role": "user", "content": "tell me about cats and dogs " * 4}]
     _, first = tiny.complete({"messages": history, "options": {"max_tokens": 4}})

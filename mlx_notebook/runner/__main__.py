@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not preload a system OpenBLAS for the CPU backend")
     parser.add_argument("--max-batch", type=int, default=8,
                         help="concurrent generations decoded together (default 8)")
+    parser.add_argument("--batch-only", action="store_true",
+                        help="decode a request that runs alone in the batch too (slower on a "
+                             "GPU; for comparisons)")
     parser.add_argument("--prompt-cache-bytes", type=int, default=None,
                         help="byte budget of the reusable KV cache (default: 10%% of memory, <=1 GiB)")
     parser.add_argument("--parent-pid", type=int, default=None,
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = Engine(args.model, dtype=args.dtype, context_length=args.context,
                     max_batch=args.max_batch, prompt_cache_bytes=args.prompt_cache_bytes,
-                    distributed=dist)
+                    distributed=dist, batch_only=args.batch_only)
     if engine.follower:
         return _follow(engine, args)
     try:

@@ -62,8 +62,11 @@ class Engine:
 
     def __init__(self, spec: str, *, dtype: str | None = None, context_length: int | None = None,
                  max_batch: int = 8, prompt_cache_bytes: int | None = None,
-                 prefill_step: int = 512, distributed: Distributed | None = None) -> None:
+                 prefill_step: int = 512, distributed: Distributed | None = None,
+                 batch_only: bool = False) -> None:
         self.spec = spec
+        # A request alone is decoded by runner/solo.py unless batch_only (or in a group).
+        self.solo_enabled = not batch_only and distributed is None
         self.distributed = distributed
         # Ranks > 0 follow rank 0's plans; they serve no requests of their own.
         self.follower = distributed is not None and distributed.rank != 0
@@ -355,7 +358,7 @@ class Engine:
                 job = Job(admit.request_id, admit.tokens, admit.options)
             if self._solo is not None:
                 self._hand_over(generator, cache, active)
-            if self.distributed is None and not active and len(plan.admit) == 1:
+            if self.solo_enabled and not active and len(plan.admit) == 1:
                 self._start_solo(job, cache, active)
             else:
                 self._start_job(job, generator, cache, active)
