@@ -132,7 +132,7 @@ def test_status_widget_state(executed: tuple[Any, RecordingClient]) -> None:
     state = nb.metadata.widgets[STATE_MIME]["state"]
     tree = _widget_tree(state, views[0].data[WIDGET_MIME]["model_id"])
     buttons = [w["state"]["description"] for w in tree if w["model_name"] == "ButtonModel"]
-    assert buttons == ["ready", "ready"]
+    assert buttons == ["ready", "free cache", "unload"] * 2  # a state and two actions a row
     html = " ".join(w["state"].get("value", "") for w in tree if w["model_name"] == "HTMLModel")
     assert "<b>tiny</b>" in html and "<b>demo</b>" in html and "active, peak" in html
     bars = [w for w in tree if w["model_name"] == "FloatProgressModel"]
