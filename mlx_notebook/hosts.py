@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import MLXNotebookError
+from .protocol import TOKEN_ENV
 
 __all__ = ["HostPlan", "HostsError", "RankHost", "read_hosts", "remote_command", "remote_env",
            "RING_PORT_ENV", "SSH_ENV"]
@@ -154,8 +155,8 @@ def remote_command(host: RankHost, runner_argv: Sequence[str], ring: list[list[s
         "f=$(mktemp) || exit 2; "
         f"printf '%s' {shlex.quote(json.dumps(ring))} >\"$f\"; "
         f"{shlex.join(runner_argv)} --hostfile \"$f\"; rc=$?; rm -f \"$f\"; "
-        f"if [ $rc -gt 128 ]; then echo \"mlx_notebook runner: {who} was killed by "
-        "SIG$(kill -l $((rc - 128)))\" >&2; fi; exit $rc"
+        "if [ $rc -gt 128 ]; then printf 'mlx_notebook runner: %s was killed by SIG%s\\n' "
+        f"{shlex.quote(who)} \"$(kill -l $((rc - 128)))\" >&2; fi; exit $rc"
     )
     ssh = shlex.split(os.environ.get(SSH_ENV) or "ssh")
     # No prompts, no pty; a dead link ends ssh within ~15 s, which ends the group.
@@ -170,6 +171,7 @@ def remote_env(local_env: Mapping[str, str], client_env: Mapping[str, str],
     own variables and the hostfile's ``envs``; never the token."""
     env = {name: local_env[name] for name in PASSED_ENV if local_env.get(name)}
     env.update(client_env)
+    env.pop(TOKEN_ENV, None)  # it goes on stdin: an ssh command line is visible to ps
     env["PYTHONUNBUFFERED"] = "1"
     for item in plan.envs:
         name, _, value = item.partition("=")
