@@ -270,3 +270,31 @@ def test_load_with_hosts_through_the_magic(tiny_model_dir, hosts, ring_port, tmp
     finally:
         os.environ.pop(RING_PORT_ENV, None)
         shell.run_line_magic("mlx", "unload --all")
+
+
+def test_hosts_group_in_a_real_kernel(tiny_model_dir, hosts, ring_port, tmp_path):
+    """The notebook user's road: %mlx load --hosts in ipykernel, then generate and status."""
+    pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    hostfile = hosts.hostfile(tmp_path / "hosts.json", ["local", "0"])
+    cells = [
+        "%load_ext mlx_notebook",
+        f"%mlx load {tiny_model_dir} --as wide --hosts {hostfile}",
+        "%%mlx generate --max-tokens 6 -o answer\nhello",
+        "import mlx_notebook as mn\nprint([(r.rank, r.address) for r in mn.status().ranks])",
+        "%mlx unload wide",
+    ]
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    os.environ[RING_PORT_ENV] = str(ring_port)  # the kernel inherits it, and MLX_NOTEBOOK_SSH
+    try:
+        nbclient.NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    finally:
+        os.environ.pop(RING_PORT_ENV, None)
+    ranks = "".join(o.get("text", "") for o in nb.cells[3].outputs)
+    assert f"(0, '{hosts.local_address}'), (1, '{hosts.addresses[0]}')" in ranks, ranks
+    shown = json.dumps([o for c in nb.cells for o in c.outputs])
+    assert "Traceback" not in shown and "Error" not in shown, shown
