@@ -79,12 +79,12 @@ class RunnerRow(w.HBox):
         self.on_action = on_action
         self.note = ""  # what the last button did, shown until the next one
         self.title = w.HTML(layout=w.Layout(width="220px"))
-        self.state = w.Button(disabled=True, layout=w.Layout(width="95px"))
+        self.state = w.Button(disabled=True, layout=w.Layout(width="110px"))
         self.progress = w.FloatProgress(min=0, max=100, description="load",
                                         layout=w.Layout(width="220px"))
         self.memory = w.FloatProgress(min=0, max=100, description="memory",
                                       layout=w.Layout(width="220px"))
-        self.free_button = w.Button(description="free cache", layout=w.Layout(width="90px"),
+        self.free_button = w.Button(description="free cache", layout=w.Layout(width="105px"),
                                     tooltip="drop the prompt cache and MLX's buffer cache; "
                                             "the model stays loaded")
         self.unload_button = w.Button(description="unload", layout=w.Layout(width="75px"),

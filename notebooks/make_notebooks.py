@@ -54,6 +54,8 @@ A progress bar shows the download and the loading, then one status line.
 
 Model, state (loading / ready / generating), the runner's memory and the speed
 of the last answer. It updates live: watch it while the next cells run.
+**free cache** drops the runner's reusable prompt cache (the model stays loaded;
+`%mlx free` does the same), and **unload** stops the runner.
 """),
     code("%mlx status", "status"),
     md("""
