@@ -256,3 +256,29 @@ def test_sentencepiece_tokenizer_rebuilt_from_gguf_metadata(tmp_path: Path) -> N
         ids = rebuilt.encode(text).ids
         assert ids == [1, *original.encode(text).ids], text
         assert rebuilt.decode(ids) == text
+
+
+def test_gguf_llama3_rope_scaling_is_carried_over(tmp_path: Path, cache: Path) -> None:
+    """llama.cpp keeps Llama 3.1 rope scaling only as per-frequency factors
+    (rope_freqs.weight); the converted model must rotate exactly as the original."""
+    import mlx.core as mx
+    from mlx_lm.models.rope_utils import initialize_rope
+
+    from tests.tiny_model import make_tiny_model
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 2048}
+    scaled = make_tiny_model(tmp_path / "scaled", rope_scaling=scaling)
+    plain = load_model(str(make_tiny_model(tmp_path / "plain")))
+    gguf = make_tiny_gguf(scaled, tmp_path / "scaled.gguf")
+    from_gguf, original = load_model(str(gguf)), load_model(str(scaled))
+
+    recovered = from_gguf.model.args.rope_scaling
+    assert recovered["rope_type"] == "llama3" and recovered["factor"] == 8.0
+    rope = [initialize_rope(16, 10000.0, False, s, 512)._freqs for s in (scaling, recovered)]
+    assert mx.allclose(rope[0], rope[1], rtol=1e-5).item()
+
+    tokens = mx.array([original.tokenizer.encode("The capital of France is Paris. " * 8)])
+    logits = [lm.model(tokens) for lm in (original, from_gguf, plain)]
+    assert mx.allclose(logits[0], logits[1], atol=1e-4).item()
+    assert not mx.allclose(logits[0], logits[2], atol=1e-2).item()  # scaling changes them

@@ -135,7 +135,7 @@ def _weights(config: dict, seed: int, rows: np.ndarray) -> dict[str, np.ndarray]
 
 def make_tiny_model(path: Path, *, seed: int = 0, vocab_size: int = 384,
                     model_type: str = "llama", layers: int | None = None,
-                    kv_heads: int | None = None) -> Path:
+                    kv_heads: int | None = None, rope_scaling: dict | None = None) -> Path:
     """Write the tiny model into ``path`` (created if needed) and return ``path``.
 
     ``model_type="qwen2"`` gives mlx-lm's qwen2 (which has pipeline support), and
@@ -151,6 +151,8 @@ def make_tiny_model(path: Path, *, seed: int = 0, vocab_size: int = 384,
         config["num_hidden_layers"] = layers
     if kv_heads is not None:
         config["num_key_value_heads"] = kv_heads
+    if rope_scaling is not None:
+        config["rope_scaling"] = rope_scaling
     if model_type == "qwen2":
         config["architectures"] = ["Qwen2ForCausalLM"]
     ids = json.loads((path / "tokenizer.json").read_text())["model"]["vocab"]
@@ -243,9 +245,31 @@ def make_tiny_gguf(model_dir: Path, path: Path) -> Path:
         "tokenizer.ggml.eos_token_id": u32(vocab[tok_config["eos_token"]]),
         "tokenizer.chat_template": tok_config["chat_template"],
     }
+    if (config.get("rope_scaling") or {}).get("rope_type") == "llama3":
+        weights["rope_freqs.weight"] = _llama3_rope_factors(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     mx.save_gguf(str(path), {k: mx.array(v) for k, v in weights.items()}, metadata)
     return path
+
+
+def _llama3_rope_factors(config: dict) -> np.ndarray:
+    """What llama.cpp's converter stores as ``rope_freqs.weight`` for llama3 rope scaling:
+    one factor per frequency, by which the rotation period is stretched."""
+    scaling = config["rope_scaling"]
+    dims, base = config["head_dim"], config["rope_theta"]
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old = scaling["original_max_position_embeddings"]
+    factors = []
+    for i in range(0, dims, 2):
+        wavelen = 2 * np.pi * base ** (i / dims)
+        if wavelen < old / high:
+            factors.append(1.0)
+        elif wavelen > old / low:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
 
 
 def make_hub_cache_entry(model_dir: Path, hub: Path, repo_id: str, commit: str) -> Path:

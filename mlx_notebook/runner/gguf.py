@@ -11,6 +11,7 @@ tokenizer from the GGUF vocabulary and merges with the ``tokenizers`` library.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -112,7 +113,7 @@ def convert_weights(
     out: dict[str, mx.array] = {}
     for name, w in weights.items():
         if name == "rope_freqs.weight":
-            continue  # llama3 rope scaling factors; mlx_lm recomputes them from config
+            continue  # llama3 rope scaling: in config.json instead (rope_scaling_config)
         new = _hf_name(name)
         if new is None:
             raise GGUFError(f"GGUF tensor {name!r} has no llama counterpart")
@@ -137,6 +138,49 @@ def _quantization(weights: dict[str, mx.array]) -> dict[str, int] | None:
         return None
     bits, group = seen.most_common(1)[0][0]
     return {"group_size": group, "bits": bits}
+
+
+def rope_scaling_config(metadata: dict[str, Any], weights: dict[str, mx.array], dims: int,
+                        base: float) -> dict[str, Any] | None:
+    """mlx_lm's ``rope_scaling`` for what the GGUF file says about stretching RoPE.
+
+    llama.cpp stores Llama 3.1-style scaling not as its four numbers but as their result:
+    ``rope_freqs.weight``, one factor per frequency (1 for the fast ones, ``factor`` for
+    the slow ones, a smooth blend between). In that blend the factor depends on the
+    wavelength only through two numbers, so two blended frequencies give them back, and
+    any (``low_freq_factor``, ``high_freq_factor``, ``original_max_position_embeddings``)
+    with those two numbers rebuilds every factor. Linear scaling has its own keys.
+    """
+    freqs = weights.get("rope_freqs.weight")
+    if freqs is None:
+        kind = _scalar(metadata, "llama.rope.scaling.type")
+        factor = _scalar(metadata, "llama.rope.scaling.factor")
+        if kind == "linear" and factor:
+            return {"type": "linear", "factor": float(factor)}
+        return None
+    factors = [float(f) for f in freqs.astype(mx.float32).tolist()]
+    top = max(factors)
+    if top <= 1.0 + 1e-6:
+        return None
+    wavelengths = [2 * math.pi * base ** (2 * i / dims) for i in range(len(factors))]
+    # blend s in (0, 1) where 1/f = (1 - s)/top + s, and s = a/wavelength - b
+    blend = [((1 / f - 1 / top) / (1 - 1 / top), w) for f, w in zip(factors, wavelengths, strict=True)
+             if 1.0 + 1e-4 < f < top * (1 - 1e-4)]
+    a = b = 0.0
+    if len(blend) >= 2:
+        (s1, w1), (s2, w2) = blend[0], blend[-1]
+        a = (s1 - s2) / (1 / w1 - 1 / w2)
+        b = a / w1 - s1
+    if a <= 0 or b <= 0:  # (almost) a plain step: put the edges between the samples
+        fast = [w for f, w in zip(factors, wavelengths, strict=True) if f < 1.0 + 1e-4]
+        slow = [w for f, w in zip(factors, wavelengths, strict=True) if f > top * (1 - 1e-4)]
+        high_edge = max(fast) * 1.001 if fast else min(wavelengths) / 2  # blend = 1 there
+        low_edge = min(slow) * 0.999 if slow else max(wavelengths) * 2  # blend = 0 there
+        a = 1 / (1 / high_edge - 1 / low_edge)
+        b = a / low_edge
+    # s = a/w - b with a = O/(h - l), b = l/(h - l); take l = 1
+    return {"rope_type": "llama3", "factor": top, "low_freq_factor": 1.0,
+            "high_freq_factor": 1.0 + 1.0 / b, "original_max_position_embeddings": a / b}
 
 
 def make_config(metadata: dict[str, Any], weights: dict[str, mx.array]) -> dict[str, Any]:
@@ -170,6 +214,9 @@ def make_config(metadata: dict[str, Any], weights: dict[str, mx.array]) -> dict[
         value = _scalar(metadata, f"tokenizer.ggml.{theirs}")
         if value is not None:
             config[ours] = int(value)
+    scaling = rope_scaling_config(metadata, weights, config["head_dim"], config["rope_theta"])
+    if scaling is not None:
+        config["rope_scaling"] = scaling
     if (quant := _quantization(weights)) is not None:
         config["quantization"] = quant
         config["quantization_config"] = quant
