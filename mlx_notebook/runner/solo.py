@@ -108,12 +108,17 @@ class SoloDecoder:
         mx.async_eval(*self._pending)
         token = int(token_array.item())
         self.fed.append(token)
-        self.generated += 1
-        finish = ("stop" if token in self.stop_tokens
-                  else "length" if self.generated >= self.max_tokens else None)
+        finish = self._count(token)
         if finish is None:
             return SoloResponse(self.uid, token, logprobs)
         return SoloResponse(self.uid, token, logprobs, finish, self.cache, list(self.fed))
+
+    def _count(self, token: int) -> str | None:
+        """One more token generated; why the request ends on it, if it does."""
+        self.generated += 1
+        if token in self.stop_tokens:
+            return "stop"
+        return "length" if self.generated >= self.max_tokens else None
 
     def hand_over(self) -> tuple[SoloResponse | None, HandOver | None]:
         """Stop here for batching: the token already sampled (if any) and how to go on.
@@ -127,9 +132,7 @@ class SoloDecoder:
                                   self.max_tokens)
         token_array, logprobs = self._pending
         token = int(token_array.item())
-        self.generated += 1
-        finish = ("stop" if token in self.stop_tokens
-                  else "length" if self.generated >= self.max_tokens else None)
+        finish = self._count(token)
         if finish is not None:
             # Done on this token: keep it in the cache, as the batch would have.
             with mx.stream(self.stream):
