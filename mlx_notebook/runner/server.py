@@ -285,8 +285,16 @@ class RunnerHandler(BaseHTTPRequestHandler):
                 event = self._next_event(job, engine)
                 if event is None:
                     continue
-                self._write_chunk(encode_event(event))
-                if isinstance(event, (DoneEvent, ErrorEvent)):
+                # Whatever else is already waiting goes in the same write: when tokens come
+                # faster than one write each, the stream catches up instead of lagging.
+                events = [event]
+                while not isinstance(events[-1], (DoneEvent, ErrorEvent)):
+                    try:
+                        events.append(job.events.get_nowait())
+                    except queue.Empty:
+                        break
+                self._write_chunk(b"".join(encode_event(e) for e in events))
+                if isinstance(events[-1], (DoneEvent, ErrorEvent)):
                     break
             self._write_chunk(b"")
         except (BrokenPipeError, ConnectionResetError, OSError):
