@@ -59,11 +59,18 @@ class Generation:
         self._stopped = False
         self.result: GenerationResult | None = None
         self._stream: CompletionStream = client.stream(request)
+        # Called with (tokens read, prompt tokens) while the runner reads a long prompt.
+        self.on_prefill: Callable[[int, int], None] | None = None
+        self._stream.on_prefill = self._prefill
         _wake_widgets()
 
     @property
     def text(self) -> str:
         return "".join(self._pieces)
+
+    def _prefill(self, processed: int, total: int) -> None:
+        if self.on_prefill is not None:
+            self.on_prefill(processed, total)
 
     def __iter__(self) -> Iterator[str]:
         try:
@@ -277,6 +284,7 @@ def _run(gen: Generation, *, show: bool, format: str | None,  # noqa: A002
         view = StreamView(format=format or cfg.format, rate=cfg.updates_per_second,
                           footer=cfg.footer)
         view.start()
+        gen.on_prefill = view.prefill
     interrupted = False
     try:
         with gen:

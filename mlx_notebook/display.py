@@ -87,6 +87,11 @@ class StreamView:
             self._update(self.text)
             self.updates += 1
 
+    def prefill(self, processed: int, total: int) -> None:
+        """Until the first piece: how far the runner has read a long prompt."""
+        if not self.text and self.mode == "display":
+            self._update(f"{PLACEHOLDER} reading the prompt: {processed:,} of {total:,} tokens")
+
     def _update(self, text: str) -> None:
         if self._handle is not None and text != self._shown:
             self._handle.update(_bundle(text, self.format), raw=True)

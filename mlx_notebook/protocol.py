@@ -17,8 +17,9 @@ Endpoints:
 ========================  =========================================================
 ``GET  /v1/status``       :class:`Status` (never waits on the MLX thread)
 ``POST /v1/completion``   :class:`CompletionRequest` -> NDJSON stream of
-                          :class:`ChunkEvent` lines, then one :class:`DoneEvent`
-                          (or an :class:`ErrorEvent`)
+                          :class:`ChunkEvent` lines (after :class:`ProgressEvent`
+                          lines while a long prompt is read), then one
+                          :class:`DoneEvent` (or an :class:`ErrorEvent`)
 ``POST /v1/tokenize``     :class:`TokenizeRequest` -> :class:`TokenizeResponse`
 ``POST /v1/detokenize``   :class:`DetokenizeRequest` -> :class:`DetokenizeResponse`
 ``POST /v1/cancel``       :class:`CancelRequest` -> :class:`CancelResponse`
@@ -435,6 +436,15 @@ class DoneEvent:
 
 
 @dataclass(frozen=True)
+class ProgressEvent:
+    """How far the runner has read a long prompt, before the first chunk (may not come)."""
+
+    processed: int  # prompt tokens in the KV cache so far (cached ones included)
+    total: int
+    type: Literal["progress"] = "progress"
+
+
+@dataclass(frozen=True)
 class ErrorEvent:
     """Sent instead of (never after) a DoneEvent when a request fails mid-stream."""
 
@@ -443,7 +453,7 @@ class ErrorEvent:
     type: Literal["error"] = "error"
 
 
-Event = ChunkEvent | DoneEvent | ErrorEvent
+Event = ChunkEvent | DoneEvent | ErrorEvent | ProgressEvent
 
 
 def encode_event(event: Event) -> bytes:
@@ -470,6 +480,8 @@ def decode_event(line: bytes | str) -> Event:
         return DoneEvent(**{k: v for k, v in data.items() if k in known})
     if kind == "error":
         return ErrorEvent(error=str(data.get("error")), request_id=data.get("request_id", ""))
+    if kind == "progress":
+        return ProgressEvent(processed=int(data["processed"]), total=int(data["total"]))
     raise ValueError(f"unknown event type {kind!r}")
 
 

@@ -27,6 +27,7 @@ from .protocol import (
     DoneEvent,
     ErrorEvent,
     Event,
+    ProgressEvent,
     decode_event,
 )
 
@@ -60,6 +61,9 @@ class CompletionStream:
     def __init__(self, client: RunnerConnection, request_id: str, response: httpx2.Response) -> None:
         self.request_id = request_id
         self.result: DoneEvent | None = None
+        # (tokens read, prompt tokens) while the runner reads a long prompt; a callback too
+        self.prefill: tuple[int, int] | None = None
+        self.on_prefill: Callable[[int, int], None] | None = None
         self.text = ""
         self._client = client
         self._response = response
@@ -126,6 +130,11 @@ class CompletionStream:
             if isinstance(event, ChunkEvent):
                 self.text += event.content
                 return event
+            if isinstance(event, ProgressEvent):
+                self.prefill = (event.processed, event.total)
+                if self.on_prefill is not None:
+                    self.on_prefill(event.processed, event.total)
+                continue
             if isinstance(event, ErrorEvent):
                 raise GenerationError(f"runner {self._client.name!r}: {event.error}")
             self.result = event
@@ -216,6 +225,8 @@ async def astream_events(client: RunnerConnection, request: CompletionRequest,
                         client.touch()
                         if isinstance(event, ChunkEvent):
                             yield event
+                        elif isinstance(event, ProgressEvent):
+                            continue  # the async road shows no prefill progress
                         elif isinstance(event, ErrorEvent):
                             raise GenerationError(f"runner {client.name!r}: {event.error}")
                         else:

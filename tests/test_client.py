@@ -307,3 +307,30 @@ def test_astream_task_cancel_stops_generation(tiny_client: RunnerClient) -> None
     while tiny_client.status().active_requests and time.monotonic() < deadline:
         time.sleep(0.05)
     assert tiny_client.status().active_requests == 0 and tiny_client.active_streams == 0
+
+
+def test_prefill_progress_reaches_the_stream_and_the_generation(tiny_model_dir, test_registry):
+    from mlx_notebook.api import Generation
+
+    client = RunnerClient(str(tiny_model_dir), registry=test_registry,
+                          extra_args=["--prefill-step", "16"])
+    try:
+        client.wait_until_ready()
+        prompt = "count the words " * 25
+        seen: list[tuple[int, int]] = []
+        with client.stream(CompletionRequest(prompt=prompt,
+                                             options=SamplingOptions(max_tokens=4))) as stream:
+            stream.on_prefill = lambda done, total: seen.append((done, total))
+            text = "".join(chunk.content for chunk in stream)
+        total = stream.result.prompt_tokens
+        assert seen and seen[-1] == (total, total) and stream.prefill == (total, total)
+        assert text == stream.text
+        gen = Generation(client, CompletionRequest(prompt=prompt + "again",
+                                                   options=SamplingOptions(max_tokens=4)))
+        reported: list[int] = []
+        gen.on_prefill = lambda done, _total: reported.append(done)
+        with gen:
+            list(gen)
+        assert reported and reported == sorted(reported)
+    finally:
+        stop_client(client)

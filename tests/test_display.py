@@ -143,3 +143,18 @@ def test_tokens_rendering_shows_boundaries() -> None:
     assert tokens_text(tok).splitlines() == ["3 tokens", "9906  'Hello'", "1917  ' world'", " 198  '\\n'"]
     page = tokens_html(tok)
     assert page.count("<span") == 3 and 'title="1917"' in page and "↵" in page
+
+
+def test_prefill_progress_shows_until_the_first_piece(shell: InteractiveShell) -> None:
+    clock = FakeClock()
+    view = StreamView(rate=20, mode="display", clock=clock, footer=False)
+    with capture_output() as cap:
+        view.start()
+        view.prefill(512, 2000)
+        view.prefill(1024, 2000)
+        view.append("Paris")
+        view.prefill(2000, 2000)  # late progress never hides the answer
+        view.finish(result("Paris"))
+    shown = [o.data["text/plain"] for o in cap.outputs if o.update]
+    assert shown == [f"{PLACEHOLDER} reading the prompt: 512 of 2,000 tokens",
+                     f"{PLACEHOLDER} reading the prompt: 1,024 of 2,000 tokens", "Paris", "Paris"]

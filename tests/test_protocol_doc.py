@@ -11,14 +11,10 @@ import pytest
 from mlx_notebook import protocol
 
 DOC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
-WIRE_TYPES = [
-    protocol.CompletionRequest, protocol.SamplingOptions, protocol.ChatMessage,
-    protocol.ChunkEvent, protocol.DoneEvent, protocol.ErrorEvent, protocol.TokenLogprob,
-    protocol.TopLogprob, protocol.Status, protocol.MemoryInfo, protocol.TokenizeRequest,
-    protocol.TokenizeResponse, protocol.DetokenizeRequest, protocol.DetokenizeResponse,
-    protocol.CancelRequest, protocol.CancelResponse, protocol.ErrorBody, protocol.Handshake,
-    protocol.RankInfo,
-]
+# Every dataclass of the protocol module: a new wire type is checked without being listed.
+WIRE_TYPES = sorted((obj for obj in vars(protocol).values()
+                     if dataclasses.is_dataclass(obj) and obj.__module__ == protocol.__name__),
+                    key=lambda cls: cls.__name__)
 
 
 @pytest.mark.parametrize("name", sorted(protocol.ENDPOINTS))
@@ -55,7 +51,8 @@ def test_events_round_trip_through_ndjson():
         protocol.TokenLogprob(1, "a", -0.5, (protocol.TopLogprob(1, "a", -0.5),)),))
     done = protocol.DoneEvent(done_reason="stop", prompt_tokens=3, cached_tokens=2)
     error = protocol.ErrorEvent(error="boom", request_id="r")
-    for event in (chunk, done, error):
+    progress = protocol.ProgressEvent(processed=512, total=2000)
+    for event in (chunk, done, error, progress):
         line = protocol.encode_event(event)
         assert line.endswith(b"\n") and line.count(b"\n") == 1
         assert protocol.decode_event(line) == event

@@ -217,6 +217,23 @@ def test_batch_only_decodes_the_same_text(tiny, tiny_model_dir):
         assert batch_only.complete(body)[0] == tiny.complete(body)[0]
 
 
+def test_a_long_prompt_reports_its_progress_before_the_answer(tiny, tiny_model_dir):
+    """--prefill-step 16: a 100-token prompt is read in steps, each one a progress event."""
+    body = {"prompt": "count the words " * 25, "options": {"max_tokens": 5}}
+    with running(str(tiny_model_dir), "--prefill-step", "16") as stepped:
+        text, events = stepped.complete(body)
+    kinds = [e["type"] for e in events]
+    first_chunk = kinds.index("chunk")
+    progress = [e for e in events[:first_chunk] if e["type"] == "progress"]
+    total = events[-1]["prompt_tokens"]
+    assert len(progress) >= total // 16 - 1 and "progress" not in kinds[first_chunk:]
+    assert [p["processed"] for p in progress] == sorted({p["processed"] for p in progress})
+    assert {p["total"] for p in progress} == {total} and progress[-1]["processed"] == total
+    assert text == tiny.complete(body)[0]  # read in steps or at once: the same answer
+    short = tiny.complete({"prompt": "short", "options": {"max_tokens": 3}})[1]
+    assert "progress" not in {e["type"] for e in short}  # one step: nothing to report
+
+
 def test_shared_prefix_reuses_the_kv_cache(tiny):
     history = [{"role": "user", "content": "tell me about cats and dogs " * 4}]
     _, first = tiny.complete({"messages": history, "options": {"max_tokens": 4}})

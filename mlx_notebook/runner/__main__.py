@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not preload a system OpenBLAS for the CPU backend")
     parser.add_argument("--max-batch", type=int, default=8,
                         help="concurrent generations decoded together (default 8)")
+    parser.add_argument("--prefill-step", type=int, default=512, metavar="N",
+                        help="prompt tokens per forward pass while reading a prompt (default "
+                             "512): smaller steps report progress and notice cancels sooner")
     parser.add_argument("--batch-only", action="store_true",
                         help="decode a request that runs alone in the batch too (slower on a "
                              "GPU; for comparisons)")
@@ -130,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = Engine(args.model, dtype=args.dtype, context_length=args.context,
                     max_batch=args.max_batch, prompt_cache_bytes=args.prompt_cache_bytes,
-                    distributed=dist, batch_only=args.batch_only)
+                    distributed=dist, batch_only=args.batch_only,
+                    prefill_step=max(1, args.prefill_step))
     if engine.follower:
         return _follow(engine, args)
     try:

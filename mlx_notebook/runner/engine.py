@@ -24,7 +24,15 @@ import psutil
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
-from ..protocol import ChunkEvent, DoneEvent, ErrorEvent, Event, MemoryInfo, SamplingOptions
+from ..protocol import (
+    ChunkEvent,
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    MemoryInfo,
+    ProgressEvent,
+    SamplingOptions,
+)
 from .distributed import Admit, Distributed, Plan
 from .models import LoadedModel, load_model
 from .sampling import make_request_processors, make_request_sampler, token_logprob
@@ -264,6 +272,9 @@ class Engine:
         response = solo.step()
         if response is not None:
             self._on_token(job, response, self._eos_set, cache, active)
+        elif len(job.prompt_tokens) > self.prefill_step and not self.follower:
+            # A long prompt: say how far it got (the notebook shows it until the first token).
+            job.events.put(ProgressEvent(processed=len(solo.fed), total=len(job.prompt_tokens)))
         if job.finished:  # its end, or a stop string (then the next plan removes nothing)
             self._solo = None
             active.pop(job.uid, None)
