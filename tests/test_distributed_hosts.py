@@ -63,14 +63,20 @@ def registry(tmp_path) -> Registry:
     return Registry(tmp_path / "registry")
 
 
+_next_ring_port = [20000 + os.getpid() % 50 * 200]
+
+
 @pytest.fixture
 def ring_port(hosts) -> int:
-    """A base port with 4 free ports above it on this machine's bridge address."""
+    """A base port with 4 free ports above it, new for every test.
+
+    Below the kernel's ephemeral range (32768 and up), so no outgoing connection of an
+    earlier rank, in this namespace or the others, can hold one of them.
+    """
     while True:
-        with socket.socket() as s:
-            s.bind((hosts.local_address, 0))
-            base = s.getsockname()[1]
-        if base < 60000 and all(_free(hosts.local_address, base + i) for i in range(4)):
+        base = _next_ring_port[0]
+        _next_ring_port[0] += 4
+        if all(_free(hosts.local_address, base + i) for i in range(4)):
             return base
 
 
