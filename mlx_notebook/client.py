@@ -49,6 +49,19 @@ PYTHON_ENV = "MLX_NOTEBOOK_PYTHON"  # the interpreter that runs runners, if not 
 HANDSHAKE_TIMEOUT = 60.0
 
 
+def runner_env(python: str, env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a runner-side process: with this interpreter, this very mlx_notebook."""
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)}
+    return env
+
+
+def runner_python(python: str | None = None) -> str:
+    """The interpreter that runs runners: ``python``, ``$MLX_NOTEBOOK_PYTHON`` or this one."""
+    return python or os.environ.get(PYTHON_ENV) or sys.executable
+
+
 class RunnerClient(RunnerConnection):
     """One runner subprocess serving one model. ``start()``, ``wait_until_ready()``, use, ``close()``.
 
@@ -65,7 +78,7 @@ class RunnerClient(RunnerConnection):
                  stream_read_timeout: float | None = None) -> None:
         super().__init__(spec, name=name, token=secrets.token_urlsafe(32),
                          stream_read_timeout=stream_read_timeout)
-        self.python = python or os.environ.get(PYTHON_ENV) or sys.executable
+        self.python = runner_python(python)
         self.context_length = context_length
         self.env = dict(env or {})
         self.extra_args = tuple(extra_args)
@@ -104,11 +117,8 @@ class RunnerClient(RunnerConnection):
         """Spawn the runner in its own session and wait for its handshake line."""
         if self._process is not None:
             raise RuntimeError(f"runner {self.name!r} was already started")
-        env = {**os.environ, **self.env, protocol.TOKEN_ENV: self._token, "PYTHONUNBUFFERED": "1"}
-        if os.path.realpath(self.python) == os.path.realpath(sys.executable):
-            # Same interpreter: make sure the runner imports this very mlx_notebook.
-            here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+        env = runner_env(self.python, {**os.environ, **self.env, protocol.TOKEN_ENV: self._token,
+                                       "PYTHONUNBUFFERED": "1"})
         self._process = self._new_process(env)
         self.started_at = self.last_used = time.time()
         try:

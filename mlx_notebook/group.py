@@ -77,7 +77,8 @@ class RunnerGroup(RunnerClient):
                 raise HostsError(f"backend {backend!r}: local ranks use the ring backend")
             plan = HostPlan.loopback(ranks)
         else:
-            plan = hosts if isinstance(hosts, HostPlan) else read_hosts(hosts, backend)
+            plan = (hosts if isinstance(hosts, HostPlan)
+                    else read_hosts(hosts, backend, python=kwargs.get("python")))
         super().__init__(spec, **kwargs)
         self.plan, self.hosts = plan, hosts
         self.ranks, self.shard, self.backend = plan.size, shard, plan.backend

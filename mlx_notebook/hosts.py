@@ -1,6 +1,7 @@
 """Where the ranks of a runner group run, and how each one is started there.
 
-The hosts come in ``mlx.launch``'s own forms, read by MLX's own reader: a hostfile
+The hosts come in ``mlx.launch``'s own forms, read by MLX's own reader (in a
+runner-side subprocess: the kernel never imports MLX): a hostfile
 (``[{"ssh": "mac1", "ips": ["10.0.0.1"]}, ...]``, or ``{"backend": ..., "envs": [...],
 "hosts": [...]}``) or a comma-separated list of IPs. Rank ``i`` runs on host ``i``.
 The ring addresses are laid out as ``mlx.launch`` lays them out (one port per rank
@@ -21,7 +22,7 @@ import json
 import os
 import shlex
 import socket
-import warnings
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -99,30 +100,27 @@ class HostPlan:
         return cls(tuple(RankHost(r, "127.0.0.1", ("127.0.0.1",)) for r in range(ranks)))
 
 
-def read_hosts(value: str, backend: str | None = None) -> HostPlan:
-    """A :class:`HostPlan` from a hostfile path or a comma-separated list of IPs."""
+def read_hosts(value: str, backend: str | None = None, *, python: str | None = None,
+               ) -> HostPlan:
+    """A :class:`HostPlan` from a hostfile path or a comma-separated list of IPs.
+
+    MLX's own reader does the reading, in a runner-side subprocess
+    (:mod:`mlx_notebook.runner.hostfile`): the kernel never imports MLX.
+    """
+    from .client import runner_env, runner_python
+
+    python = runner_python(python)
     try:
-        from mlx._distributed_utils.common import Hostfile  # mlx.launch's reader; no MLX core
-    except ImportError as exc:
-        raise HostsError(f"--hosts needs mlx.launch's hostfile reader, missing in this mlx "
-                         f"({exc}); upgrade mlx") from exc
-    path = os.path.expanduser(value)
-    try:
-        if os.path.isfile(path):
-            with open(path) as f:
-                json.load(f)  # a JSON error here, where the file is closed properly
-            with warnings.catch_warnings():  # MLX's reader leaves its file to the collector
-                warnings.simplefilter("ignore", ResourceWarning)
-                parsed = Hostfile.from_file(path)
-        elif "," in value:
-            parsed = Hostfile.from_list(value)
-        else:
-            raise HostsError(f"--hosts {value!r}: no such hostfile, and not a comma-separated "
-                             "list of IPs")
-    except ValueError as exc:
-        raise HostsError(f"--hosts {value!r}: {exc}") from exc
-    hosts = tuple(RankHost(h.rank, h.ssh_hostname, tuple(h.ips)) for h in parsed.hosts)
-    chosen = backend or parsed.backend or "ring"
+        done = subprocess.run([python, "-m", "mlx_notebook.runner.hostfile", value],
+                              env=runner_env(python, dict(os.environ)), capture_output=True,
+                              text=True, timeout=60)
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as exc:
+        raise HostsError(f"--hosts {value!r}: could not read it with {python!r}: {exc}") from exc
+    if "error" in answer:
+        raise HostsError(f"--hosts {value!r}: {answer['error']}")
+    hosts = tuple(RankHost(h["rank"], h["ssh"], tuple(h["ips"])) for h in answer["hosts"])
+    chosen = backend or answer["backend"] or "ring"
     if chosen not in SUPPORTED_BACKENDS:
         raise HostsError(
             f"backend {chosen!r} is not started by mlx_notebook (only {', '.join(SUPPORTED_BACKENDS)}"
@@ -133,7 +131,7 @@ def read_hosts(value: str, backend: str | None = None) -> HostPlan:
     if missing:
         raise HostsError(f"the ring backend needs an IP for every host; add \"ips\" for "
                          f"{', '.join(missing)} in {value!r}")
-    return HostPlan(hosts, chosen, tuple(parsed.envs), source=value)
+    return HostPlan(hosts, chosen, tuple(answer["envs"]), source=value)
 
 
 def remote_command(host: RankHost, runner_argv: Sequence[str], ring: list[list[str]],

@@ -124,7 +124,8 @@ class RunnerManager:
         """
         name = name or default_name(spec)
         say = on_message or self.on_message
-        plan = read_hosts(hosts, backend) if isinstance(hosts, str) else hosts
+        plan = (read_hosts(hosts, backend, python=self.python) if isinstance(hosts, str)
+                else hosts)
         if name in self._runners or name in self._dead:
             self.unload(name)
         need = preflight.estimate(spec, context_length)

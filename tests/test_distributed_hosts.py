@@ -225,7 +225,8 @@ def test_an_unreachable_host_fails_fast_with_ssh_s_words(tiny_model_dir, hosts, 
 def test_a_host_without_the_same_python_is_named(tiny_model_dir, hosts, registry, ring_port,
                                                  tmp_path):
     hostfile = hosts.hostfile(tmp_path / "hosts.json", ["0", "1"])
-    group = RunnerGroup(str(tiny_model_dir), hosts=str(hostfile), ring_port=ring_port,
+    plan = read_hosts(str(hostfile))  # read here; the hosts are then told another Python
+    group = RunnerGroup(str(tiny_model_dir), hosts=plan, ring_port=ring_port,
                         registry=registry, python="/nowhere/bin/python3")
     with pytest.raises(RunnerStartError) as caught:
         group.wait_until_ready(timeout=30)
@@ -291,6 +292,7 @@ def test_hosts_group_in_a_real_kernel(tiny_model_dir, hosts, ring_port, tmp_path
         "%%mlx generate --max-tokens 6 -o answer\nhello",
         "import mlx_notebook as mn\nprint([(r.rank, r.address) for r in mn.status().ranks])",
         "%mlx unload wide",
+        "import sys\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm')))",
     ]
     nb = new_notebook(cells=[new_code_cell(c) for c in cells])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
@@ -301,6 +303,7 @@ def test_hosts_group_in_a_real_kernel(tiny_model_dir, hosts, ring_port, tmp_path
     finally:
         os.environ.pop(RING_PORT_ENV, None)
     ranks = "".join(o.get("text", "") for o in nb.cells[3].outputs)
+    assert "".join(o.get("text", "") for o in nb.cells[5].outputs).strip() == "[]"  # no MLX here
     assert f"(0, '{hosts.local_address}'), (1, '{hosts.addresses[0]}')" in ranks, ranks
     shown = json.dumps([o for c in nb.cells for o in c.outputs])
     assert "Traceback" not in shown and "Error" not in shown, shown
