@@ -23,12 +23,11 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import httpx2
 
 from . import protocol
-from .connection import REQUEST_TIMEOUT, STATUS_TIMEOUT, RunnerConnection
+from .connection import REQUEST_TIMEOUT, STATUS_TIMEOUT, LoadWatch, RunnerConnection
 from .errors import (
     GenerationError,
     MLXNotebookError,
@@ -144,19 +143,14 @@ class RunnerClient(RunnerConnection):
         """
         if self._process is None:
             self.start()
-        last_key: tuple[Any, ...] | None = None
-        last_change = time.monotonic()
+        watch = LoadWatch(on_progress)
         try:
             while True:
                 if self.has_exited:
                     raise RunnerStartError(self._exit_message("while loading its model"))
                 status = self._poll_status()
                 if status is not None:
-                    key = (status.state, round(status.progress, 1), status.progress_message)
-                    if key != last_key:
-                        last_key, last_change = key, time.monotonic()
-                        if on_progress is not None:
-                            on_progress(status)
+                    watch.see(status)
                     if status.state == "ready":
                         return status
                     if status.state in ("error", "stopping"):
@@ -167,12 +161,10 @@ class RunnerClient(RunnerConnection):
                         raise RunnerStartError(failure_message(
                             f"runner for {self.spec!r} failed to load",
                             self.returncode, lines))
-                if time.monotonic() - last_change > timeout:
-                    last = (f"{last_key[0]} {last_key[1]:.0f}% {last_key[2]}".strip()
-                            if last_key else "no status")
+                if watch.stalled(timeout):
                     raise RunnerStartTimeout(failure_message(
                         f"runner for {self.spec!r} made no progress for {timeout:.0f} s "
-                        f"(last: {last})", None, self.error_lines()))
+                        f"(last: {watch.describe_last()})", None, self.error_lines()))
                 self._wait_exit(POLL_INTERVAL)
         except BaseException:
             self.close(grace=2.0)

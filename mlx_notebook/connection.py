@@ -44,6 +44,37 @@ def _as_request(request: CompletionRequest | str) -> CompletionRequest:
     return request
 
 
+class LoadWatch:
+    """When a loading runner last moved: a load times out only when it stops moving.
+
+    ``see(status)`` reports each new (state, progress, message) to ``on_progress``.
+    """
+
+    def __init__(self, on_progress: Callable[[Status], None] | None = None) -> None:
+        self.on_progress = on_progress
+        self.last: Status | None = None
+        self._key: tuple[Any, ...] | None = None
+        self._changed = time.monotonic()
+
+    def see(self, status: Status) -> None:
+        self.last = status
+        key = (status.state, round(status.progress, 1), status.progress_message)
+        if key != self._key:
+            self._key, self._changed = key, time.monotonic()
+            if self.on_progress is not None:
+                self.on_progress(status)
+
+    def stalled(self, timeout: float) -> bool:
+        return time.monotonic() - self._changed > timeout
+
+    def describe_last(self) -> str:
+        """``loading 40% reading weights``, or ``no status``."""
+        if self.last is None:
+            return "no status"
+        s = self.last
+        return f"{s.state} {s.progress:.0f}% {s.progress_message}".strip()
+
+
 class RunnerConnection:
     """Requests to one runner over HTTP; subclasses decide who owns the process."""
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import httpx2
 
 from . import protocol
-from .connection import STATUS_TIMEOUT, RunnerConnection
+from .connection import STATUS_TIMEOUT, LoadWatch, RunnerConnection
 from .errors import MLXNotebookError, ProtocolError, RunnerUnavailableError
 from .protocol import Status
 
@@ -118,24 +118,19 @@ class RemoteRunner(RunnerConnection):
             self._open_http()
         try:
             status = self._first_status()
-            last_key: tuple[object, ...] | None = None
-            last_change = time.monotonic()
+            watch = LoadWatch(on_progress)
             while True:
-                key = (status.state, round(status.progress, 1), status.progress_message)
-                if key != last_key:
-                    last_key, last_change = key, time.monotonic()
-                    if on_progress is not None:
-                        on_progress(status)
+                watch.see(status)
                 if status.state == "ready":
                     break
                 if status.state in ("error", "stopping"):
                     raise RunnerUnavailableError(
                         f"{self.describe()} is {status.state}"
                         + (f": {status.error}" if status.error else ""))
-                if time.monotonic() - last_change > timeout:
+                if watch.stalled(timeout):
                     raise RunnerUnavailableError(
                         f"{self.describe()} made no progress for {timeout:.0f} s "
-                        f"(last: {status.state} {status.progress:.0f}%)")
+                        f"(last: {watch.describe_last()})")
                 time.sleep(POLL_INTERVAL)
                 status = self.status()
         except BaseException:
