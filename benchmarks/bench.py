@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.baselines import InProcess, MlxLmServer  # noqa: E402
 from benchmarks.report import write_markdown  # noqa: E402
-from mlx_notebook.client import RunnerClient  # noqa: E402
+from mlx_notebook.control.client import RunnerClient  # noqa: E402
 from mlx_notebook.protocol import ChatMessage, CompletionRequest, SamplingOptions  # noqa: E402
 
 QUESTIONS = [

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mlx_notebook.client import RunnerClient  # noqa: E402
+from mlx_notebook.control.client import RunnerClient  # noqa: E402
 from mlx_notebook.protocol import ChatMessage, CompletionRequest, SamplingOptions  # noqa: E402
 
 

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from . import protocol
 from .chat_history import get_history
 from .config import get_config
+from .generation import GenerationResult, make_result
 from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status
-from .results import GenerationResult, make_result
 
 if TYPE_CHECKING:
-    from .client import CompletionStream, RunnerClient
-    from .manager import RunnerInfo, RunnerManager
-    from .remote import RemoteRunner
+    from .control.client import CompletionStream, RunnerClient
+    from .control.manager import RunnerInfo, RunnerManager
+    from .control.remote import RemoteRunner
 
 __all__ = [
     "Generation", "GenerationResult", "chat", "connect", "conversation", "free_memory", "generate",
@@ -122,13 +122,13 @@ class Generation:
 
 
 def _manager() -> RunnerManager:
-    from .manager import get_manager
+    from .control.manager import get_manager
 
     return get_manager()
 
 
 def _wake_widgets(refresh: bool = False) -> None:
-    widgets = sys.modules.get("mlx_notebook.widgets")
+    widgets = sys.modules.get("mlx_notebook.notebook.widgets")
     if widgets is not None:
         widgets.wake_all(refresh)
 
@@ -207,7 +207,7 @@ def _with_progress(label: str, show: bool, on_progress: Callable[[Status], None]
         client = start(on_progress, None)
         _wake_widgets(refresh=True)
         return client
-    from .widgets import LoadProgress
+    from .notebook.widgets import LoadProgress
 
     with LoadProgress(label) as progress:
         def report(status: Status) -> None:
@@ -278,7 +278,7 @@ def _run(gen: Generation, *, show: bool, format: str | None,  # noqa: A002
          on_interrupt: Literal["raise", "return"]) -> GenerationResult:
     view = None
     if show:
-        from .display import StreamView
+        from .notebook.display import StreamView
 
         cfg = get_config()
         view = StreamView(format=format or cfg.format, rate=cfg.updates_per_second,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mlx_notebook.client import RunnerClient  # noqa: E402
-from mlx_notebook.group import RunnerGroup  # noqa: E402
+from mlx_notebook.control.client import RunnerClient  # noqa: E402
+from mlx_notebook.control.group import RunnerGroup  # noqa: E402
 from mlx_notebook.protocol import CompletionRequest, SamplingOptions  # noqa: E402
 from tests import tiny_model  # noqa: E402
 
@@ -50,7 +50,7 @@ def measure_over_ssh(path: str) -> None:
     import os
     import tempfile
 
-    from mlx_notebook.hosts import SSH_ENV
+    from mlx_notebook.control.hosts import SSH_ENV
     from tests.ssh_hosts import make_ssh_hosts, missing_tools
 
     why = missing_tools()

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from mlx_notebook.client import RunnerClient
-from mlx_notebook.manager import RunnerManager
-from mlx_notebook.registry import Registry
+from mlx_notebook.control.client import RunnerClient
+from mlx_notebook.control.manager import RunnerManager
+from mlx_notebook.control.registry import Registry
 
 REPO = Path(__file__).resolve().parent.parent
 

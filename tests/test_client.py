@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from mlx_notebook.client import RunnerClient
+from mlx_notebook.control.client import RunnerClient
+from mlx_notebook.control.stderr_tail import describe_exit, extract_error_lines
 from mlx_notebook.errors import (
     GenerationError,
     ProtocolError,
@@ -28,7 +29,6 @@ from mlx_notebook.protocol import (
     CompletionRequest,
     SamplingOptions,
 )
-from mlx_notebook.stderr_tail import describe_exit, extract_error_lines
 from tests.fixtures_runner import stop_client
 from tests.runner_process import pid_alive, reap_owner, wait_gone
 
@@ -161,7 +161,7 @@ def test_runner_sigkilled_mid_stream_names_the_signal(tiny_model_dir, test_regis
 
 OWNER = textwrap.dedent("""
     import signal, sys
-    from mlx_notebook.client import RunnerClient
+    from mlx_notebook.control.client import RunnerClient
     signal.signal(signal.SIGINT, lambda *a: print("interrupted", flush=True))
     client = RunnerClient(sys.argv[1])
     client.start(); client.wait_until_ready(timeout=120)

@@ -7,7 +7,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from mlx_notebook.api import GenerationResult
-from mlx_notebook.display import (
+from mlx_notebook.notebook.display import (
     PLACEHOLDER,
     StreamView,
     Throttle,
@@ -127,7 +127,7 @@ def test_footer_line() -> None:
 
 
 def test_ps_table_and_bytes() -> None:
-    RunnerInfo = pytest.importorskip("mlx_notebook.manager").RunnerInfo  # noqa: N806
+    RunnerInfo = pytest.importorskip("mlx_notebook.control.manager").RunnerInfo  # noqa: N806
     rows = [RunnerInfo(name="demo", model="SmolLM2", state="ready", pid=42, port=1,
                        memory_active=95 * 2**20, memory_peak=120 * 2**20, idle_seconds=75,
                        context_length=8192, weights_format="q4")]

@@ -13,11 +13,11 @@ import sys
 
 import pytest
 
-from mlx_notebook.client import RunnerClient
+from mlx_notebook.control.client import RunnerClient
+from mlx_notebook.control.group import RunnerGroup, loopback_hostfile
+from mlx_notebook.control.registry import Registry
 from mlx_notebook.errors import RunnerExitedError, RunnerStartError
-from mlx_notebook.group import RunnerGroup, loopback_hostfile
 from mlx_notebook.protocol import CompletionRequest, SamplingOptions
-from mlx_notebook.registry import Registry
 from tests import frontend_helpers
 from tests.runner_process import pid_alive, wait_gone
 
@@ -144,7 +144,7 @@ def test_sharded_load_through_the_magic_matches_one_process(tiny_model_dir, shel
         solo = mn.generate("hello", model="solo", max_tokens=8).text
         shell.run_cell_magic("mlx", "generate -m duo --max-tokens 8 -o duo_result", "hello")
         assert shell.user_ns["duo_result"].text == solo
-        from mlx_notebook.widgets import runner_statuses, status_text
+        from mlx_notebook.notebook.widgets import runner_statuses, status_text
 
         text = status_text(runner_statuses())
         assert "2 ranks: #0 " in text and "#1 " in text, text

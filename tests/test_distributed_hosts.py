@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from mlx_notebook.client import RunnerClient
+from mlx_notebook.control.client import RunnerClient
+from mlx_notebook.control.group import RunnerGroup
+from mlx_notebook.control.hosts import RING_PORT_ENV, SSH_ENV, HostsError, read_hosts
+from mlx_notebook.control.registry import Registry
 from mlx_notebook.errors import RunnerExitedError, RunnerStartError
-from mlx_notebook.group import RunnerGroup
-from mlx_notebook.hosts import RING_PORT_ENV, SSH_ENV, HostsError, read_hosts
 from mlx_notebook.protocol import CompletionRequest, SamplingOptions
-from mlx_notebook.registry import Registry
 from tests import frontend_helpers
 from tests.runner_process import pid_alive, reap_owner, wait_gone
 from tests.ssh_hosts import SshHosts, make_ssh_hosts, missing_tools
@@ -179,7 +179,7 @@ def test_rank_0_on_another_host_serves_there_with_the_token_from_stdin(
 
 OWNER = """
 import sys
-from mlx_notebook.group import RunnerGroup
+from mlx_notebook.control.group import RunnerGroup
 group = RunnerGroup(sys.argv[1], hosts=sys.argv[2], ring_port=int(sys.argv[3]))
 group.wait_until_ready()
 print(*[r.pid for r in group.status().ranks], flush=True)
@@ -262,7 +262,7 @@ def test_a_list_of_ips_is_a_hostfile_too():
 def test_load_with_hosts_through_the_magic(tiny_model_dir, hosts, ring_port, tmp_path, shell):
     """`%mlx load --hosts FILE`: same text as one process; the status shows ranks and hosts."""
     import mlx_notebook as mn
-    from mlx_notebook.widgets import runner_statuses, status_text
+    from mlx_notebook.notebook.widgets import runner_statuses, status_text
 
     hostfile = hosts.hostfile(tmp_path / "hosts.json", ["local", "0"])
     shell.run_line_magic("mlx", f"load {tiny_model_dir} --as solo")

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from IPython.core.error import UsageError
 
 from mlx_notebook.errors import MLXNotebookError
-from mlx_notebook.magics import PARSERS
+from mlx_notebook.notebook.magics import PARSERS
 from tests import frontend_helpers
 
 shell = frontend_helpers.shell  # fixture

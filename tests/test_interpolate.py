@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from mlx_notebook.errors import MLXNotebookError
-from mlx_notebook.interpolate import InterpolationError, fields, interpolate
+from mlx_notebook.notebook.interpolate import InterpolationError, fields, interpolate
 
 NS = {"x": [10, 20], "d": {"k": "v", 3: "three"}, "obj": SimpleNamespace(attr="A"),
       "name": "Ada", "pi": 3.14159, "w": 6}

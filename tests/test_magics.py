@@ -19,8 +19,8 @@ import mlx_notebook as mn
 from mlx_notebook import api
 from mlx_notebook.config import ConfigError, get_config
 from mlx_notebook.errors import MLXNotebookError, ModelNotLoadedError
-from mlx_notebook.interpolate import InterpolationError
-from mlx_notebook.magics import PARSERS, SUMMARY
+from mlx_notebook.notebook.interpolate import InterpolationError
+from mlx_notebook.notebook.magics import PARSERS, SUMMARY
 from tests import frontend_helpers
 from tests.frontend_helpers import Entry
 
@@ -334,7 +334,7 @@ class Interrupter:
     """
 
     def __init__(self, name: str) -> None:
-        from mlx_notebook.manager import get_manager
+        from mlx_notebook.control.manager import get_manager
 
         self.client = get_manager().get(name)
         self.stop = threading.Event()

@@ -8,16 +8,16 @@ import time
 
 import pytest
 
-from mlx_notebook import preflight
+from mlx_notebook.control import preflight
+from mlx_notebook.control.manager import RunnerManager, default_name
+from mlx_notebook.control.registry import Registry
 from mlx_notebook.errors import (
     InsufficientMemoryError,
     ModelNotLoadedError,
     RunnerExitedError,
     RunnerStartError,
 )
-from mlx_notebook.manager import RunnerManager, default_name
 from mlx_notebook.protocol import CompletionRequest, SamplingOptions
-from mlx_notebook.registry import Registry
 from tests.runner_process import pid_alive, reap_owner, wait_gone
 
 LONG = CompletionRequest(prompt="hello", options=SamplingOptions(max_tokens=100000,
@@ -161,7 +161,7 @@ def test_keep_alive_unloads_idle_runner(tmp_path, tiny_model_dir) -> None:
 
 KERNEL = """
 import sys
-from mlx_notebook.manager import get_manager
+from mlx_notebook.control.manager import get_manager
 client = get_manager().load(sys.argv[1])
 print(client.pid, flush=True)
 sys.stdin.readline()

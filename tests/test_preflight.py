@@ -5,9 +5,9 @@ from __future__ import annotations
 import psutil
 import pytest
 
-from mlx_notebook import preflight
+from mlx_notebook.control import preflight
+from mlx_notebook.control.preflight import MemoryEstimate, format_bytes, parse_bytes
 from mlx_notebook.errors import InsufficientMemoryError
-from mlx_notebook.preflight import MemoryEstimate, format_bytes, parse_bytes
 
 
 def test_bytes_formatting_and_parsing() -> None:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from mlx_notebook.registry import Registry, RegistryEntry, process_create_time
+from mlx_notebook.control.registry import Registry, RegistryEntry, process_create_time
 from tests.runner_process import pid_alive, wait_gone
 
 
@@ -81,7 +81,7 @@ def test_first_manager_reaps_stale_runners(tmp_path, sleeper) -> None:
     owner_pid, owner_time = dead_process()
     write_entry(registry, pid=sleeper.pid, create_time=process_create_time(sleeper.pid),
                 kernel_pid=owner_pid, kernel_create_time=owner_time)
-    code = "from mlx_notebook.manager import get_manager; get_manager()"
+    code = "from mlx_notebook.control.manager import get_manager; get_manager()"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30,
                    env={**os.environ, "MLX_NOTEBOOK_CACHE": str(cache)})
     assert wait_gone(sleeper.pid, 3) is not None and registry.entries() == []

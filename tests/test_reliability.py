@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from mlx_notebook.client import RunnerClient
+from mlx_notebook.control.client import RunnerClient
 from mlx_notebook.errors import GenerationError, RunnerExitedError, RunnerUnavailableError
 from mlx_notebook.protocol import CompletionRequest, SamplingOptions
 from tests import frontend_helpers
@@ -83,7 +83,7 @@ def test_hung_runner_times_out_and_is_cleaned_up(tiny_model_dir):
 
 OWNER = textwrap.dedent("""
     import sys
-    from mlx_notebook.client import RunnerClient
+    from mlx_notebook.control.client import RunnerClient
     from mlx_notebook.protocol import CompletionRequest, SamplingOptions
     client = RunnerClient(sys.argv[1])
     client.start(); client.wait_until_ready(timeout=120)
@@ -197,7 +197,7 @@ def test_prompt_longer_than_context_is_a_clear_error(tiny_model_dir):
 @cycles(2, 20)
 def test_runner_sigkilled_mid_cell(tiny_model_dir, n, shell):
     """Through the magic: one clear error naming the signal, the kernel side usable, reload works."""
-    from mlx_notebook.manager import get_manager
+    from mlx_notebook.control.manager import get_manager
 
     detect = []
     failures = 0

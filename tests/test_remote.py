@@ -20,10 +20,10 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import mlx_notebook as mn
 from mlx_notebook import api
+from mlx_notebook.control.manager import RunnerManager
+from mlx_notebook.control.registry import Registry
+from mlx_notebook.control.remote import RemoteRunner, normalize_url
 from mlx_notebook.errors import ProtocolError, RunnerUnavailableError
-from mlx_notebook.manager import RunnerManager
-from mlx_notebook.registry import Registry
-from mlx_notebook.remote import RemoteRunner, normalize_url
 from tests import frontend_helpers
 from tests.frontend_helpers import Entry
 from tests.runner_process import HandStarted, pid_alive, started_by_hand, wait_gone

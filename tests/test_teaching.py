@@ -13,22 +13,22 @@ import re
 
 import pytest
 
-from mlx_notebook.client import RunnerClient
-from mlx_notebook.protocol import ChatMessage, CompletionRequest, SamplingOptions, TopLogprob
-from mlx_notebook.teaching.compare import Records, _Cell, compare, grid_html, parse_list
-from mlx_notebook.teaching.explorer import (
+from mlx_notebook.control.client import RunnerClient
+from mlx_notebook.notebook.teaching.compare import Records, _Cell, compare, grid_html, parse_list
+from mlx_notebook.notebook.teaching.explorer import (
     NextTokenExplorer,
     next_token_logprobs,
     transform_distribution,
 )
-from mlx_notebook.teaching.logprob_view import generate_logprobs, logprobs_html
-from mlx_notebook.teaching.preview import preview_prompt, show_preview
-from mlx_notebook.teaching.reproduce import (
+from mlx_notebook.notebook.teaching.logprob_view import generate_logprobs, logprobs_html
+from mlx_notebook.notebook.teaching.preview import preview_prompt, show_preview
+from mlx_notebook.notebook.teaching.reproduce import (
     RunMetadata,
     metadata_for_request,
     output_metadata,
     rerun,
 )
+from mlx_notebook.protocol import ChatMessage, CompletionRequest, SamplingOptions, TopLogprob
 
 SPAN = re.compile(r'<span class="mlxnb-token" data-prob="([0-9.]+)" title="([^"]*)"')
 
@@ -221,7 +221,7 @@ def test_teaching_never_imports_mlx() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, mlx_notebook.teaching as t\n"
+    code = ("import sys, mlx_notebook.notebook.teaching as t\n"
             "for n in t.__all__: getattr(t, n)\n"
             "assert not {'mlx', 'mlx.core', 'mlx_lm'} & set(sys.modules), 'mlx imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

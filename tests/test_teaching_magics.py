@@ -6,7 +6,7 @@ import pytest
 from IPython.core.error import UsageError
 
 import mlx_notebook as mn
-from mlx_notebook.manager import get_manager
+from mlx_notebook.control.manager import get_manager
 from tests import frontend_helpers
 
 shell = frontend_helpers.shell  # fixture

@@ -9,8 +9,14 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
+from mlx_notebook.notebook.widgets import (
+    LoadProgress,
+    StatusWidget,
+    status_line,
+    status_text,
+    wake_all,
+)
 from mlx_notebook.protocol import MemoryInfo, Status
-from mlx_notebook.widgets import LoadProgress, StatusWidget, status_line, status_text, wake_all
 from tests import frontend_helpers
 
 shell = frontend_helpers.shell  # fixture

@@ -1,7 +1,7 @@
 """RunnerConnection: the HTTP side of talking to one runner, whoever owns its process.
 
-:class:`~mlx_notebook.client.RunnerClient` (a runner subprocess we start and stop)
-and :class:`~mlx_notebook.remote.RemoteRunner` (a runner someone started by hand,
+:class:`~mlx_notebook.control.client.RunnerClient` (a runner subprocess we start and stop)
+and :class:`~mlx_notebook.control.remote.RemoteRunner` (a runner someone started by hand,
 maybe on another machine) share everything here: requests, streaming, and the one
 boundary where httpx errors become :mod:`mlx_notebook.errors` (cause kept). They
 differ only in how a runner that went away is recognised and described, which
@@ -20,14 +20,14 @@ from typing import Any
 
 import httpx2
 
-from . import protocol
-from .errors import (
+from .. import protocol
+from ..errors import (
     GenerationError,
     MLXNotebookError,
     ProtocolError,
     RunnerUnavailableError,
 )
-from .protocol import ChunkEvent, CompletionRequest, DoneEvent, Status
+from ..protocol import ChunkEvent, CompletionRequest, DoneEvent, Status
 from .streams import CompletionStream, astream_events
 
 __all__ = ["RunnerConnection", "REQUEST_TIMEOUT", "STATUS_TIMEOUT"]

@@ -11,11 +11,11 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..config import get_config
-from ..protocol import ChatMessage, CompletionRequest, SamplingOptions
+from ...config import get_config
+from ...protocol import ChatMessage, CompletionRequest, SamplingOptions
 
 if TYPE_CHECKING:
-    from ..client import RunnerClient
+    from ...control.client import RunnerClient
 
 
 
@@ -23,7 +23,7 @@ def client_for(model: str | RunnerClient | None) -> RunnerClient:
     """A RunnerClient as is; a name (or None: the default model) through the manager."""
     if model is not None and not isinstance(model, str):
         return model
-    from ..manager import get_manager
+    from ...control.manager import get_manager
 
     return get_manager().get(model)
 

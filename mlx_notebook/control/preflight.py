@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from .errors import InsufficientMemoryError
+from ..errors import InsufficientMemoryError
 
 GIB = 1024**3
 MIB = 1024**2
@@ -87,7 +87,7 @@ def estimate(spec: str, context_length: int | None = None) -> MemoryEstimate:
     """
     weights = kv = None
     try:
-        from . import model_files  # type: ignore[attr-defined]
+        from .. import model_files  # type: ignore[attr-defined]
     except ImportError:
         return MemoryEstimate(spec, None, None, context_length)
     try:

@@ -3,7 +3,7 @@ side-by-side comparison, prompt preview, and reproducible re-runs.
 
 Every tool talks to a runner through the manager (or a RunnerClient you pass as
 ``model=``); nothing here imports MLX. Submodules are imported on first use, so
-``import mlx_notebook.teaching`` stays cheap.
+``import mlx_notebook.notebook.teaching`` stays cheap.
 """
 
 from __future__ import annotations

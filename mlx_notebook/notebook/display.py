@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from .manager import RunnerInfo
-    from .protocol import FreeResponse, TokenizeResponse
-    from .results import GenerationResult
+    from ..control.manager import RunnerInfo
+    from ..generation import GenerationResult
+    from ..protocol import FreeResponse, TokenizeResponse
 
 Mode = Literal["auto", "display", "print"]
 PLACEHOLDER = "…"

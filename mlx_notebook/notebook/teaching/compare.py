@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MLXNotebookError
-from ..preflight import format_bytes
-from ..protocol import CompletionRequest, DoneEvent
+from ...control.preflight import format_bytes
+from ...errors import MLXNotebookError
+from ...protocol import CompletionRequest, DoneEvent
 from .common import client_for, in_kernel, make_options, make_request
 
 if TYPE_CHECKING:
-    from ..client import CompletionStream, RunnerClient
+    from ...control.client import CompletionStream, RunnerClient
 
 __all__ = ["Records", "compare", "compare_cell", "parse_list"]
 

@@ -25,13 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MLXNotebookError
-from ..protocol import ChatMessage, CompletionRequest, SamplingOptions
+from ...errors import MLXNotebookError
+from ...protocol import ChatMessage, CompletionRequest, SamplingOptions
 from .common import client_for
 
 if TYPE_CHECKING:
-    from ..api import GenerationResult
-    from ..client import RunnerClient
+    from ...api import GenerationResult
+    from ...control.client import RunnerClient
 
 __all__ = ["ReproducibilityWarning", "RunMetadata", "metadata_for", "metadata_for_request",
            "output_metadata", "rerun", "runner_versions"]
@@ -150,7 +150,7 @@ def output_metadata(meta: RunMetadata) -> dict[str, Any]:
 
 
 def _find_or_load(meta: RunMetadata) -> RunnerClient:
-    from ..manager import get_manager
+    from ...control.manager import get_manager
 
     manager = get_manager()
     for name in [meta.model, *manager.names()]:
@@ -160,7 +160,7 @@ def _find_or_load(meta: RunMetadata) -> RunnerClient:
             continue
         if client.spec == meta.spec:
             return client
-    from .. import api
+    from ... import api
 
     return api.load(meta.spec, name=meta.model if meta.model not in manager.names() else None)
 
@@ -168,7 +168,7 @@ def _find_or_load(meta: RunMetadata) -> RunnerClient:
 def rerun(meta: RunMetadata | dict[str, Any] | str, *,
           model: str | RunnerClient | None = None) -> GenerationResult:
     """Run a recorded generation again (loading its model if needed); warns on drift."""
-    from ..api import GenerationResult
+    from ...api import GenerationResult
 
     if not isinstance(meta, RunMetadata):
         meta = RunMetadata.from_json(meta)

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..protocol import ChatMessage
+from ...protocol import ChatMessage
 from .common import client_for, in_kernel, make_messages
 
 if TYPE_CHECKING:
-    from ..client import RunnerClient
+    from ...control.client import RunnerClient
 
 __all__ = ["PromptPreview", "preview_prompt", "show_preview"]
 

@@ -26,8 +26,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .errors import MLXNotebookError
-from .protocol import TOKEN_ENV
+from ..errors import MLXNotebookError
+from ..protocol import TOKEN_ENV
 
 __all__ = ["HostPlan", "HostsError", "RankHost", "read_hosts", "remote_command", "remote_env",
            "RING_PORT_ENV", "SSH_ENV"]

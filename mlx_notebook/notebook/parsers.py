@@ -12,7 +12,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from . import api
+from .. import api
 
 __all__ = ["CELL_ONLY", "PARSERS", "SUMMARY", "overview"]
 

@@ -1,7 +1,7 @@
 """RunnerGroup: one model sharded over several runner processes (MLX ring backend).
 
-A :class:`RunnerGroup` is a :class:`~mlx_notebook.client.RunnerClient` for rank 0
-(which serves the usual protocol) plus one :class:`~mlx_notebook.process.RunnerProcess`
+A :class:`RunnerGroup` is a :class:`~mlx_notebook.control.client.RunnerClient` for rank 0
+(which serves the usual protocol) plus one :class:`~mlx_notebook.control.process.RunnerProcess`
 per other rank, so the manager can hold it wherever it holds a client::
 
     with RunnerGroup("/models/llama", ranks=2) as group:          # on this machine
@@ -11,7 +11,7 @@ per other rank, so the manager can hold it wherever it holds a client::
 
 Each rank is started with a ring hostfile and its rank (MLX's own engine, without
 ``mlx.launch``, which merges the ranks' output and busy-loops a core): directly on
-this machine, over ssh elsewhere (:mod:`mlx_notebook.hosts`). Each lives in its own
+this machine, over ssh elsewhere (:mod:`mlx_notebook.control.hosts`). Each lives in its own
 session and watches its parent; the token goes by environment, or by stdin over
 ssh. When any rank dies the whole group is stopped, and every later error names
 that rank, its host and its own error lines.
@@ -29,12 +29,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from . import protocol
+from .. import protocol
+from ..errors import MLXNotebookError, RunnerExitedError
+from ..protocol import ChunkEvent, CompletionRequest, DoneEvent
 from .client import RunnerClient
-from .errors import MLXNotebookError, RunnerExitedError
 from .hosts import HostPlan, HostsError, read_hosts, remote_command, remote_env
 from .process import POLL_INTERVAL, RunnerProcess
-from .protocol import ChunkEvent, CompletionRequest, DoneEvent
 
 __all__ = ["RunnerGroup", "loopback_hostfile"]
 
@@ -63,7 +63,7 @@ class RunnerGroup(RunnerClient):
     ``ranks=N`` starts N processes on this machine. ``hosts`` (a :class:`HostPlan`,
     a hostfile path or a comma-separated list of IPs, as ``mlx.launch`` takes them)
     puts rank ``i`` on host ``i``: started directly when that host is this machine,
-    over ssh otherwise (:mod:`mlx_notebook.hosts`). ``ring_port`` is the first ring
+    over ssh otherwise (:mod:`mlx_notebook.control.hosts`). ``ring_port`` is the first ring
     port on the hosts (default ``$MLX_NOTEBOOK_RING_PORT`` or 32323, as ``mlx.launch``).
     """
 

@@ -50,7 +50,7 @@ class GenerationResult:
                 f"{', stopped=True' if self.stopped else ''})")
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        from .display import footer_line
+        from .notebook.display import footer_line
 
         p.text(f"{self.text}\n{footer_line(self)}")
 

@@ -16,8 +16,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from . import protocol
-from .errors import ProtocolError, RunnerStartError, RunnerStartTimeout
+from .. import protocol
+from ..errors import ProtocolError, RunnerStartError, RunnerStartTimeout
 from .stderr_tail import StderrTail, describe_exit, failure_message
 
 POLL_INTERVAL = 0.1

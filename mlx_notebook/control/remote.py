@@ -22,10 +22,10 @@ from collections.abc import Callable
 
 import httpx2
 
-from . import protocol
+from .. import protocol
+from ..errors import MLXNotebookError, ProtocolError, RunnerUnavailableError
+from ..protocol import Status
 from .connection import STATUS_TIMEOUT, LoadWatch, RunnerConnection
-from .errors import MLXNotebookError, ProtocolError, RunnerUnavailableError
-from .protocol import Status
 
 __all__ = ["RemoteRunner", "normalize_url"]
 

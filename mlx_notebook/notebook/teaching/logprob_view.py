@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..protocol import ChatMessage, DoneEvent, SamplingOptions, TokenLogprob
+from ...protocol import ChatMessage, DoneEvent, SamplingOptions, TokenLogprob
 from .common import client_for, in_kernel, make_options, make_request
 
 if TYPE_CHECKING:
-    from ..client import RunnerClient
+    from ...control.client import RunnerClient
 
 __all__ = ["LogprobResult", "generate_logprobs", "logprobs_html", "logprobs_text",
            "probability_color"]

@@ -1,11 +1,11 @@
 """RunnerManager: the runners of one kernel (or script), by name, that never loses one.
 
-It loads models into runner subprocesses (:class:`~mlx_notebook.client.RunnerClient`),
+It loads models into runner subprocesses (:class:`~mlx_notebook.control.client.RunnerClient`),
 keeps a default, makes room by unloading the least recently used idle runner when
 a model would not fit, optionally unloads runners idle for longer than
 ``keep_alive``, reports a runner that died on its next use, and stops every runner
 it owns at exit. Runners it does not own (``connect()``: a
-:class:`~mlx_notebook.remote.RemoteRunner` started by hand) are listed and used
+:class:`~mlx_notebook.control.remote.RemoteRunner` started by hand) are listed and used
 like the others, but never evicted, expired, recorded for reaping or stopped. A kernel that is SIGKILLed cannot clean up: the runners' own
 parent watch and the registry (reaped when the next manager starts) cover that.
 """
@@ -23,18 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import preflight
-from .client import RunnerClient
-from .connection import RunnerConnection
-from .errors import (
+from ..errors import (
     InsufficientMemoryError,
     MLXNotebookError,
     ModelNotLoadedError,
     RunnerExitedError,
 )
+from ..protocol import Status
+from . import preflight
+from .client import RunnerClient
+from .connection import RunnerConnection
 from .hosts import HostPlan, read_hosts
 from .preflight import MemoryEstimate, format_bytes
-from .protocol import Status
 from .registry import Registry
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class RunnerManager:
 
         ``ranks > 1`` shards the model over that many local processes, ``hosts`` (an
         mlx.launch hostfile or a list of IPs) over those machines (MLX ring backend,
-        see :mod:`mlx_notebook.group`). Refuses a model that would not fit here (after
+        see :mod:`mlx_notebook.control.group`). Refuses a model that would not fit here (after
         unloading idle runners, least recently used first) with
         :class:`InsufficientMemoryError`, unless ``force``.
         """

@@ -28,12 +28,13 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
-from . import api, teaching
-from .config import get_config
-from .errors import MLXNotebookError
+from .. import api
+from ..config import get_config
+from ..errors import MLXNotebookError
+from ..protocol import SamplingOptions, ValidationError
+from . import teaching
 from .interpolate import interpolate
-from .magic_parsers import CELL_ONLY, PARSERS, SUMMARY, _Exit, overview
-from .protocol import SamplingOptions, ValidationError
+from .parsers import CELL_ONLY, PARSERS, SUMMARY, _Exit, overview
 
 
 def _one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -276,14 +277,14 @@ MLXMagics.mlx.__doc__ = "Local LLMs with MLX.\n\n" + overview() + "\n\n" + "\n".
 
 
 def load_ipython_extension(shell: Any) -> None:
-    from .config import install
+    from ..config import install
 
     install(shell)
     shell.register_magics(MLXMagics)
 
 
 def unload_ipython_extension(shell: Any) -> None:
-    from .config import uninstall
+    from ..config import uninstall
 
     uninstall(shell)
     for kind in ("line", "cell"):

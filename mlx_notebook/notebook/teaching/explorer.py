@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 from traitlets import Float, Int, Unicode, link
 
-from ..protocol import CompletionRequest, SamplingOptions, TopLogprob
+from ...protocol import CompletionRequest, SamplingOptions, TopLogprob
 from .common import client_for
 
 if TYPE_CHECKING:
-    from ..client import RunnerClient
+    from ...control.client import RunnerClient
 
 __all__ = ["NextTokenExplorer", "explore", "next_token_logprobs", "transform_distribution"]
 

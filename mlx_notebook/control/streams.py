@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import httpx2
 
-from .errors import GenerationError, MLXNotebookError, ProtocolError, RunnerExitedError
-from .protocol import (
+from ..errors import GenerationError, MLXNotebookError, ProtocolError, RunnerExitedError
+from ..protocol import (
     ENDPOINTS,
     ChunkEvent,
     CompletionRequest,

@@ -1,6 +1,6 @@
 """Live widgets (ipywidgets 8): runner status and memory, and a load progress bar.
 
->>> from mlx_notebook.widgets import StatusWidget
+>>> from mlx_notebook.notebook.widgets import StatusWidget
 >>> StatusWidget()            # doctest: +SKIP   (what ``%mlx status`` shows)
 
 The status widget has one row per runner: name and model, state (loading /
@@ -22,9 +22,9 @@ from typing import Any
 
 import ipywidgets as w
 
+from ..errors import MLXNotebookError
+from ..protocol import Status
 from .display import human_bytes, in_kernel
-from .errors import MLXNotebookError
-from .protocol import Status
 
 StatusSource = Callable[[], dict[str, Status]]
 RowAction = Callable[[str, str], str]  # (action, runner name) -> a line saying what happened
@@ -33,7 +33,7 @@ _LIVE: weakref.WeakSet[StatusWidget] = weakref.WeakSet()
 
 def runner_statuses() -> dict[str, Status]:
     """Status of every loaded runner; a runner that does not answer shows as ``error``."""
-    from .manager import get_manager
+    from ..control.manager import get_manager
 
     manager = get_manager()
     out: dict[str, Status] = {}
@@ -62,7 +62,7 @@ _STATE_STYLE = {"loading": "info", "ready": "success", "generating": "warning",
 
 def manager_action(action: str, name: str) -> str:
     """What the row buttons do by default: the same calls as ``%mlx free`` / ``%mlx unload``."""
-    from . import api
+    from .. import api
     from .display import free_message
 
     if action == "free":

@@ -66,7 +66,7 @@ class Registry:
     @property
     def directory(self) -> Path:
         if self._directory is None:
-            from .paths import registry_dir
+            from ..paths import registry_dir
 
             return registry_dir()
         self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from _string import formatter_field_name_split  # type: ignore[import-not-found]
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import MLXNotebookError
+from ..errors import MLXNotebookError
 
 _HINT = "write {{ and }} for literal braces, or use --no-interpolate"
 _FORMATTER = string.Formatter()

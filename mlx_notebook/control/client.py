@@ -12,7 +12,7 @@ completions, stop with a grace period) and goes past it where a notebook needs t
 - waiting for readiness times out only when progress stops, not at a fixed time.
 
 The HTTP requests and the translation of httpx errors live in :mod:`.connection`,
-shared with :class:`~mlx_notebook.remote.RemoteRunner` (a runner we do not own).
+shared with :class:`~mlx_notebook.control.remote.RemoteRunner` (a runner we do not own).
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ from collections.abc import Callable, Sequence
 
 import httpx2
 
-from . import protocol
-from .connection import REQUEST_TIMEOUT, STATUS_TIMEOUT, LoadWatch, RunnerConnection
-from .errors import (
+from .. import protocol
+from ..errors import (
     GenerationError,
     MLXNotebookError,
     RunnerExitedError,
@@ -36,8 +35,9 @@ from .errors import (
     RunnerStartTimeout,
     RunnerUnavailableError,
 )
+from ..protocol import Status
+from .connection import REQUEST_TIMEOUT, STATUS_TIMEOUT, LoadWatch, RunnerConnection
 from .process import POLL_INTERVAL, RunnerProcess
-from .protocol import Status
 from .registry import Registry
 from .stderr_tail import failure_message
 from .streams import CompletionStream
