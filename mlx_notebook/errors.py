@@ -10,7 +10,8 @@
      ├── RunnerUnavailableError    the runner does not answer (hung, unreachable)
      ├── GenerationError           the runner reported an error for one request
      ├── ProtocolError             the runner answered something the protocol does not allow
-     └── ModelNotLoadedError       no model of that name is loaded in this kernel
+     ├── ModelNotLoadedError       no model of that name is loaded in this kernel
+     └── InvalidArgumentError      an argument of an API call (or a magic's option) is wrong
 
 Only the client boundary (``connection.py``) translates httpx errors into these,
 always keeping the cause (``raise ... from exc``).
@@ -58,6 +59,17 @@ class ModelNotLoadedError(MLXNotebookError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class InvalidArgumentError(MLXNotebookError, ValueError):
+    """An argument is out of range or does not go with another; ``field`` names it.
+
+    The API raises it, so a function and its magic refuse the same input alike.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 __all__ = [
     "MLXNotebookError",
     "RunnerStartError",
@@ -68,4 +80,5 @@ __all__ = [
     "GenerationError",
     "ProtocolError",
     "ModelNotLoadedError",
+    "InvalidArgumentError",
 ]
