@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import views as _views
+
 if TYPE_CHECKING:
     from .api import (
         Generation,
@@ -76,6 +78,23 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+def _stream_view(format: str, rate: float, footer: bool) -> _views.StreamView:  # noqa: A002
+    from .notebook.display import StreamView
+
+    return StreamView(format=format, rate=rate, footer=footer)
+
+
+def _load_view(label: str) -> _views.LoadView:
+    from .notebook.widgets import LoadProgress
+
+    return LoadProgress(label)
+
+
+# The package root wires the wings together: what ``show=True`` in the API draws
+# with comes from the notebook wing, imported only when something is first shown.
+_views.register(_views.Views(stream=_stream_view, load=_load_view))
 
 
 def load_ipython_extension(shell: Any) -> None:

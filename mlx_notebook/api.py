@@ -16,19 +16,17 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from . import protocol
+from . import protocol, views
 from .chat_history import get_history
 from .config import get_config
-from .generation import GenerationResult, make_result
+from .generation import Generation, GenerationResult
 from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status
 
 if TYPE_CHECKING:
-    from .control.client import CompletionStream, RunnerClient
+    from .control.client import RunnerClient
     from .control.manager import RunnerInfo, RunnerManager
     from .control.remote import RemoteRunner
 
@@ -41,83 +39,6 @@ __all__ = [
 REMOTE_TOKEN_ENV = "MLX_REMOTE_TOKEN"  # where connect() looks for a remote runner's token
 
 
-class Generation:
-    """A running generation: iterate it for text pieces, then read :attr:`result`.
-
-    >>> with mn.stream("Count to five") as g:   # doctest: +SKIP
-    ...     for piece in g: print(piece, end="")
-    >>> g.result.completion_tokens              # doctest: +SKIP
-    """
-
-    def __init__(self, client: RunnerClient, request: CompletionRequest) -> None:
-        self.client = client
-        self.request = request
-        self.name = client.name
-        self._pieces: list[str] = []
-        self._t0 = time.perf_counter()
-        self._first: float | None = None
-        self._stopped = False
-        self.result: GenerationResult | None = None
-        self._stream: CompletionStream = client.stream(request)
-        # Called with (tokens read, prompt tokens) while the runner reads a long prompt.
-        self.on_prefill: Callable[[int, int], None] | None = None
-        self._stream.on_prefill = self._prefill
-        _wake_widgets()
-
-    @property
-    def text(self) -> str:
-        return "".join(self._pieces)
-
-    def _prefill(self, processed: int, total: int) -> None:
-        if self.on_prefill is not None:
-            self.on_prefill(processed, total)
-
-    def __iter__(self) -> Iterator[str]:
-        try:
-            for event in self._stream:
-                if self._first is None:
-                    self._first = time.perf_counter() - self._t0
-                if event.content:
-                    self._pieces.append(event.content)
-                    yield event.content
-        except KeyboardInterrupt:
-            self.cancel()
-            raise
-        except GeneratorExit:
-            self.cancel()
-            raise
-        self._finish()
-
-    def cancel(self) -> None:
-        """Stop on the runner (within one decode step); the partial text is kept."""
-        if self.result is not None:
-            return
-        self._stopped = True
-        try:
-            self._stream.cancel()
-        finally:
-            self._finish()
-
-    def close(self) -> None:
-        if self.result is None:
-            self.cancel()
-        self._stream.close()
-
-    def __enter__(self) -> Generation:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _finish(self) -> None:
-        if self.result is not None:
-            return
-        done = getattr(self._stream, "result", None)
-        self.result = make_result(self, done, time.perf_counter() - self._t0)
-        with contextlib.suppress(Exception):  # bookkeeping must never hide the answer
-            _manager().touch(self.name)
-
-
 # ---------------------------------------------------------------- helpers
 
 
@@ -125,12 +46,6 @@ def _manager() -> RunnerManager:
     from .control.manager import get_manager
 
     return get_manager()
-
-
-def _wake_widgets(refresh: bool = False) -> None:
-    widgets = sys.modules.get("mlx_notebook.notebook.widgets")
-    if widgets is not None:
-        widgets.wake_all(refresh)
 
 
 def _options(max_tokens: int | None, temperature: float | None, top_p: float | None,
@@ -201,15 +116,10 @@ _Client = TypeVar("_Client", "RunnerClient", "RemoteRunner")
 def _with_progress(label: str, show: bool, on_progress: Callable[[Status], None] | None,
                    start: Callable[[Callable[[Status], None] | None, Callable[[str], None] | None],
                                    _Client]) -> _Client:
-    """Run ``start(on_progress, on_message)``, with a progress bar when ``show``."""
-    _wake_widgets()
+    """Run ``start(on_progress, on_message)``, with a progress view when ``show``."""
     if not show:
-        client = start(on_progress, None)
-        _wake_widgets(refresh=True)
-        return client
-    from .notebook.widgets import LoadProgress
-
-    with LoadProgress(label) as progress:
+        return start(on_progress, None)
+    with views.current().load(label) as progress:
         def report(status: Status) -> None:
             progress.update(status)
             if on_progress is not None:
@@ -217,7 +127,6 @@ def _with_progress(label: str, show: bool, on_progress: Callable[[Status], None]
 
         client = start(report, progress.message)
         progress.done(client.status())
-    _wake_widgets(refresh=True)
     return client
 
 
@@ -231,7 +140,6 @@ def unload(name: str | None = None, *, all: bool = False) -> None:  # noqa: A002
         resolved = manager.get(name).name
         manager.unload(resolved)
         get_history().reset(resolved)
-    _wake_widgets(refresh=True)
 
 
 def use(name: str) -> None:
@@ -251,7 +159,8 @@ def stream(prompt: str, *, model: str | None = None, system: str | None = None,
     """
     if raw and system:
         raise ValueError("system has no effect with raw=True (the prompt is sent as is)")
-    client = _manager().get(model)
+    manager = _manager()
+    client = manager.get(model)
     opts = _options(max_tokens, temperature, top_p, top_k, min_p, seed, stop, repeat_penalty)
     if messages is not None:
         request = CompletionRequest(messages=tuple(messages), options=opts)
@@ -259,7 +168,15 @@ def stream(prompt: str, *, model: str | None = None, system: str | None = None,
         request = CompletionRequest(prompt=prompt, options=opts)
     else:
         request = CompletionRequest(messages=_messages(prompt, system), options=opts)
-    return Generation(client, request)
+
+    def ended(_result: GenerationResult) -> None:
+        with contextlib.suppress(Exception):  # bookkeeping must never hide the answer
+            manager.touch(client.name)
+        manager.notify("generated", client.name)
+
+    gen = Generation(client, request, on_end=ended)
+    manager.notify("generating", client.name)
+    return gen
 
 
 def generate(prompt: str, *, show: bool = False, format: str | None = None,  # noqa: A002
@@ -278,11 +195,8 @@ def _run(gen: Generation, *, show: bool, format: str | None,  # noqa: A002
          on_interrupt: Literal["raise", "return"]) -> GenerationResult:
     view = None
     if show:
-        from .notebook.display import StreamView
-
         cfg = get_config()
-        view = StreamView(format=format or cfg.format, rate=cfg.updates_per_second,
-                          footer=cfg.footer)
+        view = views.current().stream(format or cfg.format, cfg.updates_per_second, cfg.footer)
         view.start()
         gen.on_prefill = view.prefill
     interrupted = False
@@ -300,7 +214,6 @@ def _run(gen: Generation, *, show: bool, format: str | None,  # noqa: A002
     assert gen.result is not None
     if view is not None:
         view.finish(gen.result)
-    _wake_widgets()
     if interrupted and on_interrupt == "raise":
         raise KeyboardInterrupt
     return gen.result
@@ -368,8 +281,10 @@ def free_memory(model: str | None = None) -> protocol.FreeResponse:
     Later prompts are read from scratch once (no prompt-cache hits). In a runner
     group every rank frees its own share.
     """
-    freed = _manager().get(model).free_memory()
-    _wake_widgets()
+    manager = _manager()
+    client = manager.get(model)
+    freed = client.free_memory()
+    manager.notify("freed", client.name)
     return freed
 
 

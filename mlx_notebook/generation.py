@@ -1,20 +1,28 @@
-"""GenerationResult: what one generation produced and how, kept after the cell ran.
+"""A generation while it runs (:class:`Generation`) and what it leaves (:class:`GenerationResult`).
 
-Its fields come from the runner's done event where there is one, else from what the
-kernel measured itself (a stopped or failed stream never sends one).
+They live together because the result is made from what the running generation
+saw: the runner's done event where there is one, else what the kernel measured
+itself (a stopped or failed stream never sends one).
+
+>>> with mn.stream("Count to five") as g:   # doctest: +SKIP
+...     for piece in g: print(piece, end="")
+>>> g.result.completion_tokens, g.result.footer()   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .protocol import DoneEvent, SamplingOptions
+from .protocol import CompletionRequest, DoneEvent, SamplingOptions
 
 if TYPE_CHECKING:
-    from .api import Generation
+    from .control.connection import RunnerConnection
+    from .control.streams import CompletionStream
 
-__all__ = ["FinishReason", "GenerationResult", "make_result"]
+__all__ = ["FinishReason", "Generation", "GenerationResult"]
 
 FinishReason = Literal["stop", "length", "cancel", "error"]
 
@@ -50,30 +58,112 @@ class GenerationResult:
                 f"{', stopped=True' if self.stopped else ''})")
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        from .notebook.display import footer_line
+        p.text(f"{self.text}\n{self.footer()}")
 
-        p.text(f"{self.text}\n{footer_line(self)}")
+    def footer(self) -> str:
+        """``12 tokens · prompt 9 · TTFT 0.31 s · 9.8 tok/s · 1.6 s · stop``."""
+        parts = [f"{self.completion_tokens} tokens", f"prompt {self.prompt_tokens}"]
+        if self.cached_tokens:
+            parts[-1] += f" ({self.cached_tokens} cached)"
+        parts += [f"TTFT {self.time_to_first_token:.2f} s",
+                  f"{self.tokens_per_second:.1f} tok/s", f"{self.duration:.1f} s",
+                  self.finish_reason]
+        if self.seed is not None:
+            parts.append(f"seed {self.seed}")
+        line = " · ".join(parts)
+        return f"[stopped] {line}" if self.stopped else line
 
 
+class Generation:
+    """A running generation: iterate it for text pieces, then read :attr:`result`.
 
-def make_result(gen: Generation, done: DoneEvent | None, wall: float) -> GenerationResult:
-    """The result of ``gen``, from the runner's done event (None when it never came)."""
-    opts = gen.request.options
-    n = done.completion_tokens if done else 0
-    ttft = (done.time_to_first_token if done and done.time_to_first_token else gen._first) or 0.0
-    tps = 0.0
-    if done and done.eval_duration > 0 and n > 1:
-        tps = (n - 1) / done.eval_duration
-    elif n and wall > ttft:
-        tps = n / max(wall - ttft, 1e-9)
-    reason: FinishReason = "cancel" if gen._stopped else (done.done_reason if done else "cancel")
-    return GenerationResult(
-        text=gen.text, model=getattr(gen.client, "spec", gen.name) or gen.name,
-        finish_reason=reason, prompt_tokens=done.prompt_tokens if done else 0,
-        completion_tokens=n, cached_tokens=done.cached_tokens if done else 0,
-        time_to_first_token=ttft, tokens_per_second=tps, duration=wall, options=opts,
-        seed=opts.seed, stopped=gen._stopped, name=gen.name,
-        request_id=(done.request_id if done else "") or gen._stream.request_id,
-        prompt=gen.request.prompt if gen.request.prompt is not None
-        else gen.request.messages[-1].content if gen.request.messages else "",
-    )
+    ``on_end`` is called once with the result (the API marks the runner as used).
+    """
+
+    def __init__(self, client: RunnerConnection, request: CompletionRequest, *,
+                 on_end: Callable[[GenerationResult], None] | None = None) -> None:
+        self.client = client
+        self.request = request
+        self.name = client.name
+        self.result: GenerationResult | None = None
+        # Called with (tokens read, prompt tokens) while the runner reads a long prompt.
+        self.on_prefill: Callable[[int, int], None] | None = None
+        self._pieces: list[str] = []
+        self._t0 = time.perf_counter()
+        self._first: float | None = None
+        self._stopped = False
+        self._on_end = on_end
+        self._stream: CompletionStream = client.stream(request)
+        self._stream.on_prefill = self._prefill
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+    def _prefill(self, processed: int, total: int) -> None:
+        if self.on_prefill is not None:
+            self.on_prefill(processed, total)
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for event in self._stream:
+                if self._first is None:
+                    self._first = time.perf_counter() - self._t0
+                if event.content:
+                    self._pieces.append(event.content)
+                    yield event.content
+        except (KeyboardInterrupt, GeneratorExit):
+            self.cancel()
+            raise
+        self._finish()
+
+    def cancel(self) -> None:
+        """Stop on the runner (within one decode step); the partial text is kept."""
+        if self.result is not None:
+            return
+        self._stopped = True
+        try:
+            self._stream.cancel()
+        finally:
+            self._finish()
+
+    def close(self) -> None:
+        if self.result is None:
+            self.cancel()
+        self._stream.close()
+
+    def __enter__(self) -> Generation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _finish(self) -> None:
+        if self.result is not None:
+            return
+        self.result = self._result(self._stream.result, time.perf_counter() - self._t0)
+        if self._on_end is not None:
+            self._on_end(self.result)
+
+    def _result(self, done: DoneEvent | None, wall: float) -> GenerationResult:
+        """From the runner's done event (None when it never came) and our own clock."""
+        opts = self.request.options
+        n = done.completion_tokens if done else 0
+        ttft = (done.time_to_first_token if done and done.time_to_first_token else self._first) or 0.0
+        tps = 0.0
+        if done and done.eval_duration > 0 and n > 1:
+            tps = (n - 1) / done.eval_duration
+        elif n and wall > ttft:
+            tps = n / max(wall - ttft, 1e-9)
+        reason: FinishReason = "cancel" if self._stopped else (done.done_reason if done else "cancel")
+        request = self.request
+        return GenerationResult(
+            text=self.text, model=self.client.spec or self.name,
+            finish_reason=reason, prompt_tokens=done.prompt_tokens if done else 0,
+            completion_tokens=n, cached_tokens=done.cached_tokens if done else 0,
+            time_to_first_token=ttft, tokens_per_second=tps, duration=wall, options=opts,
+            seed=opts.seed, stopped=self._stopped, name=self.name,
+            request_id=(done.request_id if done else "") or self._stream.request_id,
+            prompt=request.prompt if request.prompt is not None
+            else request.messages[-1].content if request.messages else "",
+        )

@@ -9,12 +9,12 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
+from mlx_notebook.control.manager import get_manager
 from mlx_notebook.notebook.widgets import (
     LoadProgress,
     StatusWidget,
     status_line,
     status_text,
-    wake_all,
 )
 from mlx_notebook.protocol import MemoryInfo, Status
 from tests import frontend_helpers
@@ -100,7 +100,7 @@ def test_polls_while_busy_then_parks_and_wakes() -> None:
         assert src.calls == parked_calls
         assert sw.rows["demo"].state.description == "ready"
         src.status = st(active_requests=1)
-        wake_all()  # what the API does when a generation starts
+        get_manager().notify("generating", "demo")  # what the API does when a generation starts
         wait_for(lambda: sw.rows["demo"].state.description == "generating")
     finally:
         sw.close()

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import (
     InsufficientMemoryError,
@@ -46,6 +46,10 @@ KEEP_ALIVE_ENV = "MLX_NOTEBOOK_KEEP_ALIVE"  # seconds of idleness before a runne
 BUDGET_ENV = "MLX_NOTEBOOK_MEMORY_BUDGET"  # most bytes all runners of a kernel may need
 
 Notify = Callable[[str], None]
+# What a listener hears: a load began or ended, a runner went, a generation began or
+# ended, caches were freed. The runner's name, or None for "all of them".
+ManagerEvent = Literal["loading", "loaded", "unloaded", "generating", "generated", "freed"]
+Listener = Callable[[ManagerEvent, "str | None"], None]
 
 
 @dataclass(frozen=True)
@@ -103,10 +107,36 @@ class RunnerManager:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+        self._listeners: list[Listener] = []
         if keep_alive:
             self._reaper = threading.Thread(target=self._keep_alive_loop, daemon=True,
                                             name="mlx-notebook-keep-alive")
             self._reaper.start()
+
+    # ------------------------------------------------------------ listeners
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event, name)`` on each event; returns the function that unsubscribes.
+
+        The status widget subscribes, so it redraws when a model loads or goes and
+        polls while something generates.
+        """
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def notify(self, event: ManagerEvent, name: str | None = None) -> None:
+        """Tell every listener; a listener that fails never fails the caller."""
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            with contextlib.suppress(Exception):  # a broken view must not break a load
+                listener(event, name)
 
     # ------------------------------------------------------------ loading
 
@@ -128,6 +158,7 @@ class RunnerManager:
                 else hosts)
         if name in self._runners or name in self._dead:
             self.unload(name)
+        self.notify("loading", name)
         need = preflight.estimate(spec, context_length)
         if plan is not None:  # only the ranks on this machine take memory here
             need = preflight.share(need, sum(h.local for h in plan.hosts), plan.size)
@@ -150,6 +181,7 @@ class RunnerManager:
             with self._lock:
                 self._loading.pop(name, None)
         self._register(client, need)
+        self.notify("loaded", name)
         return client
 
     def connect(self, url: str, *, token: str, name: str | None = None,
@@ -158,11 +190,13 @@ class RunnerManager:
         """Attach to a runner already running at ``url`` (``unload`` only disconnects)."""
         from .remote import RemoteRunner
 
+        self.notify("loading", name)
         client = RemoteRunner.connect(url, token, name=name, token_source=token_source,
                                       timeout=self.start_timeout, on_progress=on_progress)
         if client.name in self._runners or client.name in self._dead:
             self.unload(client.name)
         self._register(client, None)
+        self.notify("loaded", client.name)
         return client
 
     def _register(self, client: RunnerConnection, need: MemoryEstimate | None) -> None:
@@ -300,6 +334,7 @@ class RunnerManager:
                 self._default = next(iter(self._runners), None)
         if client is not None:
             client.close()
+        self.notify("unloaded", name)
 
     def unload_all(self) -> None:
         """Stop every runner this manager owns (loading ones too), in parallel."""
@@ -314,6 +349,7 @@ class RunnerManager:
             t.start()
         for t in threads:
             t.join(10.0)
+        self.notify("unloaded", None)
 
     def close(self) -> None:
         """Stop the keep-alive thread and every runner."""

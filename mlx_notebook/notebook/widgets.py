@@ -7,7 +7,7 @@ The status widget has one row per runner: name and model, state (loading /
 ready / generating / error), a progress bar while loading, a memory bar (active
 against the limit MLX may use, peak in the label), context length and the last
 tokens/s, and two buttons: free its caches (``%mlx free``) and unload it. A daemon thread polls the runners while something happens and parks
-after a few idle polls; a new load or generation wakes it (:func:`wake_all`).
+after a few idle polls; the manager's events (a load, an unload, a generation) wake it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import contextlib
 import html
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +27,6 @@ from .display import human_bytes, in_kernel
 
 StatusSource = Callable[[], dict[str, Status]]
 RowAction = Callable[[str, str], str]  # (action, runner name) -> a line saying what happened
-_LIVE: weakref.WeakSet[StatusWidget] = weakref.WeakSet()
 
 
 def runner_statuses() -> dict[str, Status]:
@@ -165,7 +163,9 @@ class StatusWidget(w.VBox):
         self._thread: threading.Thread | None = None
         self.polls = 0
         self.refresh()
-        _LIVE.add(self)
+        from ..control.manager import get_manager
+
+        self._unsubscribe = get_manager().subscribe(self._on_manager_event)
         if poll:
             self.start()
 
@@ -236,22 +236,17 @@ class StatusWidget(w.VBox):
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
-        _LIVE.discard(self)
+        self._unsubscribe()
         for row in self.rows.values():
             row.close()
         super().close()
 
-
-def wake_all(refresh: bool = False) -> None:
-    """Wake every live status widget (the API calls this when work starts or ends).
-
-    ``refresh=True`` also redraws them now, in the caller's thread (after an unload).
-    """
-    for widget in list(_LIVE):
-        if refresh:
+    def _on_manager_event(self, event: str, name: str | None) -> None:
+        """A model came or went: redraw now; anything else: poll again."""
+        if event in ("loaded", "unloaded"):
             with contextlib.suppress(MLXNotebookError):
-                widget.refresh()
-        widget.wake()
+                self.refresh()
+        self.wake()
 
 
 def status_text(statuses: dict[str, Status]) -> str:

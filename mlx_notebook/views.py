@@ -1,0 +1,62 @@
+"""Where ``show=True`` draws: the views the API uses, registered from the layer above.
+
+The API must not import the notebook wing, yet ``mn.generate(..., show=True)``
+streams into the cell and ``mn.load(..., show=True)`` draws a progress bar. So the
+API asks :func:`current` for its views, and the package root (``mlx_notebook``,
+which wires the wings together) registers the notebook's, which import IPython
+and ipywidgets only when they first draw. A script may register its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .generation import GenerationResult
+    from .protocol import Status
+
+__all__ = ["LoadView", "StreamView", "Views", "current", "register"]
+
+
+class StreamView(Protocol):
+    """One answer as it streams: ``start``, ``append`` pieces, ``finish`` with the result."""
+
+    def start(self) -> None: ...
+    def append(self, piece: str) -> None: ...
+    def prefill(self, processed: int, total: int) -> None: ...
+    def finish(self, result: GenerationResult, footer: bool = True) -> None: ...
+
+
+class LoadView(Protocol):
+    """A model's load progress, from ``with`` to ``done`` (a failure leaves a line saying so)."""
+
+    def __enter__(self) -> LoadView: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def update(self, status: Status) -> None: ...
+    def message(self, text: str) -> None: ...
+    def done(self, status: Status) -> None: ...
+
+
+@dataclass(frozen=True)
+class Views:
+    """Factories: ``stream(format, rate, footer)`` and ``load(label)``."""
+
+    stream: Callable[[str, float, bool], StreamView]
+    load: Callable[[str], LoadView]
+
+
+_views: Views | None = None
+
+
+def register(views: Views) -> None:
+    """Make ``views`` what ``show=True`` draws with (the package registers the notebook's)."""
+    global _views
+    _views = views
+
+
+def current() -> Views:
+    if _views is None:  # only if the package root was bypassed, which Python never does
+        raise RuntimeError("no views registered: import mlx_notebook first")
+    return _views
