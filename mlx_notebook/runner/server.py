@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import queue
 import select
 import socket
@@ -26,7 +25,6 @@ from typing import Any
 from ..protocol import (
     ENDPOINTS,
     MAX_BODY_BYTES,
-    PROTOCOL_VERSION,
     CancelRequest,
     CancelResponse,
     CompletionRequest,
@@ -35,14 +33,14 @@ from ..protocol import (
     DoneEvent,
     ErrorEvent,
     FreeResponse,
-    RankInfo,
-    Status,
     TokenizeRequest,
     TokenizeResponse,
     ValidationError,
     encode_event,
 )
-from .engine import Engine, Job, runner_device
+from .engine import Engine
+from .jobs import Job
+from .models import LoadedModel
 from .templates import render_messages
 
 _WAIT_SLICE = 0.05  # how often a streaming handler checks for a vanished client
@@ -69,7 +67,7 @@ class RunnerServer(ThreadingHTTPServer):
         """Stop serving from any thread (a handler cannot call shutdown() itself: it would wait on itself)."""
         if not self.stopping.is_set():
             self.stopping.set()
-            self.engine.state = "stopping" if self.engine.state != "error" else "error"
+            self.engine.mark_stopping()
             threading.Thread(target=self.shutdown, daemon=True).start()
 
 
@@ -177,7 +175,7 @@ class RunnerHandler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def _require_ready(self) -> Engine:
+    def _require_ready(self) -> tuple[Engine, LoadedModel]:
         engine = self.server.engine
         if self.server.stopping.is_set():
             raise HTTPError(503, "runner is shutting down")
@@ -185,7 +183,7 @@ class RunnerHandler(BaseHTTPRequestHandler):
             raise HTTPError(409, f"model failed to load: {engine.error}")
         if engine.state != "ready" or engine.loaded is None:
             raise HTTPError(409, f"model is still loading ({engine.progress:.0f}%)")
-        return engine
+        return engine, engine.loaded
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         return  # quiet: stderr is reserved for errors the client shows to the user
@@ -193,25 +191,12 @@ class RunnerHandler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------ endpoints
 
     def _handle_status(self, _body: Any) -> None:
-        engine = self.server.engine
-        loaded = engine.loaded
-        status = Status(
-            state=engine.state, progress=round(engine.progress, 1),  # type: ignore[arg-type]
-            pid=os.getpid(), protocol=PROTOCOL_VERSION, progress_message=engine.progress_message,
-            model=loaded.name if loaded else engine.spec, source=loaded.source if loaded else "",
-            source_hash=loaded.source_hash if loaded else "",
-            weights_format=loaded.weights_format if loaded else "",
-            context_length=engine.context_length, memory=engine.memory(),
-            active_requests=engine.active_requests(),
-            last_tokens_per_second=round(engine.last_tokens_per_second, 2),
-            device=runner_device(), error=engine.error,
-            ranks=tuple(RankInfo(**r) for r in engine.ranks))
-        self._send_json(200, status.to_json())
+        self._send_json(200, self.server.engine.status().to_json())
 
     def _handle_tokenize(self, body: Any) -> None:
-        engine = self._require_ready()
+        _, loaded = self._require_ready()
         request = _validated(TokenizeRequest.from_json, body)
-        tokenizer = engine.loaded.tokenizer  # type: ignore[union-attr]
+        tokenizer = loaded.tokenizer
         if request.messages is not None:
             text = render_messages(tokenizer, request.messages)
             tokens = tokenizer.encode(text, add_special_tokens=False)
@@ -222,9 +207,9 @@ class RunnerHandler(BaseHTTPRequestHandler):
         self._send_json(200, asdict(TokenizeResponse(tokens=tokens, pieces=pieces, text=text)))
 
     def _handle_detokenize(self, body: Any) -> None:
-        engine = self._require_ready()
+        _, loaded = self._require_ready()
         request = _validated(DetokenizeRequest.from_json, body)
-        tokenizer = engine.loaded.tokenizer  # type: ignore[union-attr]
+        tokenizer = loaded.tokenizer
         vocab = getattr(tokenizer, "vocab_size", None) or len(tokenizer.get_vocab())
         bad = next((t for t in request.tokens if t >= vocab), None)
         if bad is not None:
@@ -238,7 +223,7 @@ class RunnerHandler(BaseHTTPRequestHandler):
         self._send_json(200, asdict(CancelResponse(cancelled=cancelled)))
 
     def _handle_free(self, _body: Any) -> None:
-        engine = self._require_ready()
+        engine, _ = self._require_ready()
         freed = engine.free(timeout=10.0)
         self._send_json(200, asdict(FreeResponse(done=freed is not None,
                                                  prompt_cache_freed=freed or 0,
@@ -249,9 +234,9 @@ class RunnerHandler(BaseHTTPRequestHandler):
         self.server.request_shutdown()
 
     def _handle_completion(self, body: Any) -> None:
-        engine = self._require_ready()
+        engine, loaded = self._require_ready()
         request = _validated(CompletionRequest.from_json, body)
-        tokenizer = engine.loaded.tokenizer  # type: ignore[union-attr]
+        tokenizer = loaded.tokenizer
         if request.messages is not None:
             tokens = tokenizer.encode(render_messages(tokenizer, request.messages),
                                       add_special_tokens=False)

@@ -1,0 +1,115 @@
+"""A request's life as events: tokens in, ``ChunkEvent``/``DoneEvent``/``ErrorEvent`` out.
+
+This is pure bookkeeping (no MLX, no threads): the decode loop says which token a
+request got and why it ended; the functions here turn that into what the client
+reads (text cut at stop strings, log-probabilities, timings). Both decode paths
+(solo and batch) and every rank of a group go through the same functions.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol import (
+    ChunkEvent,
+    DoneEvent,
+    DoneReason,
+    ErrorEvent,
+    Event,
+    SamplingOptions,
+    TokenLogprob,
+)
+from .stops import StopStringFilter
+
+__all__ = ["Job", "start_job", "record_token", "finish_job", "fail_job"]
+
+
+@dataclass
+class Job:
+    """One completion request as the worker sees it; events flow back through ``events``."""
+
+    request_id: str
+    prompt_tokens: list[int]
+    options: SamplingOptions
+    arrived: float = field(default_factory=time.perf_counter)
+    events: queue.SimpleQueue[Event] = field(default_factory=queue.SimpleQueue)
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    # Worker-side state.
+    uid: int = -1
+    detokenizer: Any = None  # mlx-lm's streaming detokenizer, one per request
+    stop_filter: StopStringFilter | None = None
+    started: float = 0.0
+    first_token_at: float = 0.0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    finished: bool = False
+
+
+def start_job(job: Job, detokenizer: Any, cached_tokens: int) -> None:
+    """The request starts decoding now, with ``cached_tokens`` of its prompt already cached."""
+    job.cached_tokens = cached_tokens
+    job.started = time.perf_counter()
+    job.detokenizer = detokenizer
+    job.stop_filter = StopStringFilter(job.options.stop)
+
+
+def record_token(job: Job, token: int, finish_reason: str | None, *, is_eos: bool,
+                 logprob: TokenLogprob | None) -> DoneReason | None:
+    """Emit what ``token`` adds to the text; the reason the request is done now, if it is.
+
+    ``finish_reason`` is the decoder's ("stop": an end token, "length": the budget);
+    a stop string in the text also ends the request (reason "stop").
+    """
+    assert job.stop_filter is not None, "start_job() first"
+    if not job.first_token_at:
+        job.first_token_at = time.perf_counter()
+    if not is_eos:
+        job.completion_tokens += 1
+        job.detokenizer.add_token(token)
+    if finish_reason is not None:
+        job.detokenizer.finalize()
+    text = job.stop_filter.feed(job.detokenizer.last_segment)
+    logprobs = (logprob,) if logprob is not None else ()
+    if text or logprobs:
+        job.events.put(ChunkEvent(content=text, tokens=() if is_eos else (token,),
+                                  logprobs=logprobs))
+    stopped = job.stop_filter.stopped
+    if finish_reason is None:
+        return "stop" if stopped else None
+    tail = "" if stopped else job.stop_filter.flush()
+    if tail:
+        job.events.put(ChunkEvent(content=tail))
+    return "stop" if stopped or finish_reason == "stop" else "length"
+
+
+def finish_job(job: Job, reason: DoneReason, *, peak_memory: int,
+               error: str | None = None) -> float | None:
+    """Send the job's ``DoneEvent`` (once); returns its decode speed in tokens/s, if known."""
+    if job.finished:
+        return None
+    job.finished = True
+    now = time.perf_counter()
+    first = job.first_token_at or now
+    eval_duration = max(0.0, now - first)
+    job.events.put(DoneEvent(
+        done_reason=reason,
+        prompt_tokens=len(job.prompt_tokens), completion_tokens=job.completion_tokens,
+        cached_tokens=job.cached_tokens,
+        prompt_duration=max(0.0, first - (job.started or job.arrived)),
+        eval_duration=eval_duration,
+        time_to_first_token=max(0.0, first - job.arrived) if job.first_token_at else 0.0,
+        peak_memory=peak_memory, request_id=job.request_id, error=error))
+    if job.completion_tokens > 1 and eval_duration > 0:
+        return (job.completion_tokens - 1) / eval_duration  # the first token is the prefill's
+    return None
+
+
+def fail_job(job: Job, message: str) -> None:
+    """End a job that the worker can no longer serve (it failed, or the runner stops)."""
+    if not job.finished:
+        job.finished = True
+        job.events.put(ErrorEvent(error=message, request_id=job.request_id))
