@@ -7,42 +7,29 @@
     load_model("/models/my-mlx-model")      # an MLX / Hugging Face safetensors folder
     load_model("mlx-community/Foo-4bit")    # a Hugging Face repo, via the hub cache
 
-GGUF conversions live in ``models_dir()``, keyed by a hash of their source; each is
-written to a temporary folder, checked, and renamed into place, so a half-written or
-damaged entry is detected (file sizes, or a failed load) and converted again.
+GGUF files are converted once by :mod:`runner.conversions`; hub repos come from
+:mod:`runner.hub`; a cast (``dtype``) is saved once by :mod:`runner.variants`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
-import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlx_notebook.model_files import (
-    DEMO_GGUF_SHA256,
-    ModelLoadError,
-    ModelSpec,
-    converted_folder,
-    file_fingerprint,
-    parse_spec,
-)
-from mlx_notebook.paths import models_dir
-from mlx_notebook.runner import variants
+from ..model_files import ModelLoadError, file_fingerprint, parse_spec
+from ..weight_format import DTYPES
+from . import variants
+from .conversions import converted
+from .hub import hf_folder
+from .progress import Progress, one_line, scaled
 
-Progress = Callable[[float, str], None]
 Prepare = Callable[[Any], None]  # changes a lazily loaded model in place (e.g. shards it)
-MARKER = "mlx_notebook.json"
-DTYPES = ("float32", "bfloat16", "float16")
 
-__all__ = ["LoadedModel", "ModelLoadError", "load_model", "prefetch"]
+__all__ = ["LoadedModel", "ModelLoadError", "Progress", "load_model", "prefetch", "check_folder"]
 
 
 @dataclass
@@ -57,144 +44,6 @@ class LoadedModel:
     weights_format: str  # e.g. "4-bit affine (group 32)", "float32"
     context_length: int  # from config, 0 if unknown
     weight_bytes: int  # bytes of the loaded parameters
-
-
-def _scaled(progress: Progress | None, lo: float, hi: float) -> Progress:
-    """A progress callback mapping 0-100 onto lo-hi of the caller's bar."""
-
-    def report(pct: float, msg: str) -> None:
-        if progress is not None:
-            progress(lo + (hi - lo) * max(0.0, min(pct, 100.0)) / 100.0, msg)
-
-    return report
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-# --- the GGUF conversion cache -------------------------------------------------------
-
-
-def _cached_facts(folder: Path) -> dict[str, Any] | None:
-    """The marker of a complete conversion, or None if missing or any file has changed size."""
-    try:
-        facts = json.loads((folder / MARKER).read_text())
-        for name, size in facts["files"].items():
-            if (folder / name).stat().st_size != size:
-                return None
-        return facts
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
-def _convert(spec: ModelSpec, folder: Path, progress: Progress) -> dict[str, Any]:
-    """Convert into a temporary folder and rename it into place (atomic on one filesystem)."""
-    from mlx_notebook.runner.gguf import GGUFError, convert_gguf
-
-    if spec.kind == "demo":
-        from mlx_notebook.runner.demo import fetch_demo_gguf
-
-        gguf = fetch_demo_gguf(_scaled(progress, 0, 70))
-        source_hash = DEMO_GGUF_SHA256[:16]
-    else:
-        assert spec.path is not None
-        gguf, source_hash = spec.path, file_fingerprint(spec.path)
-    tmp = Path(tempfile.mkdtemp(dir=models_dir(), prefix=".convert-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the cache is not secret
-    try:
-        try:
-            facts = convert_gguf(gguf, tmp, _scaled(progress, 70, 100))
-        except GGUFError as exc:
-            raise ModelLoadError(str(exc)) from exc
-        facts.update(
-            source=str(gguf),
-            source_hash=source_hash,
-            files={p.name: p.stat().st_size for p in tmp.iterdir()},
-        )
-        (tmp / MARKER).write_text(json.dumps(facts, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)  # a broken entry
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if _cached_facts(folder) is None:  # not a concurrent converter that won
-                raise
-        return facts
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _converted(spec: ModelSpec, progress: Progress, *, force: bool = False) -> tuple[Path, dict]:
-    folder = converted_folder(spec)
-    facts = None if force else _cached_facts(folder)
-    if facts is None:
-        facts = _convert(spec, folder, progress)
-    progress(100.0, "converted model ready")
-    return folder, facts
-
-
-# --- Hugging Face --------------------------------------------------------------------
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
-    return bool(constants.HF_HUB_OFFLINE) or env in ("1", "true", "yes", "on")
-
-
-def _progress_tqdm(progress: Progress) -> type:
-    """A silent tqdm class that forwards huggingface_hub's byte counts to ``progress``."""
-    from tqdm.auto import tqdm
-
-    class _Tqdm(tqdm):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.pop("name", None)
-            kwargs["file"] = io.StringIO()
-            super().__init__(*args, **kwargs)
-
-        def update(self, n: float | None = 1) -> bool | None:
-            shown = super().update(n)
-            desc = self.desc or ""
-            if self.unit == "B" and self.total and not desc.startswith("Downloading bytes"):
-                progress(100.0 * self.n / self.total, f"downloading {self.n / 1e6:.0f} MB")
-            return shown
-
-    return _Tqdm
-
-
-def _hf_folder(spec: ModelSpec, progress: Progress) -> Path:
-    """The snapshot folder of a hub repo: the local cache first, the hub only if needed."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-    from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
-
-    kwargs = {"revision": spec.revision, "allow_patterns": DEFAULT_ALLOW_PATTERNS}
-    try:
-        return Path(snapshot_download(spec.repo, local_files_only=True, **kwargs))
-    except (LocalEntryNotFoundError, OSError, ValueError):
-        pass
-    if _hub_offline():
-        raise ModelLoadError(
-            f"model {spec.text} is not in the Hugging Face cache and the hub cannot be "
-            "reached (offline: HF_HUB_OFFLINE is set)"
-        )
-    progress(0.0, f"downloading {spec.text}")
-    try:
-        path = snapshot_download(
-            spec.repo, etag_timeout=10, tqdm_class=_progress_tqdm(progress), **kwargs
-        )
-    except LocalEntryNotFoundError as exc:
-        raise ModelLoadError(
-            f"model {spec.text} is not in the Hugging Face cache and the hub cannot be reached"
-        ) from exc
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot download {spec.text}: {_one_line(exc)}") from exc
-    return Path(path)
 
 
 # --- loading a folder ----------------------------------------------------------------
@@ -282,7 +131,7 @@ def _load_and_cast(
     try:
         model, tokenizer, config = load(str(folder), lazy=True, return_config=True)
     except Exception as exc:  # mlx/transformers raise many types; the runner needs one line
-        raise ModelLoadError(f"cannot load model {folder}: {_one_line(exc)}") from exc
+        raise ModelLoadError(f"cannot load model {folder}: {one_line(exc)}") from exc
     fmt = _weights_format(model)
     if dtype is not None:
         if dtype not in DTYPES:
@@ -307,12 +156,13 @@ def _load_and_cast(
                 batch, batch_bytes = [], 0
                 progress(100.0 * done / total, "loading weights")
     except Exception as exc:
-        raise ModelLoadError(f"cannot load weights of {folder}: {_one_line(exc)}") from exc
+        raise ModelLoadError(f"cannot load weights of {folder}: {one_line(exc)}") from exc
     model.eval()
     return model, tokenizer, config, fmt
 
 
-def _loaded(model: Any, tokenizer: Any, config: dict, fmt: str, **facts: Any) -> LoadedModel:
+def _loaded(model: Any, tokenizer: Any, config: dict[str, Any], fmt: str,
+            **facts: Any) -> LoadedModel:
     from mlx.utils import tree_flatten
 
     return LoadedModel(
@@ -331,11 +181,11 @@ def _loaded(model: Any, tokenizer: Any, config: dict, fmt: str, **facts: Any) ->
 def prefetch(spec: str, progress: Progress | None = None) -> Path:
     """Download and convert only (no weights in memory); returns the local model folder."""
     parsed = parse_spec(spec)
-    report = _scaled(progress, 0, 100)
+    report = scaled(progress, 0, 100)
     if parsed.kind in ("demo", "gguf"):
-        return _converted(parsed, report)[0]
+        return converted(parsed, report)[0]
     if parsed.kind == "hf":
-        folder = _hf_folder(parsed, report)
+        folder = hf_folder(parsed, report)
     else:
         assert parsed.path is not None
         folder = parsed.path
@@ -357,13 +207,13 @@ def load_model(
     if dtype is not None and dtype not in DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if parsed.kind in ("demo", "gguf"):
-        fetch, load = _scaled(progress, 0, 60), _scaled(progress, 60, 100)
-        folder, facts = _converted(parsed, fetch)
+        fetch, load = scaled(progress, 0, 60), scaled(progress, 60, 100)
+        folder, facts = converted(parsed, fetch)
         try:
             model, tok, config, fmt = _load_folder(folder, load, dtype, prepare)
         except ModelLoadError:
             # A damaged cache entry whose sizes still matched: convert once more.
-            folder, facts = _converted(parsed, fetch, force=True)
+            folder, facts = converted(parsed, fetch, force=True)
             model, tok, config, fmt = _load_folder(folder, load, dtype, prepare)
         if cast := facts.get("cast_to_float16"):
             fmt = f"{fmt} (cast from {facts.get('gguf_type')} GGUF: {', '.join(cast)})"
@@ -373,15 +223,15 @@ def load_model(
             source_hash=facts["source_hash"],
         )  # fmt: skip
     if parsed.kind == "hf":
-        folder = _hf_folder(parsed, _scaled(progress, 0, 60))
-        model, tok, config, fmt = _load_folder(folder, _scaled(progress, 60, 100), dtype, prepare)
+        folder = hf_folder(parsed, scaled(progress, 0, 60))
+        model, tok, config, fmt = _load_folder(folder, scaled(progress, 60, 100), dtype, prepare)
         revision = folder.name  # the snapshot folder is named by its commit hash
         return _loaded(
             model, tok, config, fmt, name=parsed.repo or parsed.text,
             source=f"{parsed.repo}@{revision}", source_hash=revision[:12],
         )  # fmt: skip
     assert parsed.path is not None
-    model, tok, config, fmt = _load_folder(parsed.path, _scaled(progress, 0, 100), dtype, prepare)
+    model, tok, config, fmt = _load_folder(parsed.path, scaled(progress, 0, 100), dtype, prepare)
     return _loaded(
         model, tok, config, fmt, name=parsed.path.name, source=str(parsed.path),
         source_hash=_folder_hash(parsed.path),
