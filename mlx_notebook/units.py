@@ -13,13 +13,18 @@ MIB = 1024**2
 
 
 def format_bytes(n: int | float) -> str:
-    """``3.2 GiB``, ``512 MiB``, ``900 KiB``: one decimal above a GiB."""
+    """``3.2 GiB``, ``512 MiB``, ``900 KiB``, ``0 B``: one decimal above a GiB.
+
+    Below a KiB it counts bytes, so an empty cache reads ``0 B``, not ``0 KiB``.
+    """
     n = float(n)
-    if n >= GIB:
+    if abs(n) >= GIB:
         return f"{n / GIB:.1f} GiB"
-    if n >= MIB:
+    if abs(n) >= MIB:
         return f"{n / MIB:.0f} MiB"
-    return f"{n / 1024:.0f} KiB"
+    if abs(n) >= 1024:
+        return f"{n / 1024:.0f} KiB"
+    return f"{n:.0f} B"
 
 
 def parse_bytes(text: str) -> int:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
@@ -12,12 +18,12 @@ from mlx_notebook.notebook.display import (
     StreamView,
     Throttle,
     footer_line,
-    human_bytes,
     ps_table,
     tokens_html,
     tokens_text,
 )
 from mlx_notebook.protocol import SamplingOptions, TokenizeResponse
+from mlx_notebook.units import format_bytes
 
 
 class FakeClock:
@@ -133,9 +139,9 @@ def test_ps_table_and_bytes() -> None:
                        context_length=8192, weights_format="q4")]
     table = ps_table(rows, default="demo").splitlines()
     assert table[0].split() == ["NAME", "MODEL", "STATE", "MEMORY", "PEAK", "CONTEXT", "PID", "IDLE"]
-    assert table[1].split() == ["*demo", "SmolLM2", "ready", "95.0", "MB", "120.0", "MB", "8192", "42", "1m"]
+    assert table[1].split() == ["*demo", "SmolLM2", "ready", "95", "MiB", "120", "MiB", "8192", "42", "1m"]
     assert ps_table([]) == "No models loaded: run %mlx load demo"
-    assert human_bytes(512) == "512 B" and human_bytes(3 * 2**30) == "3.0 GB"
+    assert format_bytes(512) == "512 B" and format_bytes(3 * 2**30) == "3.0 GiB"
 
 
 def test_tokens_rendering_shows_boundaries() -> None:
@@ -158,3 +164,23 @@ def test_prefill_progress_shows_until_the_first_piece(shell: InteractiveShell) -
     shown = [o.data["text/plain"] for o in cap.outputs if o.update]
     assert shown == [f"{PLACEHOLDER} reading the prompt: 512 of 2,000 tokens",
                      f"{PLACEHOLDER} reading the prompt: 1,024 of 2,000 tokens", "Paris", "Paris"]
+
+
+TERMINAL_STATUS = r"""
+import json, sys
+from IPython.core.interactiveshell import InteractiveShell
+sh = InteractiveShell.instance()
+sh.run_line_magic("load_ext", "mlx_notebook")
+sh.run_line_magic("mlx", "status")
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "ipywidgets")))
+"""
+
+
+def test_status_in_a_terminal_never_imports_ipywidgets(tmp_path: Path) -> None:
+    """A fresh process, so no other test's import of ipywidgets can hide one."""
+    env = {**os.environ, "MLX_NOTEBOOK_CACHE": str(tmp_path)}  # not the user's registry
+    out = subprocess.run([sys.executable, "-c", TERMINAL_STATUS], capture_output=True, text=True,
+                         check=True, timeout=120, env=env, cwd=Path(__file__).parent.parent)
+    *printed, modules = out.stdout.strip().splitlines()
+    assert printed == ["No models loaded: run %mlx load demo"]
+    assert json.loads(modules) == []

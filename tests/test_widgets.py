@@ -10,12 +10,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from mlx_notebook.control.manager import get_manager
-from mlx_notebook.notebook.widgets import (
-    LoadProgress,
-    StatusWidget,
-    status_line,
-    status_text,
-)
+from mlx_notebook.notebook.display import status_line, status_text
+from mlx_notebook.notebook.widgets import LoadProgress, StatusWidget
 from mlx_notebook.protocol import MemoryInfo, Status
 from tests import frontend_helpers
 
@@ -49,7 +45,7 @@ def test_rows_follow_statuses() -> None:
     assert tiny.progress.layout.display == "none"
     assert tiny.memory.get_state()["value"] == pytest.approx(9.5)
     assert "12.3 tok/s" in tiny.info.value and "ctx 8192" in tiny.info.value
-    assert "peak 120.0 MB / 1000.0 MB" in tiny.info.value
+    assert "peak 120 MiB / 1000 MiB" in tiny.info.value
 
     assert not sw.refresh({"tiny": st(state="error", error="runner 'tiny' exited (SIGKILL)")})
     assert list(sw.rows) == ["tiny"] and sw.children == (sw.rows["tiny"],)
@@ -112,7 +108,7 @@ def test_polls_while_busy_then_parks_and_wakes() -> None:
 def test_status_text_fallback() -> None:
     assert status_text({}) == "No models loaded: run %mlx load demo"
     line = status_line(st())
-    assert line == "SmolLM2-135M-Instruct · ready · q4 · ctx 8192 · 95.0 MB active (peak 120.0 MB)"
+    assert line == "SmolLM2-135M-Instruct · ready · q4 · ctx 8192 · 95 MiB active (peak 120 MiB)"
     assert "40% fetching" in status_text({"demo": st("loading", progress_message="fetching")})
 
 
@@ -156,14 +152,14 @@ def test_row_buttons_run_their_action_and_show_what_happened() -> None:
         calls.append((action, name))
         if action == "unload":
             raise RunnerUnavailableError("runner 'demo' does not answer")
-        return "freed 12.0 MB of prompt cache"
+        return "freed 12 MiB of prompt cache"
 
     sw = StatusWidget(source=dict, poll=False, on_action=act)
     sw.refresh({"demo": st(), "loading": st("loading")})
     row = sw.rows["demo"]
     assert not row.free_button.disabled and sw.rows["loading"].free_button.disabled
     row.free_button.click()
-    assert calls == [("free", "demo")] and "freed 12.0 MB" in row.info.value
+    assert calls == [("free", "demo")] and "freed 12 MiB" in row.info.value
     row.unload_button.click()  # a failure is a note in the row, not a traceback
     assert calls[-1] == ("unload", "demo")
     assert "unload failed: runner &#x27;demo&#x27; does not answer" in row.info.value

@@ -1,4 +1,4 @@
-"""Showing answers as they stream, and small text renderings (footer, ps table, tokens).
+"""Showing answers as they stream, and the text renderings (footer, ps table, status, tokens).
 
 >>> view = StreamView(format="markdown")   # doctest: +SKIP
 >>> view.start(); view.append("Hello"); view.finish(result)
@@ -8,6 +8,9 @@ most ``rate`` times a second whatever the token rate; its final state is an
 ordinary ``text/plain`` (or ``text/markdown``) output, so it survives saving and
 renders on GitHub. A footer line follows. Without a kernel (terminal IPython, a
 script) pieces are printed as they come.
+
+Every text-only view lives here, so ``%mlx status`` in a terminal never imports
+ipywidgets (the widgets reuse these lines for their text fallback).
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
+
+from ..errors import MLXNotebookError
+from ..protocol import Status
+from ..units import format_bytes
 
 if TYPE_CHECKING:
     from ..control.manager import RunnerInfo
@@ -130,14 +137,6 @@ def footer_line(result: GenerationResult) -> str:
     return f"[stopped] {line}" if result.stopped else line
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
 def _duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.0f}s"
@@ -152,7 +151,7 @@ def ps_table(rows: Sequence[RunnerInfo], default: str | None = None) -> str:
         return "No models loaded: run %mlx load demo"
     head = ("NAME", "MODEL", "STATE", "MEMORY", "PEAK", "CONTEXT", "PID", "IDLE")
     body = [(("*" if r.name == default else "") + r.name, r.model, r.state,
-             human_bytes(r.memory_active), human_bytes(r.memory_peak),
+             format_bytes(r.memory_active), format_bytes(r.memory_peak),
              str(r.context_length or "-"),
              str(r.pid or "-") + (f" ({r.url})" if r.url else ""),  # a remote runner's pid
              _duration(r.idle_seconds))
@@ -197,8 +196,64 @@ def show(text: str, html_text: str | None = None) -> None:
 
 
 def free_message(freed: FreeResponse) -> str:
-    """``freed 12.0 MB of prompt cache; now 95.0 MB active, 0 B cache`` after ``free_memory``."""
+    """``freed 12 MiB of prompt cache; now 95 MiB active, 0 B cache`` after ``free_memory``."""
     mem = freed.memory
-    head = (f"freed {human_bytes(freed.prompt_cache_freed)} of prompt cache" if freed.done
+    head = (f"freed {format_bytes(freed.prompt_cache_freed)} of prompt cache" if freed.done
             else "the runner is busy; it frees its caches after the current step")
-    return f"{head}; now {human_bytes(mem.active)} active, {human_bytes(mem.cache)} cache"
+    return f"{head}; now {format_bytes(mem.active)} active, {format_bytes(mem.cache)} cache"
+
+
+# ---------------------------------------------------------------- runner status as text
+
+
+def runner_statuses() -> dict[str, Status]:
+    """Status of every loaded runner; a runner that does not answer shows as ``error``."""
+    from ..control.manager import get_manager
+
+    manager = get_manager()
+    out: dict[str, Status] = {}
+    for name in manager.names():
+        try:
+            out[name] = manager.get(name).status()
+        except MLXNotebookError as exc:
+            out[name] = Status(state="error", progress=0.0, pid=0, error=str(exc))
+    return out
+
+
+def state_label(status: Status) -> str:
+    """``generating`` is a ready runner with requests in flight."""
+    if status.state == "ready" and status.active_requests > 0:
+        return "generating"
+    return status.state
+
+
+def status_text(statuses: dict[str, Status]) -> str:
+    """What ``%mlx status`` prints in a terminal (and the widget's text fallback): a line a runner."""
+    if not statuses:
+        return "No models loaded: run %mlx load demo"
+    return "\n".join(f"{name}: {status_line(s)}" for name, s in statuses.items())
+
+
+def status_line(status: Status) -> str:
+    """``SmolLM2-135M-Instruct · ready · ctx 8192 · 95 MiB active (peak 120 MiB)``."""
+    bits = [status.model or status.source or "?", state_label(status)]
+    if status.state == "loading":
+        bits.append(f"{status.progress:.0f}% {status.progress_message}".rstrip())
+    if status.weights_format:
+        bits.append(status.weights_format)
+    if status.context_length:
+        bits.append(f"ctx {status.context_length}")
+    mem = status.memory
+    bits.append(f"{format_bytes(mem.active)} active (peak {format_bytes(mem.peak)})")
+    if status.ranks:
+        bits.append(ranks_text(status))
+    if status.error:
+        bits.append(status.error)
+    return " · ".join(bits)
+
+
+def ranks_text(status: Status) -> str:
+    """``2 ranks: #0 mac1 (10.0.0.1) pid 12 95 MiB (peak 120 MiB); #1 ...`` for a sharded model."""
+    parts = [f"#{r.rank} {r.host}{f' ({r.address})' if r.address else ''} pid {r.pid} "
+             f"{format_bytes(r.active)} (peak {format_bytes(r.peak)})" for r in status.ranks]
+    return f"{len(parts)} ranks: " + "; ".join(parts)

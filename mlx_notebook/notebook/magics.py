@@ -170,7 +170,7 @@ class MLXMagics(Magics):
 
             display(StatusWidget())
         else:
-            from .widgets import runner_statuses, status_text
+            from .display import runner_statuses, status_text
 
             print(status_text(runner_statuses()))
 

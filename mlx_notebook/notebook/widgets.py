@@ -23,31 +23,11 @@ import ipywidgets as w
 
 from ..errors import MLXNotebookError
 from ..protocol import Status
-from .display import human_bytes, in_kernel
+from ..units import format_bytes
+from .display import in_kernel, ranks_text, runner_statuses, state_label, status_line, status_text
 
 StatusSource = Callable[[], dict[str, Status]]
 RowAction = Callable[[str, str], str]  # (action, runner name) -> a line saying what happened
-
-
-def runner_statuses() -> dict[str, Status]:
-    """Status of every loaded runner; a runner that does not answer shows as ``error``."""
-    from ..control.manager import get_manager
-
-    manager = get_manager()
-    out: dict[str, Status] = {}
-    for name in manager.names():
-        try:
-            out[name] = manager.get(name).status()
-        except MLXNotebookError as exc:
-            out[name] = Status(state="error", progress=0.0, pid=0, error=str(exc))
-    return out
-
-
-def state_label(status: Status) -> str:
-    """``generating`` is a ready runner with requests in flight."""
-    if status.state == "ready" and status.active_requests > 0:
-        return "generating"
-    return status.state
 
 
 def is_busy(status: Status) -> bool:
@@ -120,8 +100,8 @@ class RunnerRow(w.HBox):
             self.memory.value = min(100.0, 100.0 * mem.active / limit)
             self.memory.bar_style = "danger" if mem.active > 0.9 * limit else (
                 "warning" if mem.active > 0.7 * limit else "")
-            bits = [f"{human_bytes(mem.active)} active, peak {human_bytes(mem.peak)}"
-                    + (f" / {human_bytes(mem.limit)}" if mem.limit else "")]
+            bits = [f"{format_bytes(mem.active)} active, peak {format_bytes(mem.peak)}"
+                    + (f" / {format_bytes(mem.limit)}" if mem.limit else "")]
             if status.context_length:
                 bits.append(f"ctx {status.context_length}")
             if status.last_tokens_per_second:
@@ -247,38 +227,6 @@ class StatusWidget(w.VBox):
             with contextlib.suppress(MLXNotebookError):
                 self.refresh()
         self.wake()
-
-
-def status_text(statuses: dict[str, Status]) -> str:
-    """Text fallback of the status widget, one line per runner."""
-    if not statuses:
-        return "No models loaded: run %mlx load demo"
-    return "\n".join(f"{name}: {status_line(s)}" for name, s in statuses.items())
-
-
-def status_line(status: Status) -> str:
-    """``SmolLM2-135M-Instruct · ready · ctx 8192 · 95.0 MB active (peak 120.0 MB)``."""
-    bits = [status.model or status.source or "?", state_label(status)]
-    if status.state == "loading":
-        bits.append(f"{status.progress:.0f}% {status.progress_message}".rstrip())
-    if status.weights_format:
-        bits.append(status.weights_format)
-    if status.context_length:
-        bits.append(f"ctx {status.context_length}")
-    mem = status.memory
-    bits.append(f"{human_bytes(mem.active)} active (peak {human_bytes(mem.peak)})")
-    if status.ranks:
-        bits.append(ranks_text(status))
-    if status.error:
-        bits.append(status.error)
-    return " · ".join(bits)
-
-
-def ranks_text(status: Status) -> str:
-    """``2 ranks: #0 mac1 (10.0.0.1) pid 12 95.0 MB (peak 120.0 MB); #1 ...`` for a sharded model."""
-    parts = [f"#{r.rank} {r.host}{f' ({r.address})' if r.address else ''} pid {r.pid} "
-             f"{human_bytes(r.active)} (peak {human_bytes(r.peak)})" for r in status.ranks]
-    return f"{len(parts)} ranks: " + "; ".join(parts)
 
 
 class LoadProgress:
