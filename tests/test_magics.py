@@ -20,7 +20,7 @@ from mlx_notebook import api
 from mlx_notebook.config import ConfigError, get_config
 from mlx_notebook.errors import MLXNotebookError, ModelNotLoadedError
 from mlx_notebook.notebook.interpolate import InterpolationError
-from mlx_notebook.notebook.magics import PARSERS, SUMMARY
+from mlx_notebook.notebook.magics import SUBCOMMANDS
 from tests import frontend_helpers
 from tests.frontend_helpers import Entry
 
@@ -65,14 +65,14 @@ def test_help(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> No
     shell.run_line_magic("mlx", "")
     shell.run_line_magic("mlx", "help")
     overview = capsys.readouterr().out
-    for sub in SUMMARY:
+    for sub in SUBCOMMANDS:
         assert f"  {sub}" in overview
     shell.run_line_magic("mlx", "help load")
     assert "--context N" in capsys.readouterr().out
     shell.run_line_magic("mlx", "generate -h")
     assert "--max-tokens N" in capsys.readouterr().out
     doc = shell.find_magic("mlx").__doc__
-    assert all(p.prog in doc for p in PARSERS.values())
+    assert all(c.parser.prog in doc for c in SUBCOMMANDS.values())
 
 
 @pytest.mark.parametrize(("line", "cell", "match"), [

@@ -11,6 +11,8 @@ Usage::
     Hi!
     %mlx status                          # live status and memory widget
 
+Every subcommand is one row of :data:`SUBCOMMANDS` (name, summary, grammar, cell
+rule, handler), so ``%mlx help``, the dispatch and the cell checks read one table.
 Every subcommand has argparse help (``%mlx help load``, ``%mlx load -h``). Bad
 arguments raise a one-line ``UsageError``; our own errors (no model loaded, a
 crashed runner, an unknown ``{name}``) show as one red line, and the cell fails
@@ -22,8 +24,9 @@ from __future__ import annotations
 import argparse
 import functools
 import shlex
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
@@ -32,9 +35,12 @@ from .. import api
 from ..config import get_config
 from ..errors import MLXNotebookError
 from ..protocol import SamplingOptions, ValidationError
-from . import teaching
+from . import parsers, teaching
 from .interpolate import interpolate
-from .parsers import CELL_ONLY, PARSERS, SUMMARY, _Exit, overview
+from .parsers import Parser, _Exit, make_parser
+
+__all__ = ["SUBCOMMANDS", "MLXMagics", "Subcommand", "load_ipython_extension", "overview",
+           "unload_ipython_extension"]
 
 
 def _one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -68,25 +74,27 @@ class MLXMagics(Magics):
             return
         if sub.startswith("-") and sub in ("-h", "--help"):
             sub = "help"
-        if sub not in SUMMARY:
-            raise UsageError(f"%mlx: unknown subcommand {sub!r}; one of: {', '.join(SUMMARY)}")
-        if sub == "tokenize":
-            return self._tokenize(rest, cell)
-        args = self._parse(sub, rest)
-        if cell is not None and sub not in ("generate", "chat", "compare"):
+        command = SUBCOMMANDS.get(sub)
+        if command is None:
+            raise UsageError(f"%mlx: unknown subcommand {sub!r}; one of: {', '.join(SUBCOMMANDS)}")
+        if command.line_is_text and cell is None:
+            args = argparse.Namespace(text=rest, model=None)
+        else:
+            args = self._parse(command, rest)
+        if cell is not None and command.cell == "never":
             raise UsageError(f"%%mlx {sub} takes no cell body; use %mlx {sub} on one line")
-        if cell is None and sub in CELL_ONLY:
+        if cell is None and command.cell == "required":
             raise UsageError(f"%mlx {sub} needs a cell: write the prompt below %%mlx {sub}")
-        return getattr(self, f"_{sub}")(args, cell)
+        command.handler(self, args, cell)
 
     # -- parsing helpers
 
-    def _parse(self, sub: str, rest: str) -> argparse.Namespace:
+    def _parse(self, command: Subcommand, rest: str) -> argparse.Namespace:
         try:
             argv = shlex.split(rest)
         except ValueError as exc:
-            raise UsageError(f"%mlx {sub}: {exc}") from None
-        return PARSERS[sub].parse_args(argv)
+            raise UsageError(f"%mlx {command.name}: {exc}") from None
+        return command.parser.parse_args(argv)
 
     def _prompt(self, args: argparse.Namespace, cell: str, sub: str) -> str:
         text = cell.rstrip("\n") if getattr(args, "raw", False) else cell.strip()
@@ -174,15 +182,15 @@ class MLXMagics(Magics):
 
             print(status_text(runner_statuses()))
 
-    def _tokenize(self, rest: str, cell: str | None) -> None:
+    def _tokenize(self, args: argparse.Namespace, cell: str | None) -> None:
         from .display import show, tokens_html, tokens_text
 
-        if cell is None:
-            if not rest:
+        if cell is None:  # the line is the text itself (line_is_text in the table)
+            if not args.text:
                 raise UsageError("%mlx tokenize: give a TEXT, or use %%mlx tokenize with a cell")
-            model, text = None, rest
+            model, text = None, args.text
         else:
-            model, text = self._parse("tokenize", rest).model, cell
+            model, text = args.model, cell
         tok = api.tokenize(text, model=model)
         show(tokens_text(tok), tokens_html(tok))
 
@@ -200,9 +208,11 @@ class MLXMagics(Magics):
             print("\n".join(f"{k:<{width}} = {v!r}" for k, v in cfg.settings().items()))
 
     def _help(self, args: argparse.Namespace, cell: str | None) -> None:
-        print(PARSERS[args.subcommand].format_help() if args.subcommand else overview())
+        print(SUBCOMMANDS[args.subcommand].parser.format_help() if args.subcommand
+              else overview())
 
-    def _generate(self, args: argparse.Namespace, cell: str) -> None:
+    def _generate(self, args: argparse.Namespace, cell: str | None) -> None:
+        assert cell is not None  # the table says: a cell is required
         if args.raw and args.system:
             raise UsageError("%%mlx generate: --system has no effect with --raw")
         kwargs = self._sampling(args, "generate")
@@ -223,9 +233,10 @@ class MLXMagics(Magics):
                               show=True, format=args.format, on_interrupt="return", **kwargs)
         self._store(args, result)
 
-    def _compare(self, args: argparse.Namespace, cell: str) -> None:
+    def _compare(self, args: argparse.Namespace, cell: str | None) -> None:
         from .teaching.compare import compare_cell
 
+        assert cell is not None  # the table says: a cell is required
         prompt = self._prompt(args, cell, "compare")
         try:
             records = compare_cell(prompt, models=args.models, temps=args.temps,
@@ -272,8 +283,87 @@ def _show_markdown(text: str) -> None:
         print(text)
 
 
+# ---------------------------------------------------------------- the subcommand table
+
+Handler = Callable[[MLXMagics, argparse.Namespace, str | None], None]
+CellRule = Literal["never", "optional", "required"]
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``%mlx`` subcommand: the one place that says how it is named, parsed and run.
+
+    ``cell``: whether ``%%mlx NAME`` takes a cell body (never, optional, required);
+    ``line_is_text``: without a cell the rest of the line is the text, unparsed
+    (``%mlx tokenize Hello world``).
+    """
+
+    name: str
+    summary: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Handler
+    cell: CellRule = "never"
+    usage: str | None = None
+    line_is_text: bool = False
+
+    @functools.cached_property
+    def parser(self) -> Parser:
+        """Built on first use (``%mlx help`` lists the table's names, known only once it exists)."""
+        prefix = "%%mlx" if self.cell == "required" else "%mlx"
+        parser = make_parser(f"{prefix} {self.name}", self.summary, self.usage)
+        self.arguments(parser)
+        return parser
+
+
+def _help_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("subcommand", nargs="?", choices=sorted(SUBCOMMANDS))
+
+
+_M = MLXMagics
+SUBCOMMANDS: Mapping[str, Subcommand] = {c.name: c for c in (
+    Subcommand("load", "start a runner for a model (default: demo) and show its load progress",
+               parsers.load, _M._load),
+    Subcommand("connect", "attach to a runner started by hand (maybe on another machine) by URL",
+               parsers.connect, _M._connect,
+               usage="%mlx connect URL [--token-env VAR] [--as NAME]"),
+    Subcommand("unload", "stop a runner (the default one), or all of them; disconnect a remote one",
+               parsers.unload, _M._unload),
+    Subcommand("use", "make a loaded model the default", parsers.use, _M._use),
+    Subcommand("free", "drop a runner's prompt cache and MLX's buffer cache; the model stays loaded",
+               parsers.free, _M._free),
+    Subcommand("ps", "table of loaded models: name, model, state, memory, pid, idle time",
+               parsers.no_arguments, _M._ps),
+    Subcommand("status", "live status and memory widget (text in a terminal)",
+               parsers.no_arguments, _M._status),
+    Subcommand("tokenize", "show how the model splits a text into tokens", parsers.tokenize,
+               _M._tokenize, cell="optional", line_is_text=True,
+               usage="%mlx tokenize TEXT  |  %%mlx tokenize [-m NAME] (cell = text)"),
+    Subcommand("config", "show or set defaults: %mlx config temperature=0.7 max_tokens=64",
+               parsers.config, _M._config, usage="%mlx config [KEY=VALUE ...] [--reset]"),
+    Subcommand("help", "this help, or the help of one subcommand", _help_arguments, _M._help),
+    Subcommand("generate", "(cell) generate from the cell as prompt, streaming the answer",
+               parsers.generate, _M._generate, cell="required"),
+    Subcommand("chat", "(cell) one turn of a conversation; line: --reset, --history",
+               parsers.chat, _M._chat, cell="optional",
+               usage="%%mlx chat [options] (cell = message)  |  %mlx chat --reset | --history"),
+    Subcommand("compare", "(cell) the same prompt across models and settings, side by side",
+               parsers.compare, _M._compare, cell="required"),
+    Subcommand("explore", "next-token explorer widget: %mlx explore [TEXT] [-m NAME]",
+               parsers.explore, _M._explore),
+)}
+
+
+def overview() -> str:
+    """What ``%mlx`` and ``%mlx help`` print: one line a subcommand."""
+    lines = ["%mlx SUBCOMMAND [args]   |   %%mlx generate|chat [args] (cell = prompt)", ""]
+    lines += [f"  {c.name:<9} {c.summary}" for c in SUBCOMMANDS.values()]
+    lines += ["", "Details: %mlx help SUBCOMMAND, or %mlx SUBCOMMAND -h.",
+              "Prompts: {name} is filled from your variables; {{ }} are literal braces."]
+    return "\n".join(lines)
+
+
 MLXMagics.mlx.__doc__ = "Local LLMs with MLX.\n\n" + overview() + "\n\n" + "\n".join(
-    p.format_usage().strip() for p in PARSERS.values())
+    c.parser.format_usage().strip() for c in SUBCOMMANDS.values())
 
 
 def load_ipython_extension(shell: Any) -> None:

@@ -1,8 +1,10 @@
-"""The ``%mlx`` subcommands' argument parsers: one argparse parser per subcommand.
+"""The grammar of the ``%mlx`` subcommands: one function a subcommand adds its arguments.
 
-Kept apart from the magics so that their grammar (what ``%mlx help`` shows and what
-the fuzz tests explore) reads in one place. A parser never exits the kernel: a bad
-option raises a one-line ``UsageError``, ``-h`` raises :class:`_Exit` after the help.
+Kept apart from the magics so that what ``%mlx help`` shows and what the fuzz tests
+explore reads in one place; the subcommand table in :mod:`.magics` pairs each of
+these with its summary, its cell rule and its handler. A parser never exits the
+kernel: a bad option raises a one-line ``UsageError``, ``-h`` raises :class:`_Exit`
+after the help.
 """
 
 from __future__ import annotations
@@ -14,32 +16,16 @@ from IPython.core.error import UsageError
 
 from .. import api
 
-__all__ = ["CELL_ONLY", "PARSERS", "SUMMARY", "overview"]
-
-SUMMARY = {
-    "load": "start a runner for a model (default: demo) and show its load progress",
-    "connect": "attach to a runner started by hand (maybe on another machine) by URL",
-    "unload": "stop a runner (the default one), or all of them; disconnect a remote one",
-    "use": "make a loaded model the default",
-    "free": "drop a runner's prompt cache and MLX's buffer cache; the model stays loaded",
-    "ps": "table of loaded models: name, model, state, memory, pid, idle time",
-    "status": "live status and memory widget (text in a terminal)",
-    "tokenize": "show how the model splits a text into tokens",
-    "config": "show or set defaults: %mlx config temperature=0.7 max_tokens=64",
-    "help": "this help, or the help of one subcommand",
-    "generate": "(cell) generate from the cell as prompt, streaming the answer",
-    "chat": "(cell) one turn of a conversation; line: --reset, --history",
-    "compare": "(cell) the same prompt across models and settings, side by side",
-    "explore": "next-token explorer widget: %mlx explore [TEXT] [-m NAME]",
-}
-CELL_ONLY = {"generate", "compare"}
+__all__ = ["Parser", "make_parser"]
 
 
 class _Exit(Exception):
     """argparse asked to exit (after printing -h help)."""
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """argparse with errors as ``UsageError`` and ``-h`` that returns to the magic."""
+
     def error(self, message: str) -> Any:
         raise UsageError(f"{self.prog}: {message} (see %mlx help {self.prog.split()[-1]})")
 
@@ -49,12 +35,18 @@ class _Parser(argparse.ArgumentParser):
         raise _Exit
 
 
+def make_parser(prog: str, description: str, usage: str | None = None) -> Parser:
+    """A parser for ``prog`` (``%mlx load``); ``usage`` is literal text (``%`` is not a format)."""
+    return Parser(prog=prog, description=description,
+                  usage=usage.replace("%", "%%") if usage is not None else None)
+
+
 def _unescape(text: str) -> str:
     """``--stop "\\n\\n"`` means two newlines."""
     return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
-def _sampling_args(p: argparse.ArgumentParser) -> None:
+def _sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", metavar="NAME", help="which loaded model (default: the current one)")
     p.add_argument("--max-tokens", type=int, metavar="N", help="most tokens to generate")
     p.add_argument("--temp", "--temperature", dest="temperature", type=float, metavar="T",
@@ -72,18 +64,10 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-interpolate", action="store_true", help="send {braces} as written")
 
 
-def _parsers() -> dict[str, _Parser]:
-    ps: dict[str, _Parser] = {}
+# ---------------------------------------------------------------- one function a subcommand
 
-    def new(name: str, usage_cell: bool = False, **kw: Any) -> _Parser:
-        prefix = "%%mlx" if usage_cell else "%mlx"
-        if "usage" in kw:  # argparse %-formats usage strings
-            kw["usage"] = kw["usage"].replace("%", "%%")
-        parser = _Parser(prog=f"{prefix} {name}", description=SUMMARY[name], **kw)
-        ps[name] = parser
-        return parser
 
-    p = new("load")
+def load(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default="demo",
                    help="demo, a Hugging Face repo id, a model folder or a .gguf file")
     p.add_argument("--as", "--name", dest="name", metavar="NAME", help="name to refer to it by")
@@ -96,34 +80,53 @@ def _parsers() -> dict[str, _Parser]:
     p.add_argument("--backend", metavar="NAME", help="MLX distributed backend (ring)")
     p.add_argument("--shard", choices=("tensor", "pipeline"), default="tensor",
                    help="how to split it over the ranks (default: tensor)")
-    p = new("connect", usage="%mlx connect URL [--token-env VAR] [--as NAME]")
+
+
+def connect(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", help="the runner's http://HOST:PORT")
     p.add_argument("--token-env", default=api.REMOTE_TOKEN_ENV, metavar="VAR",
                    help=f"environment variable holding the runner's token "
                         f"(default {api.REMOTE_TOKEN_ENV}); never put the token itself here")
     p.add_argument("--as", "--name", dest="name", metavar="NAME",
                    help="name to refer to it by (default: MODEL@HOST)")
-    p = new("unload")
+
+
+def unload(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?", help="model name (default: the current one)")
     p.add_argument("--all", action="store_true", help="stop every runner")
-    new("use").add_argument("name", help="a loaded model's name")
-    new("free").add_argument("name", nargs="?", help="model name (default: the current one)")
-    new("ps")
-    new("status")
-    p = new("tokenize", usage="%mlx tokenize TEXT  |  %%mlx tokenize [-m NAME] (cell = text)")
+
+
+def use(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="a loaded model's name")
+
+
+def free(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="model name (default: the current one)")
+
+
+def no_arguments(p: argparse.ArgumentParser) -> None:
+    """``%mlx ps``, ``%mlx status``: nothing but ``-h``."""
+
+
+def tokenize(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", metavar="NAME", help="which loaded model")
-    p = new("config", usage="%mlx config [KEY=VALUE ...] [--reset]")
+
+
+def config(p: argparse.ArgumentParser) -> None:
     p.add_argument("settings", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--reset", action="store_true", help="back to the built-in defaults")
-    new("help").add_argument("subcommand", nargs="?", choices=sorted(SUMMARY))
-    p = new("generate", usage_cell=True)
-    _sampling_args(p)
+
+
+def generate(p: argparse.ArgumentParser) -> None:
+    _sampling(p)
     p.add_argument("--raw", action="store_true", help="send the prompt as is, no chat template")
     p.add_argument("--logprobs", type=int, metavar="K",
                    help="shade tokens by probability; top-K alternatives on hover (1-20)")
     p.add_argument("--dry-run", action="store_true",
                    help="show the exact prompt after the chat template and its token count")
-    p = new("compare", usage_cell=True)
+
+
+def compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--models", metavar="A,B", help="comma-separated loaded model names")
     p.add_argument("--temp", dest="temps", metavar="T1,T2", help="temperatures, comma-separated")
     p.add_argument("--top-p", dest="top_ps", metavar="P1,P2", help="top-p values, comma-separated")
@@ -133,23 +136,15 @@ def _parsers() -> dict[str, _Parser]:
     p.add_argument("--raw", action="store_true", help="send the prompt as is, no chat template")
     p.add_argument("-o", "--output", metavar="VAR", help="store the records in VAR")
     p.add_argument("--no-interpolate", action="store_true", help="send {braces} as written")
-    p = new("explore")
+
+
+def explore(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", nargs="*", help="the text to continue")
     p.add_argument("-m", "--model", metavar="NAME", help="which loaded model")
-    p = new("chat", usage="%%mlx chat [options] (cell = message)  |  %mlx chat --reset | --history")
-    _sampling_args(p)
+
+
+def chat(p: argparse.ArgumentParser) -> None:
+    _sampling(p)
     p.add_argument("--reset", action="store_true", help="forget the conversation")
     p.add_argument("--all", action="store_true", help="with --reset: forget every conversation")
     p.add_argument("--history", action="store_true", help="show the conversation so far")
-    return ps
-
-
-PARSERS = _parsers()
-
-
-def overview() -> str:
-    lines = ["%mlx SUBCOMMAND [args]   |   %%mlx generate|chat [args] (cell = prompt)", ""]
-    lines += [f"  {name:<9} {text}" for name, text in SUMMARY.items()]
-    lines += ["", "Details: %mlx help SUBCOMMAND, or %mlx SUBCOMMAND -h.",
-              "Prompts: {name} is filled from your variables; {{ }} are literal braces."]
-    return "\n".join(lines)
