@@ -20,9 +20,17 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..protocol import PROTOCOL_VERSION, TOKEN_ENV, Handshake
 from .fastblas import REEXEC_ENV
+
+if TYPE_CHECKING:  # both import MLX: only once the arguments are known
+    from .distributed import Distributed
+    from .engine import Engine
+
+Stop = Callable[[str, int], None]  # (reason, exit code)
 
 EXIT_LOAD_ERROR = 2
 EXIT_RANK_LOST = 3  # a runner group lost a rank (or its worker failed) after loading
@@ -86,7 +94,7 @@ def _env_int(name: str) -> int | None:
         return None
 
 
-def _distributed(args: argparse.Namespace):  # noqa: ANN202 - imports MLX lazily
+def _distributed(args: argparse.Namespace) -> Distributed | str | None:
     """The rank's Distributed, None for a single runner, or a usage problem as a string."""
     if args.hostfile is None:
         return None
@@ -144,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         return EXIT_USAGE
     host, port = server.server_address[:2]
-    print(Handshake(port=port, pid=os.getpid(), protocol=PROTOCOL_VERSION, host=host).to_line(),
-          flush=True)
+    print(Handshake(port=port, pid=os.getpid(), protocol=PROTOCOL_VERSION, host=str(host))
+          .to_line(), flush=True)
 
     exit_code = [0]
 
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(exit_code[0])  # skip interpreter teardown: MLX threads may still be winding down
 
 
-def _report_failure(engine, stop) -> None:  # noqa: ANN001 - internal callback plumbing
+def _report_failure(engine: Engine, stop: Stop) -> None:
     engine.ready_event.wait()
     if engine.state == "error":
         print(f"mlx_notebook runner: {_rank_label(engine)}cannot load model {engine.spec!r}: "
@@ -188,12 +196,12 @@ def _report_failure(engine, stop) -> None:  # noqa: ANN001 - internal callback p
         stop("worker failed", EXIT_RANK_LOST)
 
 
-def _rank_label(engine) -> str:  # noqa: ANN001
+def _rank_label(engine: Engine) -> str:
     dist = engine.distributed
     return "" if dist is None else f"rank {dist.rank}: "
 
 
-def _follow(engine, args: argparse.Namespace) -> int:  # noqa: ANN001
+def _follow(engine: Engine, args: argparse.Namespace) -> int:
     """A rank > 0: no HTTP; decode in step with rank 0 until it stops, fails or the parent dies."""
     from .watch import watch_parent
 
@@ -262,9 +270,10 @@ def _auto_dtype_here() -> str | None:
     """What ``--dtype auto`` will pick once the runner has (re-)exec'd with OpenBLAS."""
     import mlx.core as mx
 
-    from .fastblas import auto_dtype, find_openblas
+    from ..weight_format import find_openblas, resolve_dtype
 
-    return auto_dtype(mx.default_device().type.name.lower(), openblas=find_openblas() is not None)
+    device = mx.default_device().type.name.lower()
+    return resolve_dtype("auto", device, openblas=find_openblas() is not None)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import Any
 import mlx.core as mx
 
 from ..protocol import SamplingOptions
+from .mx_values import as_int, from_bytes, to_bytes
 
 SHARD_MODES = ("tensor", "pipeline")
 _FACTS_BYTES = 512  # one rank's facts (JSON, zero-padded) in the status gather
@@ -103,7 +104,7 @@ class Distributed:
         n = self.size
         kind = getattr(model, "model_type", None) or type(model).__module__.rsplit(".", 1)[-1]
         if self.shard == "pipeline":
-            inner = getattr(model, "model", None)
+            inner: Any = getattr(model, "model", None)
             if not hasattr(inner, "pipeline"):
                 raise ShardError(
                     f"model type {kind!r} has no pipeline support in mlx-lm; use --shard tensor "
@@ -144,28 +145,27 @@ class Distributed:
             mine = payload or b""
             sent = [mx.distributed.all_sum(mx.array(len(mine)), **kw)]
             if mine:
-                sent.append(mx.distributed.all_sum(mx.array(memoryview(mine), dtype=mx.uint8),
-                                                   **kw))
+                sent.append(mx.distributed.all_sum(from_bytes(mine), **kw))
             # One async_eval each: they run in submission order on the decode stream, as the
             # other ranks run them (one eval of both could run the data collective first).
             for array in sent:
                 mx.async_eval(array)
             self._in_flight = sent
             return payload
-        size = int(mx.distributed.all_sum(mx.array(0), **kw).item())
+        size = as_int(mx.distributed.all_sum(mx.array(0), **kw))
         if size == 0:
             return None
         shared = mx.distributed.all_sum(mx.zeros(size, dtype=mx.uint8), **kw)
         mx.eval(shared)
-        return bytes(memoryview(shared))
+        return to_bytes(shared)
 
     def gather(self, facts: dict[str, Any]) -> list[dict[str, Any]]:
         """Every rank's ``facts`` (small JSON), in rank order, on every rank."""
         raw = json.dumps(facts, separators=(",", ":")).encode()[:_FACTS_BYTES]
-        buf = mx.array(memoryview(raw.ljust(_FACTS_BYTES, b"\0")), dtype=mx.uint8)
+        buf = from_bytes(raw.ljust(_FACTS_BYTES, b"\0"))
         gathered = mx.distributed.all_gather(buf, group=self.group, stream=self.stream)
         mx.eval(gathered)
-        everyone = bytes(memoryview(gathered))
+        everyone = to_bytes(gathered)
         out = []
         for r in range(self.size):
             chunk = everyone[r * _FACTS_BYTES:(r + 1) * _FACTS_BYTES].rstrip(b"\0")

@@ -21,6 +21,7 @@ from typing import Any
 import mlx.core as mx
 
 from mlx_notebook.model_files import read_gguf_summary
+from mlx_notebook.runner.mx_values import as_list
 
 Progress = Callable[[float, str], None]
 
@@ -74,7 +75,8 @@ def _scalar(metadata: dict[str, Any], key: str, default: Any = None) -> Any:
 def read_gguf(path: Path) -> tuple[dict[str, mx.array], dict[str, Any]]:
     """Weights and metadata of a GGUF file, or GGUFError with a one-line reason."""
     try:
-        weights, metadata = mx.load(str(path), return_metadata=True)
+        loaded: Any = mx.load(str(path), return_metadata=True)  # stubs: one union for all modes
+        weights, metadata = loaded
     except Exception as exc:  # mlx raises RuntimeError/ValueError with multi-line text
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GGUFError(f"cannot read GGUF file {path}: {reason}") from exc
@@ -158,7 +160,7 @@ def rope_scaling_config(metadata: dict[str, Any], weights: dict[str, mx.array], 
         if kind == "linear" and factor:
             return {"type": "linear", "factor": float(factor)}
         return None
-    factors = [float(f) for f in freqs.astype(mx.float32).tolist()]
+    factors = [float(f) for f in as_list(freqs.astype(mx.float32))]
     top = max(factors)
     if top <= 1.0 + 1e-6:
         return None

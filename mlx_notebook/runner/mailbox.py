@@ -74,7 +74,8 @@ class Mailbox:
     def take(self, block: bool) -> list[Job]:
         """Every job posted since the last call; waits a little for one when ``block``."""
         try:
-            item = self._inbox.get(timeout=_IDLE_POLL_SECONDS) if block else self._inbox.get_nowait()
+            item = self._inbox.get(timeout=_IDLE_POLL_SECONDS) if block else \
+                self._inbox.get_nowait()
         except queue.Empty:
             return []
         items = [item]

@@ -18,6 +18,7 @@ from mlx_lm.sample_utils import (
 )
 
 from ..protocol import SamplingOptions, TokenLogprob, TopLogprob
+from .mx_values import as_float, as_list
 
 Sampler = Callable[[mx.array], mx.array]
 
@@ -67,9 +68,9 @@ def token_logprob(logprobs: mx.array, token: int, k: int, decode: Callable[[list
         ids = mx.argpartition(-logprobs, kth=k - 1)[:k]
         values = logprobs[ids]
         order = mx.argsort(-values)
-        ids_list = ids[order].tolist()
-        values_list = values[order].tolist()
+        ids_list = as_list(ids[order])
+        values_list = as_list(values[order])
         top = tuple(TopLogprob(token=int(i), text=decode([int(i)]), logprob=float(v))
                     for i, v in zip(ids_list, values_list, strict=True))
     return TokenLogprob(token=token, text=decode([token]),
-                        logprob=float(logprobs[token].item()), top=top)
+                        logprob=as_float(logprobs[token]), top=top)

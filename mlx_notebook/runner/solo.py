@@ -22,6 +22,8 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
+from .mx_values import as_int
+
 __all__ = ["SoloDecoder", "SoloResponse", "HandOver"]
 
 
@@ -106,7 +108,7 @@ class SoloDecoder:
         # Feed this token before reading it: the device computes the next one meanwhile.
         self._pending = self._forward(token_array.reshape(-1))
         mx.async_eval(*self._pending)
-        token = int(token_array.item())
+        token = as_int(token_array)
         self.fed.append(token)
         finish = self._count(token)
         if finish is None:
@@ -131,7 +133,7 @@ class SoloDecoder:
             return None, HandOver(self.todo, self.cache if started else None, self.fed,
                                   self.max_tokens)
         token_array, logprobs = self._pending
-        token = int(token_array.item())
+        token = as_int(token_array)
         finish = self._count(token)
         if finish is not None:
             # Done on this token: keep it in the cache, as the batch would have.
