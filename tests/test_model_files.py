@@ -131,3 +131,11 @@ def test_demo_gguf_summary(demo_model_ready: Path) -> None:
     assert summary.tensor_types == {"Q4_1": 210, "Q8_0": 1, "F32": 61}
     assert summary.cast_to_float16 == []
     assert abs(summary.loaded_bytes - DEMO_WEIGHT_BYTES) / DEMO_WEIGHT_BYTES < 0.01
+
+
+def test_demo_parameter_count_matches_its_converted_weights(demo_model_ready) -> None:
+    """DEMO_PARAMETERS sizes the demo before its download; the converted header must agree."""
+    from mlx_notebook.model_files import DEMO_PARAMETERS, cast_bytes
+
+    assert cast_bytes(demo_model_ready, 4) == DEMO_PARAMETERS * 4
+    assert cast_bytes(demo_model_ready, 2) == DEMO_PARAMETERS * 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import psutil
 import pytest
 
@@ -37,3 +39,83 @@ def test_refusal_shows_the_numbers() -> None:
 def test_unknown_size_is_left_to_the_runner(tmp_path) -> None:
     need = preflight.check(str(tmp_path / "nothing-here"), overhead=10**18)
     assert need.required is None
+
+
+def _quantized_copy(model_dir, target):
+    """The tiny float32 model quantized to 4 bits, as mlx-lm writes it (made here, no hub)."""
+    import shutil
+
+    from mlx_lm import load
+    from mlx_lm.utils import quantize_model, save_config, save_model
+
+    model, _, config = load(str(model_dir), return_config=True)
+    model, config = quantize_model(model, config, group_size=32, bits=4)
+    target.mkdir()
+    save_model(target, model)
+    save_config(config, target / "config.json")
+    for path in model_dir.iterdir():
+        if path.name.startswith("tokenizer") or path.name == "special_tokens_map.json":
+            shutil.copy(path, target / path.name)
+    return target
+
+
+def test_weights_are_sized_in_the_format_the_runner_holds(monkeypatch, tmp_path,
+                                                         tiny_model_dir) -> None:
+    """Issue 15: a 4-bit model that a Linux-CPU runner casts to float32 was counted at its
+    4-bit file size. The estimate must match what the runner's loader really holds."""
+    from mlx_notebook import weight_format
+    from mlx_notebook.runner.models import load_model
+
+    monkeypatch.setenv("MLX_NOTEBOOK_CACHE", str(tmp_path / "cache"))  # the cast is cached
+    quantized = _quantized_copy(tiny_model_dir, tmp_path / "tiny-4bit")
+    fake_openblas = tmp_path / "libopenblas.so.0"  # a system OpenBLAS, as find_openblas sees it
+    fake_openblas.write_bytes(b"")
+    monkeypatch.setenv(weight_format.OPENBLAS_ENV, str(fake_openblas))
+    held = weight_format.expected_dtype()
+    if weight_format.expected_device() == "cpu" and sys.platform.startswith("linux"):
+        assert held == "float32"
+    need = preflight.estimate(str(quantized))
+    assert need.weights == load_model(str(quantized), dtype=held).weight_bytes
+    if held == "float32":
+        files = sum(p.stat().st_size for p in quantized.glob("*.safetensors"))
+        assert need.weights > 3 * files  # 4-bit on disk, float32 in memory
+
+    # Without OpenBLAS the runner keeps the 4-bit weights: the files' size is the estimate.
+    monkeypatch.setenv(weight_format.OPENBLAS_ENV, "0")
+    assert weight_format.expected_dtype() is None
+    native = preflight.estimate(str(quantized)).weights
+    assert native and native < need.weights or held is None
+    assert native == preflight.estimate(str(quantized), dtype="native").weights
+
+
+def test_the_demo_is_sized_as_float32_where_the_runner_casts(monkeypatch, tmp_path) -> None:
+    """The issue's own example: 'weights 94 MiB' for a runner that holds ~520 MB."""
+    from mlx_notebook import model_files, weight_format
+
+    fake_openblas = tmp_path / "libopenblas.so.0"
+    fake_openblas.write_bytes(b"")
+    monkeypatch.setenv(weight_format.OPENBLAS_ENV, str(fake_openblas))
+    monkeypatch.setenv("MLX_NOTEBOOK_CACHE", str(tmp_path / "empty"))  # not downloaded yet
+    held = weight_format.expected_dtype()
+    weights = preflight.estimate("demo").weights
+    if held == "float32":
+        assert weights > 500_000_000  # ~538 MB of float32 weights, not the 94 MiB file
+        assert weights == model_files.DEMO_PARAMETERS * 4
+    else:
+        assert weights == model_files.DEMO_WEIGHT_BYTES
+
+
+def test_the_decision_is_a_pure_function_of_the_platform(tmp_path) -> None:
+    from mlx_notebook import weight_format
+
+    library = tmp_path / "libopenblas.so.0"
+    library.write_bytes(b"")
+    chosen = {weight_format.OPENBLAS_ENV: str(library)}
+    assert weight_format.find_openblas(chosen, platform="linux") == str(library)
+    assert weight_format.find_openblas(chosen, platform="darwin") is None
+    assert weight_format.find_openblas({weight_format.OPENBLAS_ENV: "0"}, "linux") is None
+    assert weight_format.resolve_dtype("auto", "cpu", openblas=True) == "float32"
+    assert weight_format.resolve_dtype("auto", "gpu", openblas=True) is None
+    assert weight_format.resolve_dtype("auto", "cpu", openblas=False) is None
+    assert weight_format.resolve_dtype("native", "cpu", openblas=True) is None
+    assert weight_format.resolve_dtype("float16", "gpu", openblas=False) == "float16"

@@ -58,19 +58,21 @@ def share(need: MemoryEstimate, ranks_here: int, ranks: int) -> MemoryEstimate:
     return dataclasses.replace(need, weights=part(need.weights), kv_cache=part(need.kv_cache))
 
 
-def estimate(spec: str, context_length: int | None = None) -> MemoryEstimate:
-    """Weight bytes from the model's files and a KV-cache estimate; unknown when not cheap.
+def estimate(spec: str, context_length: int | None = None, *,
+             dtype: str | None = "auto") -> MemoryEstimate:
+    """Weight bytes as the runner will hold them and a KV-cache estimate; unknown when not cheap.
 
-    The estimators live in ``model_files`` (no MLX import); a spec they cannot
-    size (not downloaded yet, malformed) is left to the runner to report.
+    ``dtype`` is the runner's ``--dtype`` ("auto" unless asked otherwise): where the
+    runner casts (float32 on a Linux CPU with OpenBLAS), the weights are sized in that
+    format, not the files' (``weight_format`` decides it without importing the runner).
+    The estimators live in ``model_files`` (no MLX import); a spec they cannot size
+    (not downloaded yet, malformed) is left to the runner to report.
     """
+    from .. import model_files, weight_format
+
     weights = kv = None
     try:
-        from .. import model_files  # type: ignore[attr-defined]
-    except ImportError:
-        return MemoryEstimate(spec, None, None, context_length)
-    try:
-        weights = model_files.estimate_weight_bytes(spec)
+        weights = model_files.estimate_weight_bytes(spec, weight_format.expected_dtype(dtype))
     except Exception:  # noqa: BLE001 - an estimate is best effort by design
         weights = None
     try:
