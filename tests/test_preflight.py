@@ -32,7 +32,7 @@ def test_refusal_shows_the_numbers() -> None:
         preflight.check("big-model", need=need, overhead=total)
     message = str(info.value)
     assert "model 'big-model' requires 3.5 GiB (weights 3.0 GiB + KV cache 512 MiB for 4096 tokens)" in message
-    assert "but only 0 KiB are available (after" in message and "overhead)" in message
+    assert "but only 0 B are available (after" in message and "overhead)" in message
     assert preflight.check("big-model", need=need, overhead=total, force=True) is need
 
 
