@@ -14,19 +14,22 @@ The manager (and with it httpx) is imported on first use, never at import time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import protocol, views
 from .chat_history import get_history
 from .config import get_config
+from .errors import InvalidArgumentError
 from .generation import Generation, GenerationResult
 from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status
 
 if TYPE_CHECKING:
     from .control.client import RunnerClient
+    from .control.connection import RunnerConnection
     from .control.manager import RunnerInfo, RunnerManager
     from .control.remote import RemoteRunner
 
@@ -48,24 +51,111 @@ def _manager() -> RunnerManager:
     return get_manager()
 
 
-def _options(max_tokens: int | None, temperature: float | None, top_p: float | None,
-             top_k: int | None, min_p: float | None, seed: int | None,
-             stop: Sequence[str] | None, repeat_penalty: float | None) -> SamplingOptions:
+def sampling_options(*, max_tokens: int | None = None, temperature: float | None = None,
+                     top_p: float | None = None, top_k: int | None = None,
+                     min_p: float | None = None, seed: int | None = None,
+                     stop: str | Sequence[str] | None = None, repeat_penalty: float | None = None,
+                     repeat_last_n: int | None = None, presence_penalty: float | None = None,
+                     logprobs: int | None = None) -> SamplingOptions:
+    """The options a generation sends: the config's defaults, then those given (None: default).
+
+    A sampled run without a seed gets one picked here, so its result says how to
+    reproduce it. The teaching tools build their requests with this too.
+    """
     if isinstance(stop, str):
         stop = [stop]
     opts = get_config().options(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-        seed=seed, stop=tuple(stop) if stop else None, repeat_penalty=repeat_penalty)
+        seed=seed, stop=tuple(stop) if stop else None, repeat_penalty=repeat_penalty,
+        repeat_last_n=repeat_last_n, presence_penalty=presence_penalty, logprobs=logprobs)
     if opts.seed is None and opts.temperature > 0:
-        # Sampling without a seed: pick one, so the result says how to reproduce it.
-        opts = SamplingOptions(**{**opts.__dict__, "seed": random.randrange(2**31)})
+        opts = dataclasses.replace(opts, seed=random.randrange(2**31))
     return opts
 
 
-def _messages(prompt: str, system: str | None) -> tuple[ChatMessage, ...]:
+def chat_messages(prompt: str, system: str | None = None) -> tuple[ChatMessage, ...]:
+    """The messages a plain prompt becomes: the system prompt (``None``: the config's), the prompt."""
     sys_text = get_config().system if system is None else system
     head = (ChatMessage("system", sys_text),) if sys_text else ()
     return (*head, ChatMessage("user", prompt))
+
+
+def completion_request(prompt: str, options: SamplingOptions, *, system: str | None = None,
+                       raw: bool = False,
+                       messages: Sequence[ChatMessage] | None = None) -> CompletionRequest:
+    """What :func:`stream` sends: ``messages`` as given, a raw prompt as is, or chat messages."""
+    _check_raw(raw, system)
+    if messages is not None:
+        return CompletionRequest(messages=tuple(messages), options=options)
+    if raw:
+        return CompletionRequest(prompt=prompt, options=options)
+    return CompletionRequest(messages=chat_messages(prompt, system), options=options)
+
+
+def get_client(model: str | RunnerConnection | None = None) -> RunnerConnection:
+    """The runner called ``model`` (None: the default one); a runner object is returned as is.
+
+    For tools that talk to a runner directly (the teaching views), by name or by object.
+    """
+    if model is not None and not isinstance(model, str):
+        return model
+    return _manager().get(model)
+
+
+def _check_raw(raw: bool, system: str | None) -> None:
+    if raw and system:
+        raise InvalidArgumentError(RAW_WITH_SYSTEM, field="system")
+
+
+# Argument checks: the API refuses what cannot work, so a function and its magic
+# refuse the same input. A message names arguments through ``names`` (default: the
+# keywords), so the magics can say ``--ranks`` where the API says ``ranks``.
+ArgNames = Mapping[str, str]
+ARG_NAMES: ArgNames = {"context_length": "context_length", "ranks": "ranks", "hosts": "hosts",
+                       "backend": "backend", "token_env": "token_env", "name": "a name",
+                       "all": "all=True"}
+CONTEXT_NOT_POSITIVE = "{context_length} must be a positive number of tokens"
+RANKS_BELOW_ONE = "{ranks} must be 1 or more"
+RANKS_AND_HOSTS = "give {ranks} or {hosts}, not both (the hostfile sets the number of ranks)"
+BACKEND_ALONE = "{backend} goes with {hosts} or {ranks}"
+TOKEN_ENV_NOT_A_NAME = ("{token_env} needs a variable name, got {value!r} "
+                        "(put the token in that variable, not here)")
+TOKEN_ENV_UNSET = ("environment variable {value} is not set or is empty: set it to the "
+                   "runner's {token} (os.environ[{value!r}] = getpass.getpass())")
+NAME_AND_ALL = "give {name} or {all}, not both"
+RAW_WITH_SYSTEM = "system has no effect with raw=True (the prompt is sent as is)"
+
+
+def _invalid(template: str, field: str, names: ArgNames | None, **values: Any) -> InvalidArgumentError:
+    return InvalidArgumentError(template.format(**{**ARG_NAMES, **(names or {}), **values}),
+                                field=field)
+
+
+def check_load_args(*, context_length: int | None = None, ranks: int = 1,
+                    hosts: str | None = None, backend: str | None = None,
+                    names: ArgNames | None = None) -> None:
+    """Refuse :func:`load` arguments that cannot go together (``InvalidArgumentError``)."""
+    if context_length is not None and context_length < 1:
+        raise _invalid(CONTEXT_NOT_POSITIVE, "context_length", names)
+    if ranks < 1:
+        raise _invalid(RANKS_BELOW_ONE, "ranks", names)
+    if hosts is not None and ranks != 1:
+        raise _invalid(RANKS_AND_HOSTS, "hosts", names)
+    if backend is not None and hosts is None and ranks == 1:
+        raise _invalid(BACKEND_ALONE, "backend", names)
+
+
+def check_connect_args(*, token_env: str, names: ArgNames | None = None) -> None:
+    """Refuse a :func:`connect` ``token_env`` that is not a variable name (a pasted token?)."""
+    if not token_env.isidentifier():
+        raise _invalid(TOKEN_ENV_NOT_A_NAME, "token_env", names, value=token_env)
+
+
+def check_unload_args(*, name: str | None = None, all: bool = False,  # noqa: A002
+                      names: ArgNames | None = None) -> None:
+    """Refuse :func:`unload` given both a name and ``all=True``."""
+    if all and name:
+        raise _invalid(NAME_AND_ALL, "all", names)
 
 
 # ---------------------------------------------------------------- public functions
@@ -80,8 +170,10 @@ def load(model: str = "demo", *, name: str | None = None, context_length: int | 
     ``show=True`` draws a progress bar (text in a terminal) while it loads; ``ranks=2``
     shards the model over two local processes, ``hosts="hosts.json"`` (an mlx.launch
     hostfile, or IPs separated by commas) over those machines (``shard``: tensor or
-    pipeline; see docs/distributed.md).
+    pipeline; see docs/distributed.md). Arguments that cannot go together raise
+    :class:`~mlx_notebook.errors.InvalidArgumentError` before anything starts.
     """
+    check_load_args(context_length=context_length, ranks=ranks, hosts=hosts, backend=backend)
     manager = _manager()
     return _with_progress(name or model, show, on_progress, lambda report, say: manager.load(
         model, name, context_length=context_length, force=force, on_progress=report,
@@ -100,11 +192,11 @@ def connect(url: str, *, token_env: str = REMOTE_TOKEN_ENV, name: str | None = N
     >>> os.environ["MLX_REMOTE_TOKEN"] = getpass.getpass()      # doctest: +SKIP
     >>> mn.connect("http://10.0.0.5:50123")                      # doctest: +SKIP
     """
+    check_connect_args(token_env=token_env)
     token = os.environ.get(token_env, "")
     if not token:
-        raise ValueError(
-            f"environment variable {token_env} is not set or is empty: set it to the "
-            f"runner's {protocol.TOKEN_ENV} (os.environ[{token_env!r}] = getpass.getpass())")
+        raise _invalid(TOKEN_ENV_UNSET, "token_env", None, value=token_env,
+                       token=protocol.TOKEN_ENV)
     manager = _manager()
     return _with_progress(name or url, show, on_progress, lambda report, _say: manager.connect(
         url, token=token, name=name, token_source=f"${token_env}", on_progress=report))
@@ -132,6 +224,7 @@ def _with_progress(label: str, show: bool, on_progress: Callable[[Status], None]
 
 def unload(name: str | None = None, *, all: bool = False) -> None:  # noqa: A002
     """Stop one runner (the default one when ``name`` is None), or every runner."""
+    check_unload_args(name=name, all=all)
     manager = _manager()
     if all:
         manager.unload_all()
@@ -157,17 +250,13 @@ def stream(prompt: str, *, model: str | None = None, system: str | None = None,
 
     The chat template is applied unless ``raw=True`` (then ``prompt`` goes as is).
     """
-    if raw and system:
-        raise ValueError("system has no effect with raw=True (the prompt is sent as is)")
+    _check_raw(raw, system)
     manager = _manager()
     client = manager.get(model)
-    opts = _options(max_tokens, temperature, top_p, top_k, min_p, seed, stop, repeat_penalty)
-    if messages is not None:
-        request = CompletionRequest(messages=tuple(messages), options=opts)
-    elif raw:
-        request = CompletionRequest(prompt=prompt, options=opts)
-    else:
-        request = CompletionRequest(messages=_messages(prompt, system), options=opts)
+    opts = sampling_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                            top_k=top_k, min_p=min_p, seed=seed, stop=stop,
+                            repeat_penalty=repeat_penalty)
+    request = completion_request(prompt, opts, system=system, raw=raw, messages=messages)
 
     def ended(_result: GenerationResult) -> None:
         with contextlib.suppress(Exception):  # bookkeeping must never hide the answer

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
@@ -18,7 +19,7 @@ from IPython.core.interactiveshell import InteractiveShell
 import mlx_notebook as mn
 from mlx_notebook import api
 from mlx_notebook.config import ConfigError, get_config
-from mlx_notebook.errors import MLXNotebookError, ModelNotLoadedError
+from mlx_notebook.errors import InvalidArgumentError, MLXNotebookError, ModelNotLoadedError
 from mlx_notebook.notebook.interpolate import InterpolationError
 from mlx_notebook.notebook.magics import SUBCOMMANDS
 from tests import frontend_helpers
@@ -102,6 +103,40 @@ def test_bad_input_is_a_one_line_usage_error(shell: InteractiveShell, line: str,
         else:
             shell.run_cell_magic("mlx", line, cell)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("call", "kwargs", "line", "field", "said", "magic_said"), [
+    (api.load, {"ranks": 0}, "load --ranks 0", "ranks", "ranks must be 1 or more",
+     "%mlx load: --ranks must be 1 or more"),
+    (api.load, {"context_length": 0}, "load --context 0", "context_length",
+     "context_length must be a positive number of tokens",
+     "%mlx load: --context must be a positive number of tokens"),
+    (api.load, {"hosts": "hosts.json", "ranks": 2}, "load --hosts hosts.json --ranks 2", "hosts",
+     "give ranks or hosts, not both (the hostfile sets the number of ranks)",
+     "%mlx load: give --ranks or --hosts, not both (the hostfile sets the number of ranks)"),
+    (api.load, {"backend": "ring"}, "load --backend ring", "backend",
+     "backend goes with hosts or ranks", "%mlx load: --backend goes with --hosts or --ranks"),
+    (api.connect, {"url": "http://127.0.0.1:9", "token_env": "s3cret-token"},
+     "connect http://127.0.0.1:9 --token-env s3cret-token", "token_env",
+     "token_env needs a variable name, got 's3cret-token' (put the token in that variable, "
+     "not here)", "%mlx connect: --token-env needs a variable name, got 's3cret-token' (put "
+     "the token in that variable, not here)"),
+    (api.unload, {"name": "tiny", "all": True}, "unload tiny --all", "all",
+     "give a name or all=True, not both", "%mlx unload: give a NAME or --all, not both"),
+])
+def test_the_function_and_the_magic_refuse_the_same_arguments(
+        shell: InteractiveShell, call: Any, kwargs: dict[str, Any], line: str, field: str,
+        said: str, magic_said: str) -> None:
+    """One check in the API: the function raises it, the magic says it with its flags."""
+    with pytest.raises(InvalidArgumentError) as refused:
+        call(**kwargs)
+    assert refused.value.field == field and str(refused.value) == said
+    assert isinstance(refused.value, ValueError)
+    with pytest.raises(UsageError) as usage:
+        shell.run_line_magic("mlx", line)
+    assert str(usage.value) == magic_said
+    assert isinstance(usage.value.__cause__, InvalidArgumentError)
+    assert usage.value.__cause__.field == field
 
 
 def test_usage_error_shows_without_traceback(shell: InteractiveShell,

@@ -22,9 +22,10 @@ as it should. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,7 +34,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_exp
 
 from .. import api
 from ..config import get_config
-from ..errors import MLXNotebookError
+from ..errors import InvalidArgumentError, MLXNotebookError
 from ..protocol import SamplingOptions, ValidationError
 from . import parsers, teaching
 from .interpolate import interpolate
@@ -41,6 +42,21 @@ from .parsers import Parser, _Exit, make_parser
 
 __all__ = ["SUBCOMMANDS", "MLXMagics", "Subcommand", "load_ipython_extension", "overview",
            "unload_ipython_extension"]
+
+
+# How the API's argument checks name the arguments in a magic: by their flags.
+FLAGS: Mapping[str, str] = {"context_length": "--context", "ranks": "--ranks", "hosts": "--hosts",
+                            "backend": "--backend", "token_env": "--token-env", "name": "a NAME",
+                            "all": "--all"}
+
+
+@contextlib.contextmanager
+def _usage(prefix: str) -> Iterator[None]:
+    """The API refused an argument: the magic's one-line ``UsageError``, as for a bad flag."""
+    try:
+        yield
+    except InvalidArgumentError as exc:
+        raise UsageError(f"{prefix}: {exc}") from exc
 
 
 def _one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -127,32 +143,25 @@ class MLXMagics(Magics):
     # -- subcommands
 
     def _load(self, args: argparse.Namespace, cell: str | None) -> None:
-        if args.context is not None and args.context < 1:
-            raise UsageError("%mlx load: --context must be a positive number of tokens")
-        if args.ranks < 1:
-            raise UsageError("%mlx load: --ranks must be 1 or more")
-        if args.hosts is not None and args.ranks != 1:
-            raise UsageError("%mlx load: give --ranks or --hosts, not both (the hostfile "
-                             "sets the number of ranks)")
-        if args.backend is not None and args.hosts is None and args.ranks == 1:
-            raise UsageError("%mlx load: --backend goes with --hosts or --ranks")
-        api.load(args.model, name=args.name, context_length=args.context, force=args.force,
-                 show=True, ranks=args.ranks, shard=args.shard, hosts=args.hosts,
-                 backend=args.backend)
+        with _usage("%mlx load"):
+            api.check_load_args(context_length=args.context, ranks=args.ranks, hosts=args.hosts,
+                                backend=args.backend, names=FLAGS)
+            api.load(args.model, name=args.name, context_length=args.context, force=args.force,
+                     show=True, ranks=args.ranks, shard=args.shard, hosts=args.hosts,
+                     backend=args.backend)
 
     def _connect(self, args: argparse.Namespace, cell: str | None) -> None:
-        if not args.token_env.isidentifier():
-            raise UsageError(f"%mlx connect: --token-env needs a variable name, got "
-                             f"{args.token_env!r} (put the token in that variable, not here)")
+        with _usage("%mlx connect"):
+            api.check_connect_args(token_env=args.token_env, names=FLAGS)
         try:
             api.connect(args.url, token_env=args.token_env, name=args.name, show=True)
-        except ValueError as exc:
+        except ValueError as exc:  # the token's variable unset, a URL that is not one
             raise UsageError(f"%mlx connect: {exc}") from None
 
     def _unload(self, args: argparse.Namespace, cell: str | None) -> None:
-        if args.all and args.name:
-            raise UsageError("%mlx unload: give a NAME or --all, not both")
-        api.unload(args.name, all=args.all)
+        with _usage("%mlx unload"):
+            api.check_unload_args(name=args.name, all=args.all, names=FLAGS)
+            api.unload(args.name, all=args.all)
 
     def _use(self, args: argparse.Namespace, cell: str | None) -> None:
         api.use(args.name)
