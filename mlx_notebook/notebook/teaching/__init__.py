@@ -1,7 +1,7 @@
 """Teaching and prompt-experiment tools: token probabilities, next-token explorer,
 side-by-side comparison, prompt preview, and reproducible re-runs.
 
-Every tool talks to a runner through the manager (or a RunnerClient you pass as
+Every tool talks to a runner through the API (or a runner object you pass as
 ``model=``); nothing here imports MLX. Submodules are imported on first use, so
 ``import mlx_notebook.notebook.teaching`` stays cheap.
 """

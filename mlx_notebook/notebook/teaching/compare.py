@@ -19,20 +19,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ...control.preflight import format_bytes
+from ... import api
 from ...errors import MLXNotebookError
 from ...protocol import CompletionRequest, DoneEvent
-from .common import client_for, in_kernel, make_options, make_request
+from ...units import format_bytes
+from ..display import in_kernel
 
 if TYPE_CHECKING:
-    from ...control.client import CompletionStream, RunnerClient
+    from ...control.connection import RunnerConnection
+    from ...control.streams import CompletionStream
 
 __all__ = ["Records", "compare", "compare_cell", "parse_list"]
 
 UPDATES_PER_SECOND = 10.0
 
 
-class Records(list):  # type: ignore[type-arg]
+class Records(list[dict[str, Any]]):
     """A list of record dicts; ``as_dataframe()`` when pandas is installed."""
 
     def as_dataframe(self) -> Any:
@@ -45,7 +47,7 @@ class Records(list):  # type: ignore[type-arg]
 
 @dataclass
 class _Cell:
-    client: RunnerClient
+    client: RunnerConnection
     request: CompletionRequest
     label: str
     text: str = ""
@@ -84,7 +86,7 @@ class _Cell:
         }
 
 
-def _label(client: RunnerClient, setting: dict[str, Any]) -> str:
+def _label(client: RunnerConnection, setting: dict[str, Any]) -> str:
     parts = [f"{k}={v}" for k, v in setting.items()]
     return " · ".join([client.name, *parts])
 
@@ -115,7 +117,7 @@ def grid_text(cells: Sequence[_Cell]) -> str:
                        for c in cells)
 
 
-def compare(prompt: str, *, models: Sequence[str | RunnerClient | None] | None = None,
+def compare(prompt: str, *, models: Sequence[str | RunnerConnection | None] | None = None,
             settings: Sequence[dict[str, Any]] | None = None, system: str | None = None,
             raw: bool = False, show: bool = True, **sampling: Any) -> Records:
     """Run ``prompt`` on every (model, setting) pair at once; one record dict per cell.
@@ -130,12 +132,12 @@ def compare(prompt: str, *, models: Sequence[str | RunnerClient | None] | None =
         sampling["seed"] = random.randrange(2**31)
     cells = []
     for model in models:
-        client = client_for(model)
+        client = api.get_client(model)
         for setting in settings:
-            options = make_options(**{**sampling, **setting})
+            options = api.sampling_options(**{**sampling, **setting})
             if options.temperature == 0:
                 options = type(options)(**{**options.__dict__, "seed": None})
-            request = make_request(prompt, options, system=system, raw=raw)
+            request = api.completion_request(prompt, options, system=system, raw=raw)
             cells.append(_Cell(client, request, _label(client, setting)))
     threads = [threading.Thread(target=c.run, daemon=True, name=f"mlx-compare-{i}")
                for i, c in enumerate(cells)]

@@ -22,18 +22,18 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 from traitlets import Float, Int, Unicode, link
 
+from ... import api
 from ...protocol import CompletionRequest, SamplingOptions, TopLogprob
-from .common import client_for
 
 if TYPE_CHECKING:
-    from ...control.client import RunnerClient
+    from ...control.connection import RunnerConnection
 
 __all__ = ["NextTokenExplorer", "explore", "next_token_logprobs", "transform_distribution"]
 
 TOP_N = 20  # the most alternatives the runner sends
 
 
-def next_token_logprobs(client: RunnerClient, text: str) -> tuple[TopLogprob, ...]:
+def next_token_logprobs(client: RunnerConnection, text: str) -> tuple[TopLogprob, ...]:
     """The 20 most likely next tokens after ``text`` (raw), best first; () if it would end."""
     request = CompletionRequest(prompt=text, options=SamplingOptions(
         max_tokens=1, logprobs=TOP_N, temperature=0.0))
@@ -79,10 +79,10 @@ class NextTokenExplorer(widgets.VBox):
     top_p = Float(1.0, help="keep the fewest best tokens holding this much probability")
     top_k = Int(0, help="keep only the k best tokens (0: all 20)")
 
-    def __init__(self, text: str = "", *, model: str | RunnerClient | None = None,
+    def __init__(self, text: str = "", *, model: str | RunnerConnection | None = None,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                  **kwargs: Any) -> None:
-        self.client = client_for(model)
+        self.client = api.get_client(model)
         self.top: tuple[TopLogprob, ...] = ()
         self.distribution: list[tuple[str, float]] = []
         self._indices: list[int] = []
@@ -161,7 +161,7 @@ class NextTokenExplorer(widgets.VBox):
         self.info.value = f"<span style='color:#555'>{note}</span>"
 
 
-def explore(text: str = "", *, model: str | RunnerClient | None = None,
+def explore(text: str = "", *, model: str | RunnerConnection | None = None,
             **settings: Any) -> NextTokenExplorer:
     """What ``%mlx explore [TEXT] [-m NAME]`` shows: a new explorer on ``text``."""
     return NextTokenExplorer(text, model=model, **settings)

@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ... import api
 from ...protocol import ChatMessage, DoneEvent, SamplingOptions, TokenLogprob
-from .common import client_for, in_kernel, make_options, make_request
+from ..display import in_kernel
 
 if TYPE_CHECKING:
-    from ...control.client import RunnerClient
+    from ...control.connection import RunnerConnection
 
 __all__ = ["LogprobResult", "generate_logprobs", "logprobs_html", "logprobs_text",
            "probability_color"]
@@ -122,7 +123,7 @@ class LogprobResult:
         p.text(logprobs_text(self.logprobs))
 
 
-def generate_logprobs(prompt: str, *, model: str | RunnerClient | None = None, k: int = 5,
+def generate_logprobs(prompt: str, *, model: str | RunnerConnection | None = None, k: int = 5,
                       system: str | None = None, raw: bool = False,
                       messages: Sequence[ChatMessage] | None = None, show: bool = False,
                       **sampling: Any) -> LogprobResult:
@@ -132,9 +133,10 @@ def generate_logprobs(prompt: str, *, model: str | RunnerClient | None = None, k
     """
     if not 0 <= k <= 20:
         raise ValueError(f"k (--logprobs) must be between 0 and 20, got {k}")
-    client = client_for(model)
-    options = make_options(**sampling, logprobs=max(k, 1))
-    request = make_request(prompt, options, system=system, raw=raw, messages=messages)
+    client = api.get_client(model)
+    options = api.sampling_options(**sampling, logprobs=max(k, 1))
+    request = api.completion_request(prompt, options, system=system, raw=raw,
+                                     messages=messages)
     handle = _Live() if show else None
     tokens: list[TokenLogprob] = []
     with client.stream(request) as stream:

@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ...protocol import ChatMessage
-from .common import client_for, in_kernel, make_messages
+from ... import api
+from ...protocol import ChatMessage, SamplingOptions
+from ..display import in_kernel
 
 if TYPE_CHECKING:
-    from ...control.client import RunnerClient
+    from ...control.connection import RunnerConnection
 
 __all__ = ["PromptPreview", "preview_prompt", "show_preview"]
 
@@ -66,17 +67,18 @@ class PromptPreview:
                 f'<div style="font-family:monospace;line-height:1.8">{spans}</div></div>')
 
 
-def preview_prompt(prompt: str, *, model: str | RunnerClient | None = None,
+def preview_prompt(prompt: str, *, model: str | RunnerConnection | None = None,
                    system: str | None = None, raw: bool = False,
                    messages: Sequence[ChatMessage] | None = None) -> PromptPreview:
     """What ``generate(prompt, system=..., raw=...)`` would send, without generating."""
-    client = client_for(model)
-    if raw:
-        if system:
-            raise ValueError("system has no effect with raw=True (the prompt is sent as is)")
-        tok = client.tokenize(prompt)
+    # The request generate() would send (options do not change the prompt's tokens).
+    request = api.completion_request(prompt, SamplingOptions(), system=system, raw=raw,
+                                     messages=messages)
+    client = api.get_client(model)
+    if request.messages is None:
+        tok = client.tokenize(request.prompt)
     else:
-        tok = client.tokenize(messages=list(messages or make_messages(prompt, system)))
+        tok = client.tokenize(messages=list(request.messages))
     return PromptPreview(text=tok.text, tokens=tuple(tok.tokens), pieces=tuple(tok.pieces),
                          model=client.name, raw=raw)
 

@@ -25,13 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ... import api
 from ...errors import MLXNotebookError
 from ...protocol import ChatMessage, CompletionRequest, SamplingOptions
-from .common import client_for
 
 if TYPE_CHECKING:
     from ...api import GenerationResult
-    from ...control.client import RunnerClient
+    from ...control.connection import RunnerConnection
 
 __all__ = ["ReproducibilityWarning", "RunMetadata", "metadata_for", "metadata_for_request",
            "output_metadata", "rerun", "runner_versions"]
@@ -68,12 +68,11 @@ class RunMetadata:
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | str) -> RunMetadata:
-        if isinstance(data, str):
-            data = json.loads(data)
-        assert isinstance(data, dict)
-        data = data.get(METADATA_KEY, data)  # a whole output-metadata dict works too
+        obj = json.loads(data) if isinstance(data, str) else data
+        assert isinstance(obj, dict)
+        obj = obj.get(METADATA_KEY, obj)  # a whole output-metadata dict works too
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in obj.items() if k in known})
 
     def request(self) -> CompletionRequest:
         """The completion request that made the output."""
@@ -106,16 +105,16 @@ def _versions_of(python: str) -> tuple[tuple[str, str], ...]:
         return tuple((n, "") for n in PACKAGES)
 
 
-def runner_versions(client: RunnerClient) -> dict[str, str]:
+def runner_versions(client: RunnerConnection) -> dict[str, str]:
     """mlx, mlx-lm and mlx-notebook versions of the interpreter that runs ``client``."""
     return dict(_versions_of(client.python))
 
 
-def _status_json(client: RunnerClient) -> dict[str, Any]:
+def _status_json(client: RunnerConnection) -> dict[str, Any]:
     return client.status().to_json()
 
 
-def metadata_for_request(client: RunnerClient, request: CompletionRequest | dict[str, Any],
+def metadata_for_request(client: RunnerConnection, request: CompletionRequest | dict[str, Any],
                          text: str = "") -> RunMetadata:
     """Metadata of a request sent to ``client`` (and the ``text`` it produced)."""
     if isinstance(request, CompletionRequest):
@@ -131,16 +130,14 @@ def metadata_for_request(client: RunnerClient, request: CompletionRequest | dict
 
 def metadata_for(result: GenerationResult, *, system: str | None = None, raw: bool = False,
                  messages: Sequence[ChatMessage] | None = None,
-                 model: str | RunnerClient | None = None) -> RunMetadata:
+                 model: str | RunnerConnection | None = None) -> RunMetadata:
     """Metadata of a :class:`GenerationResult`; give ``system``/``raw``/``messages`` as used.
 
     A GenerationResult keeps only the last message, so a chat turn needs ``messages``.
     """
-    from .common import make_request
-
-    client = client_for(model if model is not None else result.name)
-    request = make_request(result.prompt, result.options, system=system, raw=raw,
-                           messages=messages)
+    client = api.get_client(model if model is not None else result.name)
+    request = api.completion_request(result.prompt, result.options, system=system, raw=raw,
+                                     messages=messages)
     return metadata_for_request(client, request, result.text)
 
 
@@ -149,7 +146,7 @@ def output_metadata(meta: RunMetadata) -> dict[str, Any]:
     return {METADATA_KEY: meta.to_json()}
 
 
-def _find_or_load(meta: RunMetadata) -> RunnerClient:
+def _find_or_load(meta: RunMetadata) -> RunnerConnection:
     from ...control.manager import get_manager
 
     manager = get_manager()
@@ -160,19 +157,17 @@ def _find_or_load(meta: RunMetadata) -> RunnerClient:
             continue
         if client.spec == meta.spec:
             return client
-    from ... import api
-
     return api.load(meta.spec, name=meta.model if meta.model not in manager.names() else None)
 
 
 def rerun(meta: RunMetadata | dict[str, Any] | str, *,
-          model: str | RunnerClient | None = None) -> GenerationResult:
+          model: str | RunnerConnection | None = None) -> GenerationResult:
     """Run a recorded generation again (loading its model if needed); warns on drift."""
     from ...api import GenerationResult
 
     if not isinstance(meta, RunMetadata):
         meta = RunMetadata.from_json(meta)
-    client = client_for(model) if model is not None else _find_or_load(meta)
+    client = api.get_client(model) if model is not None else _find_or_load(meta)
     status = _status_json(client)
     if meta.source_hash and status.get("source_hash") != meta.source_hash:
         warnings.warn(f"re-running on {status.get('source')!r} (hash {status.get('source_hash')}),"
