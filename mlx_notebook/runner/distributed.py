@@ -1,6 +1,6 @@
 """One model over several processes with MLX's own distributed engine (ring backend).
 
-Every rank runs the same :class:`~mlx_notebook.runner.engine.Engine` loop as a
+Every rank runs the same :class:`~mlx_notebook.runner.decode.DecodeLoop` as a
 replicated state machine: at each step rank 0 decides a :class:`Plan` (requests
 admitted with their prompt tokens and options, requests removed, stop) and
 broadcasts it; every rank applies the same plan to its ``BatchGenerator`` and
