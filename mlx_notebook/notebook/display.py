@@ -76,7 +76,7 @@ class StreamView:
         self.throttle = Throttle(rate, clock)
         self.text = ""
         self.updates = 0  # display updates sent while streaming (not counting the final one)
-        self._shown = ""
+        self._shown: str | None = ""  # the text last sent; None makes the next update go out
         self._handle: Any = None
 
     def start(self) -> None:
@@ -113,7 +113,7 @@ class StreamView:
                 sys.stdout.write(line + "\n")
             sys.stdout.flush()
             return
-        self._shown = None  # type: ignore[assignment]  # always send the final state
+        self._shown = None  # always send the final state
         self._update(result.text)
         if line:
             from IPython.display import display

@@ -13,7 +13,7 @@ interpreter internals. An unknown name is an error that names it, never a blank.
 from __future__ import annotations
 
 import string
-from _string import formatter_field_name_split  # type: ignore[import-not-found]
+from _string import formatter_field_name_split  # type: ignore[import-not-found]  # no stub
 from collections.abc import Mapping
 from typing import Any
 

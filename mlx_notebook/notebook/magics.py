@@ -70,6 +70,7 @@ def _one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return None
         except MLXNotebookError as exc:
             line = f"\x1b[31m{type(exc).__name__}\x1b[0m: {exc}"
+            # IPython looks for this hook on the instance; our error classes do not declare it.
             exc._render_traceback_ = lambda: [line]  # type: ignore[attr-defined]
             raise
 
