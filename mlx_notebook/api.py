@@ -28,7 +28,6 @@ from .generation import Generation, GenerationResult
 from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status
 
 if TYPE_CHECKING:
-    from .control.client import RunnerClient
     from .control.connection import RunnerConnection
     from .control.manager import RunnerInfo, RunnerManager
     from .control.remote import RemoteRunner
@@ -164,7 +163,7 @@ def check_unload_args(*, name: str | None = None, all: bool = False,  # noqa: A0
 def load(model: str = "demo", *, name: str | None = None, context_length: int | None = None,
          force: bool = False, show: bool = False, ranks: int = 1, shard: str = "tensor",
          hosts: str | None = None, backend: str | None = None,
-         on_progress: Callable[[Status], None] | None = None) -> RunnerClient:
+         on_progress: Callable[[Status], None] | None = None) -> RunnerConnection:
     """Start a runner for ``model`` (``demo``, a Hugging Face id, a folder or a .gguf file).
 
     ``show=True`` draws a progress bar (text in a terminal) while it loads; ``ranks=2``
@@ -202,7 +201,7 @@ def connect(url: str, *, token_env: str = REMOTE_TOKEN_ENV, name: str | None = N
         url, token=token, name=name, token_source=f"${token_env}", on_progress=report))
 
 
-_Client = TypeVar("_Client", "RunnerClient", "RemoteRunner")
+_Client = TypeVar("_Client", bound="RunnerConnection")
 
 
 def _with_progress(label: str, show: bool, on_progress: Callable[[Status], None] | None,

@@ -17,12 +17,8 @@ from typing import Any
 from traitlets import Bool, Enum, Float, Int, TraitError, Unicode
 from traitlets.config import Configurable
 
-from .errors import MLXNotebookError
+from .errors import ConfigError
 from .protocol import SamplingOptions
-
-
-class ConfigError(MLXNotebookError):
-    """An unknown setting or a value of the wrong type."""
 
 
 class MLXConfig(Configurable):
@@ -61,7 +57,8 @@ class MLXConfig(Configurable):
         """Set one setting from its text form (``"0.7"``, ``"none"``, ``"true"``)."""
         traits = self.class_own_traits(config=True)
         if name not in traits:
-            raise ConfigError(f"Unknown setting {name!r}; known: {', '.join(sorted(traits))}.")
+            raise ConfigError(f"Unknown setting {name!r}; known: {', '.join(sorted(traits))}.",
+                              key=name)
         trait = traits[name]
         try:
             if text.lower() in ("none", "null") and trait.allow_none:
@@ -77,7 +74,7 @@ class MLXConfig(Configurable):
                 value = text
             setattr(self, name, value)
         except (KeyError, ValueError, TraitError) as exc:
-            raise ConfigError(f"Bad value for {name}: {text!r} ({trait.help})") from exc
+            raise ConfigError(f"Bad value for {name}: {text!r} ({trait.help})", key=name) from exc
 
     def reset(self) -> None:
         """Back to the built-in defaults."""

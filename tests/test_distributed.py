@@ -97,7 +97,7 @@ def test_killing_a_rank_mid_stream_names_it_and_leaves_nothing(tiny_model_dir, r
 def test_group_closes_cleanly(tiny_model_dir, registry):
     group = RunnerGroup(str(tiny_model_dir), ranks=2, registry=registry)
     group.wait_until_ready()
-    procs = [p for _, p in group._ranks()]
+    procs = [p for _, p in group.owner.ranks()]
     group.close()
     assert [p.returncode for p in procs] == [0, 0]  # asked to stop, not killed
     assert not any(pid_alive(p.pid) for p in procs)

@@ -1,11 +1,16 @@
-"""RunnerConnection: the HTTP side of talking to one runner, whoever owns its process.
+"""RunnerConnection: the HTTP side of one runner, and the owner of its processes beside it.
 
-:class:`~mlx_notebook.control.client.RunnerClient` (a runner subprocess we start and stop)
-and :class:`~mlx_notebook.control.remote.RemoteRunner` (a runner someone started by hand,
-maybe on another machine) share everything here: requests, streaming, and the one
-boundary where httpx errors become :mod:`mlx_notebook.errors` (cause kept). They
-differ only in how a runner that went away is recognised and described, which
-they say through :meth:`RunnerConnection._vanished` and :meth:`RunnerConnection.describe`.
+As jupyter_client keeps the kernel connection apart from who provisions the
+kernel, a connection is one object for every kind of runner, composed with a
+:class:`RunnerOwner` that knows what only an owner can know: how the runner
+starts, whether its processes are still there, how their end is told, how it
+stops. The owners are :class:`~.client.LocalProcess` (one subprocess),
+:class:`~.group.RankGroup` (the ranks of a sharded model) and
+:class:`~.remote.RemoteOwner` (nobody: a runner started by hand).
+
+This module is also the one boundary where httpx errors become
+:mod:`mlx_notebook.errors` (cause kept), explained by the owner (a rank group
+names the rank that died).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import httpx2
 
@@ -25,15 +30,17 @@ from ..errors import (
     GenerationError,
     MLXNotebookError,
     ProtocolError,
+    RunnerExitedError,
     RunnerUnavailableError,
 )
 from ..protocol import ChunkEvent, CompletionRequest, DoneEvent, Status
 from .streams import CompletionStream, astream_events
 
-__all__ = ["RunnerConnection", "REQUEST_TIMEOUT", "STATUS_TIMEOUT"]
+__all__ = ["LoadWatch", "RunnerConnection", "RunnerOwner", "REQUEST_TIMEOUT", "STATUS_TIMEOUT"]
 
 REQUEST_TIMEOUT = httpx2.Timeout(30.0, connect=5.0)
 STATUS_TIMEOUT = httpx2.Timeout(3.0, connect=2.0)
+POLL_INTERVAL = 0.1  # between status polls while a model loads
 
 
 def _as_request(request: CompletionRequest | str) -> CompletionRequest:
@@ -42,6 +49,38 @@ def _as_request(request: CompletionRequest | str) -> CompletionRequest:
     if request.request_id is None:
         request = dataclasses.replace(request, request_id=secrets.token_hex(8))
     return request
+
+
+class RunnerOwner(Protocol):
+    """Who owns a runner's processes; the connection asks it whatever HTTP cannot tell."""
+
+    remote: bool  # a runner this kernel did not start: never stopped, evicted or reaped
+
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def has_exited(self) -> bool: ...
+
+    def start(self, conn: RunnerConnection) -> tuple[str, int]:
+        """Bring the runner up as far as its HTTP address; returns ``(host, port)``."""
+    def wait_exit(self, timeout: float) -> bool: ...
+    def exit_description(self) -> str: ...
+    def error_lines(self) -> list[str]: ...
+    def describe(self, conn: RunnerConnection) -> str:
+        """How messages name the runner: ``runner 'demo' (pid 42) at http://...``."""
+    def gone(self, conn: RunnerConnection, what: str, *, wait: bool) -> MLXNotebookError | None:
+        """The error for a runner that is gone, or None; ``wait``: the connection broke."""
+    def explain(self, exc: MLXNotebookError, what: str) -> MLXNotebookError:
+        """A better error for ``exc`` where the owner knows more (which rank died)."""
+    def unauthorized_hint(self) -> str: ...
+    def not_open_error(self, conn: RunnerConnection) -> MLXNotebookError: ...
+    def poll_status(self, conn: RunnerConnection, first: bool) -> Status | None:
+        """One status while loading; None while the runner does not answer yet."""
+    def load_failed(self, conn: RunnerConnection, status: Status | None, stalled: str,
+                    ) -> MLXNotebookError:
+        """The error for a load that failed (``status`` says so) or ``stalled`` (no status)."""
+    def ready(self, conn: RunnerConnection, status: Status) -> None: ...
+    def stop(self, conn: RunnerConnection, grace: float, *, shutdown: bool) -> None: ...
 
 
 class LoadWatch:
@@ -76,14 +115,13 @@ class LoadWatch:
 
 
 class RunnerConnection:
-    """Requests to one runner over HTTP; subclasses decide who owns the process."""
+    """Requests to one runner over HTTP; ``owner`` owns (or does not own) its processes."""
 
-    remote = False  # a runner this kernel did not start (never stopped, evicted or reaped)
-
-    def __init__(self, spec: str, *, name: str | None = None, token: str,
+    def __init__(self, spec: str, owner: RunnerOwner, *, name: str | None = None, token: str,
                  stream_read_timeout: float | None = None) -> None:
         self.spec = spec
         self.name = name or spec
+        self.owner = owner
         self.stream_read_timeout = stream_read_timeout
         self.context_length: int | None = None
         self.port: int | None = None
@@ -95,11 +133,48 @@ class RunnerConnection:
         self._token = token
         self._http: httpx2.Client | None = None
         self._lock = threading.Lock()
+        self._started = False
         self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("exited" if self.has_exited else
+                                                "running" if self._started else "new")
+        return (f"<{type(self).__name__} {self.name!r} spec={self.spec!r} pid={self.pid} "
+                f"{self.base_url if self.port else 'port=None'} {state}>")
+
+    def __enter__(self) -> RunnerConnection:
+        if not self._started:
+            self.wait_until_ready()  # starts it first
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ what the owner knows
+
+    @property
+    def remote(self) -> bool:
+        return self.owner.remote
 
     @property
     def pid(self) -> int | None:
-        return None
+        return self.owner.pid
+
+    @property
+    def has_exited(self) -> bool:
+        """True once we know the runner process is gone (only an owner can know)."""
+        return self.owner.has_exited
+
+    def exit_description(self) -> str:
+        """``"killed by SIGKILL"``, ``"exited with code 1"``, ``"still running"``."""
+        return self.owner.exit_description()
+
+    def error_lines(self) -> list[str]:
+        """The runner's stderr lines that explain a failure (may be empty)."""
+        return self.owner.error_lines()
+
+    def describe(self) -> str:
+        return self.owner.describe(self)
 
     @property
     def base_url(self) -> str:
@@ -110,55 +185,103 @@ class RunnerConnection:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"}
 
-    def _open_http(self) -> None:
-        self._http = httpx2.Client(base_url=self.base_url, headers=self.headers,
-                                   timeout=REQUEST_TIMEOUT, trust_env=False)
-
     @property
     def closed(self) -> bool:
         return self._closed
 
-    # ------------------------------------------------------------ hooks for owners
+    # ------------------------------------------------------------ lifecycle
 
-    @property
-    def has_exited(self) -> bool:
-        """True once we know the runner process is gone (only an owner can know)."""
-        return False
+    def start(self) -> None:
+        """Start the runner (or reach it) as far as its HTTP address."""
+        if self._started:
+            raise RuntimeError(f"runner {self.name!r} was already started")
+        self._started = True
+        self.started_at = self.last_used = time.time()
+        self.host, self.port = self.owner.start(self)
+        self._http = httpx2.Client(base_url=self.base_url, headers=self.headers,
+                                   timeout=REQUEST_TIMEOUT, trust_env=False)
 
-    def _wait_exit(self, timeout: float) -> bool:
-        return False
+    def wait_until_ready(
+        self, *, timeout: float = 120.0, on_progress: Callable[[Status], None] | None = None,
+    ) -> Status:
+        """Poll status until ready; ``timeout`` is the longest wait *without progress*.
 
-    def exit_description(self) -> str:
-        """How the runner process ended, as far as this side can tell."""
-        return "unknown (not a process of this kernel)"
-
-    def _vanished(self, what: str, *, wait: bool) -> MLXNotebookError | None:
-        """The error for a runner that is gone, or None if it may still be there.
-
-        ``wait``: the connection broke, so it is worth waiting a moment to find out.
+        A load error or an exit is reported at once, with the runner's own error lines.
+        On any failure (or interrupt) the runner is stopped: a half-loaded runner is no use.
         """
+        if not self._started:
+            self.start()
+        watch = LoadWatch(on_progress)
+        first = True
+        try:
+            while True:
+                status = self.owner.poll_status(self, first)
+                first = False
+                if status is not None:
+                    watch.see(status)
+                    if status.state == "ready":
+                        self.owner.ready(self, status)
+                        return status
+                    if status.state in ("error", "stopping"):
+                        raise self.owner.load_failed(self, status, "")
+                if watch.stalled(timeout):
+                    raise self.owner.load_failed(self, None, (
+                        f"made no progress for {timeout:.0f} s (last: {watch.describe_last()})"))
+                self.owner.wait_exit(POLL_INTERVAL)
+        except BaseException:
+            self.close(grace=2.0)
+            raise
+
+    def close(self, grace: float = 5.0, *, shutdown: bool = False) -> None:
+        """Stop the runner (ask, SIGTERM, SIGKILL after ``grace``); a remote one is only
+        disconnected unless ``shutdown=True`` asks it to exit."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self.owner.stop(self, grace, shutdown=shutdown)  # may ask over HTTP first
+        finally:
+            http, self._http = self._http, None
+            if http is not None:
+                http.close()
+
+    def ask_shutdown(self, timeout: float) -> None:
+        """``POST /v1/shutdown``, best effort: the first rung of the stop ladder."""
+        if self._http is not None:
+            with contextlib.suppress(httpx2.HTTPError):
+                self._http.post(protocol.ENDPOINTS["shutdown"][1], timeout=timeout)
+
+    def probe(self) -> Exception | None:
+        """Ask for the status once, raw: the transport error if it does not answer."""
+        if self._http is None:
+            return None
+        try:
+            self._http.get(protocol.ENDPOINTS["status"][1], timeout=STATUS_TIMEOUT)
+        except httpx2.HTTPError as exc:
+            return exc
         return None
-
-    def describe(self) -> str:
-        """How messages name this runner: ``runner 'demo' (pid 42) at http://...``."""
-        return f"runner {self.name!r} (pid {self.pid}) at {self.base_url}"
-
-    def _unauthorized_hint(self) -> str:
-        return "token mismatch: is this our runner?"
 
     # ------------------------------------------------------------ the error boundary
 
     @contextlib.contextmanager
-    def _boundary(self, what: str) -> Iterator[None]:
-        """The one place where httpx errors become mlx_notebook errors (cause kept)."""
+    def translating(self, what: str) -> Iterator[None]:
+        """httpx errors become mlx_notebook errors (cause kept); the owner explains each."""
         try:
             yield
         except (httpx2.HTTPError, httpx2.StreamError) as exc:
-            raise self._translate(exc, what) from exc
+            raise self.owner.explain(self.translate(exc, what), what) from exc
+        except RunnerExitedError:
+            raise
+        except MLXNotebookError as exc:
+            better = self.owner.explain(exc, what)
+            if better is exc:
+                raise
+            raise better from exc
 
-    def _translate(self, exc: Exception, what: str) -> MLXNotebookError:
+    def translate(self, exc: Exception, what: str) -> MLXNotebookError:
         broken = isinstance(exc, (httpx2.TransportError, httpx2.StreamError))
-        gone = self._vanished(what, wait=broken and not isinstance(exc, httpx2.TimeoutException))
+        gone = self.gone(what, wait=broken and not isinstance(exc, httpx2.TimeoutException))
         if gone is not None:
             return gone
         where = self.describe()
@@ -170,7 +293,11 @@ class RunnerConnection:
             return ProtocolError(f"{where} broke the HTTP protocol {what}: {exc}")
         return RunnerUnavailableError(f"{where} failed {what}: {exc!r}")
 
-    def _check_response(self, response: httpx2.Response, what: str) -> None:
+    def gone(self, what: str, *, wait: bool) -> MLXNotebookError | None:
+        """The error for a runner that is gone (the owner tells), or None."""
+        return self.owner.gone(self, what, wait=wait)
+
+    def check_response(self, response: httpx2.Response, what: str) -> None:
         """Raise the error a 4xx/5xx answer means, with the runner's own message."""
         code = response.status_code
         if code < 400:
@@ -184,33 +311,29 @@ class RunnerConnection:
             detail = response.text[:300]
         message = f"runner {self.name!r} answered {what} with HTTP {code}: {detail}"
         if code == 401:
-            raise ProtocolError(f"{message} ({self._unauthorized_hint()})")
+            raise ProtocolError(f"{message} ({self.owner.unauthorized_hint()})", status=401)
         if code in (404, 405):
-            raise ProtocolError(message + " (does the runner speak this protocol version?)")
+            raise ProtocolError(message + " (does the runner speak this protocol version?)",
+                                status=code)
         if code in (409, 503):
-            raise RunnerUnavailableError(message)
-        raise GenerationError(message)
+            raise RunnerUnavailableError(message, status=code)
+        raise GenerationError(message, status=code)
 
-    def _not_open_error(self) -> MLXNotebookError:
-        state = "closed" if self._closed else "not started"
-        return RunnerUnavailableError(f"runner {self.name!r} is {state}")
-
-    def _require_http(self) -> httpx2.Client:
-        gone = self._vanished("earlier", wait=False)
+    def require_http(self) -> httpx2.Client:
+        gone = self.gone("earlier", wait=False)
         if gone is not None:
             raise gone
         if self._http is None or self._closed:
-            raise self._not_open_error()
+            raise self.owner.not_open_error(self)
         return self._http
 
     def _call(self, endpoint: str, body: dict[str, Any] | None = None,
               timeout: httpx2.Timeout | None = None) -> dict[str, Any]:
         method, path = protocol.ENDPOINTS[endpoint]
-        http = self._require_http()
-        what = f"during {endpoint}"
-        with self._boundary(what):
+        http = self.require_http()
+        with self.translating(f"during {endpoint}"):
             response = http.request(method, path, json=body, timeout=timeout or REQUEST_TIMEOUT)
-        self._check_response(response, endpoint)
+            self.check_response(response, endpoint)
         try:
             data = response.json()
         except ValueError as exc:
@@ -234,24 +357,27 @@ class RunnerConnection:
     def touch(self) -> None:
         self.last_used = time.time()
 
-    def _count_stream(self, delta: int) -> None:
+    def count_stream(self, delta: int) -> None:
         """Streams in flight: a runner with any is busy and never evicted."""
         with self._lock:
             self.active_streams += delta
 
+    def stream_timeout(self) -> httpx2.Timeout:
+        return httpx2.Timeout(30.0, connect=5.0, read=self.stream_read_timeout)
+
     def stream(self, request: CompletionRequest | str) -> CompletionStream:
         """Start a completion; iterate the result for ChunkEvents, then read ``.result``."""
         request = _as_request(request)
-        http = self._require_http()
+        http = self.require_http()
         method, path = protocol.ENDPOINTS["completion"]
-        timeout = httpx2.Timeout(30.0, connect=5.0, read=self.stream_read_timeout)
-        built = http.build_request(method, path, json=request.to_json(), timeout=timeout)
-        with self._boundary("while starting a completion"):
+        built = http.build_request(method, path, json=request.to_json(),
+                                   timeout=self.stream_timeout())
+        with self.translating("while starting a completion"):
             response = http.send(built, stream=True)
             if response.status_code >= 400:
                 response.read()
                 response.close()
-        self._check_response(response, "the completion request")
+            self.check_response(response, "the completion request")
         self.touch()
         return CompletionStream(self, request.request_id or "", response)
 
@@ -304,4 +430,3 @@ class RunnerConnection:
         data = self._call("cancel", protocol.CancelRequest(request_id=request_id).to_json(),
                           timeout=STATUS_TIMEOUT)
         return bool(data.get("cancelled", False))
-

@@ -26,7 +26,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..errors import MLXNotebookError
+from ..errors import HostsError
 from ..protocol import TOKEN_ENV
 
 __all__ = ["HostPlan", "HostsError", "RankHost", "read_hosts", "remote_command", "remote_env",
@@ -40,10 +40,6 @@ SUPPORTED_BACKENDS = ("ring",)
 # Settings a remote rank needs to find the same model the same way (their values, not secrets).
 PASSED_ENV = ("PYTHONPATH", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "MLX_NOTEBOOK_CACHE",
               "MLX_NOTEBOOK_OPENBLAS")
-
-
-class HostsError(MLXNotebookError):
-    """The hosts given for a runner group cannot be used; the message says why."""
 
 
 @dataclass(frozen=True)

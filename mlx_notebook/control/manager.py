@@ -19,11 +19,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import (
+    NO_MODEL_LOADED,
+    NOT_LOADED,
     InsufficientMemoryError,
     MLXNotebookError,
     ModelNotLoadedError,
@@ -33,6 +36,7 @@ from ..protocol import Status
 from . import preflight
 from .client import RunnerClient
 from .connection import RunnerConnection
+from .group import RunnerGroup
 from .hosts import HostPlan, read_hosts
 from .preflight import MemoryEstimate, format_bytes
 from .registry import Registry
@@ -84,6 +88,30 @@ def _quiet(_message: str) -> None:
     pass
 
 
+@dataclass(frozen=True)
+class LoadArgs:
+    """What a runner was loaded with, kept so that a reload starts the same runner."""
+
+    spec: str
+    context_length: int | None = None
+    ranks: int = 1
+    shard: str = "tensor"
+    hosts: str | HostPlan | None = None
+    backend: str | None = None
+
+
+@dataclass
+class RunnerEntry:
+    """One runner of the manager: loading, live or dead, and what it was loaded with."""
+
+    runner: RunnerConnection
+    load: LoadArgs | None  # None for a runner we only connected to
+    need: MemoryEstimate | None = None
+    state: Literal["loading", "live", "dead"] = "live"
+    death: RunnerExitedError | None = None  # a dead runner's story, told on every later use
+    created: float = field(default_factory=time.time)
+
+
 class RunnerManager:
     """The runners of this process. Thread-safe; long loads do not block ``get``/``list``."""
 
@@ -99,10 +127,8 @@ class RunnerManager:
         self.runner_module = runner_module
         self.env = dict(env or {})
         self.on_message: Notify = on_message or _quiet  # notes from the keep-alive thread
-        self._runners: dict[str, RunnerConnection] = {}
-        self._needs: dict[str, MemoryEstimate] = {}
-        self._loading: dict[str, RunnerClient] = {}
-        self._dead: dict[str, tuple[RunnerClient, str]] = {}
+        self._entries: dict[str, RunnerEntry] = {}
+        self._loading: list[RunnerEntry] = []  # not yet under their name: a load may fail
         self._default: str | None = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -143,7 +169,7 @@ class RunnerManager:
     def load(self, spec: str, name: str | None = None, *, context_length: int | None = None,
              force: bool = False, on_progress: Callable[[Status], None] | None = None,
              on_message: Notify | None = None, ranks: int = 1, shard: str = "tensor",
-             hosts: str | HostPlan | None = None, backend: str | None = None) -> RunnerClient:
+             hosts: str | HostPlan | None = None, backend: str | None = None) -> RunnerConnection:
         """Start a runner for ``spec`` under ``name`` (replacing one of that name) and wait for it.
 
         ``ranks > 1`` shards the model over that many local processes, ``hosts`` (an
@@ -152,37 +178,42 @@ class RunnerManager:
         unloading idle runners, least recently used first) with
         :class:`InsufficientMemoryError`, unless ``force``.
         """
-        name = name or default_name(spec)
-        say = on_message or self.on_message
-        plan = (read_hosts(hosts, backend, python=self.python) if isinstance(hosts, str)
-                else hosts)
-        if name in self._runners or name in self._dead:
+        args = LoadArgs(spec, context_length, ranks, shard, hosts, backend)
+        return self._load(args, name or default_name(spec), force=force, on_progress=on_progress,
+                          say=on_message or self.on_message)
+
+    def _load(self, args: LoadArgs, name: str, *, force: bool,
+              on_progress: Callable[[Status], None] | None, say: Notify) -> RunnerConnection:
+        plan = (read_hosts(args.hosts, args.backend, python=self.python)
+                if isinstance(args.hosts, str) else args.hosts)
+        if name in self._entries:
             self.unload(name)
         self.notify("loading", name)
-        need = preflight.estimate(spec, context_length)
+        need = preflight.estimate(args.spec, args.context_length)
         if plan is not None:  # only the ranks on this machine take memory here
             need = preflight.share(need, sum(h.local for h in plan.hosts), plan.size)
         self._make_room(need, say, force)
-        options = dict(name=name, python=self.python, context_length=context_length, env=self.env,
-                       runner_module=self.runner_module, registry=self.registry)
-        if ranks > 1 or plan is not None:
-            from .group import RunnerGroup
-
-            client: RunnerClient = RunnerGroup(spec, ranks=ranks, shard=shard, hosts=plan,
-                                               backend=backend, **options)
+        runner: RunnerConnection
+        if args.ranks > 1 or plan is not None:
+            runner = RunnerGroup(args.spec, ranks=args.ranks, shard=args.shard, hosts=plan,
+                                 backend=args.backend, name=name, python=self.python,
+                                 context_length=args.context_length, env=self.env,
+                                 runner_module=self.runner_module, registry=self.registry)
         else:
-            client = RunnerClient(spec, **options)
+            runner = RunnerClient(args.spec, name=name, python=self.python,
+                                  context_length=args.context_length, env=self.env,
+                                  runner_module=self.runner_module, registry=self.registry)
+        entry = RunnerEntry(runner, args, need, state="loading")
         with self._lock:
-            self._loading[name] = client
+            self._loading.append(entry)
         try:
-            client.start()
-            client.wait_until_ready(timeout=self.start_timeout, on_progress=on_progress)
+            runner.wait_until_ready(timeout=self.start_timeout, on_progress=on_progress)
         finally:
             with self._lock:
-                self._loading.pop(name, None)
-        self._register(client, need)
+                self._loading.remove(entry)
+        self._register(entry)
         self.notify("loaded", name)
-        return client
+        return runner
 
     def connect(self, url: str, *, token: str, name: str | None = None,
                 token_source: str | None = None,
@@ -191,36 +222,41 @@ class RunnerManager:
         from .remote import RemoteRunner
 
         self.notify("loading", name)
-        client = RemoteRunner.connect(url, token, name=name, token_source=token_source,
+        runner = RemoteRunner.connect(url, token, name=name, token_source=token_source,
                                       timeout=self.start_timeout, on_progress=on_progress)
-        if client.name in self._runners or client.name in self._dead:
-            self.unload(client.name)
-        self._register(client, None)
-        self.notify("loaded", client.name)
-        return client
+        if runner.name in self._entries:
+            self.unload(runner.name)
+        self._register(RunnerEntry(runner, None))
+        self.notify("loaded", runner.name)
+        return runner
 
-    def _register(self, client: RunnerConnection, need: MemoryEstimate | None) -> None:
+    def _register(self, entry: RunnerEntry) -> None:
+        name = entry.runner.name
+        entry.state = "live"
         with self._lock:
-            old = self._runners.pop(client.name, None)
-            self._runners[client.name] = client
-            if need is not None:
-                self._needs[client.name] = need
-            if self._default is None or self._default not in self._runners:
-                self._default = client.name
+            old = self._entries.pop(name, None)
+            self._entries[name] = entry
+            if self._default is None or self._default not in self._entries:
+                self._default = name
         if old is not None:  # loaded concurrently under the same name
-            old.close()
-        client.touch()
+            old.runner.close()
+        entry.runner.touch()
+
+    def _live(self) -> list[RunnerEntry]:
+        with self._lock:
+            return [e for e in self._entries.values() if e.state == "live"]
 
     def _budget_used(self) -> int:
-        return sum(n.required or 0 for name, n in self._needs.items() if name in self._runners)
+        return sum(e.need.required or 0 for e in self._live() if e.need is not None)
 
     def _make_room(self, need: MemoryEstimate, say: Notify, force: bool) -> None:
         """Unload least recently used idle runners until ``need`` fits; refuse if it never does."""
-        if need.required is None:
+        required = need.required
+        if required is None:
             return
+        budget = self.memory_budget
         while True:
-            over_budget = (self.memory_budget is not None
-                           and self._budget_used() + need.required > self.memory_budget)
+            over_budget = budget is not None and self._budget_used() + required > budget
             if not over_budget and preflight.fits(need):
                 return
             victim = self._least_recently_used_idle()
@@ -229,24 +265,27 @@ class RunnerManager:
             idle = time.time() - victim.last_used
             self.unload(victim.name)
             say(f"unloaded {victim.name!r} (idle {idle:.0f} s) to make room for {need.spec!r}")
-        if over_budget:
-            message = (f"model {need.spec!r} requires {format_bytes(need.required)} but only "
-                       f"{format_bytes(max(self.memory_budget - self._budget_used(), 0))} "
-                       f"of the {format_bytes(self.memory_budget)} memory budget are left")
+        available = None
+        if budget is not None and over_budget:
+            available = max(budget - self._budget_used(), 0)
+            message = (f"model {need.spec!r} requires {format_bytes(required)} but only "
+                       f"{format_bytes(available)} of the {format_bytes(budget)} memory budget "
+                       "are left")
         else:
-            available, overhead = preflight.available_memory(), preflight.default_overhead()
-            message = preflight.refusal_message(need, available, overhead)
-        busy = [c.name for c in self._runners.values() if c.active_streams]
+            free, overhead = preflight.available_memory(), preflight.default_overhead()
+            available = max(free - overhead, 0)
+            message = preflight.refusal_message(need, free, overhead)
+        busy = [e.runner.name for e in self._live() if e.runner.active_streams]
         if busy:
             message += f" (busy runners were kept: {', '.join(busy)})"
         if force:
             say(f"warning: {message}; loading anyway because of force")
             return
-        raise InsufficientMemoryError(message)
+        raise InsufficientMemoryError(message, required=required, available=available)
 
     def _least_recently_used_idle(self) -> RunnerConnection | None:
-        with self._lock:
-            idle = [c for c in self._runners.values() if not c.active_streams and not c.remote]
+        idle = [e.runner for e in self._live()
+                if not e.runner.active_streams and not e.runner.remote]
         return min(idle, key=lambda c: (not c.has_exited, c.last_used), default=None)
 
     # ------------------------------------------------------------ lookup
@@ -258,13 +297,13 @@ class RunnerManager:
     def use(self, name: str) -> None:
         """Make ``name`` the runner that calls without a name use."""
         with self._lock:
-            if name not in self._runners:
-                raise ModelNotLoadedError(self._not_loaded(name))
+            entry = self._entries.get(name)
+            if entry is None or entry.state != "live":
+                raise ModelNotLoadedError(self._not_loaded(name), name=name)
             self._default = name
 
     def names(self) -> list[str]:
-        with self._lock:
-            return list(self._runners)
+        return [e.runner.name for e in self._live()]
 
     def get(self, name: str | None = None, *, reload: bool = False,
             on_message: Notify | None = None) -> RunnerConnection:
@@ -276,75 +315,66 @@ class RunnerManager:
         with self._lock:
             key = name if name is not None else self._default
             if key is None:
-                raise ModelNotLoadedError(
-                    "No model loaded: run `%mlx load demo` (or mlx_notebook.load('demo')) first.")
-            client = self._runners.get(key)
-            if client is None:
-                client = next((c for c in self._runners.values() if c.spec == key), None)
-            if client is None and key in self._dead:
-                client = self._dead[key][0]
-            if client is None:
-                raise ModelNotLoadedError(self._not_loaded(key))
-            if not client.has_exited:
-                return client
-            assert isinstance(client, RunnerClient)  # only our own process can be seen to exit
-            message = self._bury(client)
-        if not reload:
-            raise RunnerExitedError(message)
-        (on_message or self.on_message)(f"{message.split(': ', 1)[0]}; reloading it")
-        return self.load(client.spec, client.name, context_length=client.context_length,
-                         on_message=on_message, ranks=getattr(client, "ranks", 1),
-                         shard=getattr(client, "shard", "tensor"),
-                         hosts=getattr(client, "hosts", None))
+                raise ModelNotLoadedError(NO_MODEL_LOADED)
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = next((e for e in self._live() if e.runner.spec == key), None)
+            if entry is None:
+                raise ModelNotLoadedError(self._not_loaded(key), name=key)
+            if not entry.runner.has_exited:
+                return entry.runner
+            death = self._bury(entry)
+        if not reload or entry.load is None:
+            raise RunnerExitedError(str(death), returncode=death.returncode)
+        (on_message or self.on_message)(f"{str(death).split(': ', 1)[0]}; reloading it")
+        return self._load(entry.load, entry.runner.name, force=False, on_progress=None,
+                          say=on_message or self.on_message)
 
-    def _bury(self, client: RunnerClient) -> str:
-        """Move a dead runner out of the live set, keeping its story for later calls."""
-        if client.name in self._dead:
-            return self._dead[client.name][1]
-        message = (client._exit_message("unexpectedly")
-                   + f". Reload it with `%mlx load {client.spec} --name {client.name}`.")
-        self._runners.pop(client.name, None)
-        self._needs.pop(client.name, None)
-        self._dead[client.name] = (client, message)
-        client.close()
-        return message
+    def _bury(self, entry: RunnerEntry) -> RunnerExitedError:
+        """Mark a dead runner, keeping its story for later calls."""
+        if entry.death is not None:
+            return entry.death
+        runner = entry.runner
+        gone = runner.gone("unexpectedly", wait=False)
+        returncode = gone.returncode if isinstance(gone, RunnerExitedError) else None
+        entry.state = "dead"
+        entry.death = RunnerExitedError(
+            f"{gone or f'runner {runner.name!r} exited unexpectedly'}. "
+            f"Reload it with `%mlx load {runner.spec} --name {runner.name}`.",
+            returncode=returncode)
+        runner.close()
+        return entry.death
 
     def _not_loaded(self, name: str) -> str:
-        loaded = ", ".join(self._runners) or "none"
-        return (f"No model named {name!r} is loaded (loaded: {loaded}). "
-                f"Load it with `%mlx load {name}`.")
+        return NOT_LOADED.format(name=name, loaded=", ".join(self.names()) or "none")
 
     def touch(self, name: str) -> None:
         """Mark ``name`` as just used (for LRU eviction and keep-alive)."""
-        client = self._runners.get(name)
-        if client is not None:
-            client.touch()
+        entry = self._entries.get(name)
+        if entry is not None:
+            entry.runner.touch()
 
     # ------------------------------------------------------------ unloading
 
     def unload(self, name: str) -> None:
         """Stop the runner called ``name`` and forget it."""
         with self._lock:
-            client = self._runners.pop(name, None)
-            dead = self._dead.pop(name, None)
-            self._needs.pop(name, None)
-            if client is None and dead is None:
-                raise ModelNotLoadedError(self._not_loaded(name))
+            entry = self._entries.pop(name, None)
+            if entry is None:
+                raise ModelNotLoadedError(self._not_loaded(name), name=name)
             if self._default == name:
-                self._default = next(iter(self._runners), None)
-        if client is not None:
-            client.close()
+                self._default = next((n for n, e in self._entries.items() if e.state == "live"),
+                                     None)
+        entry.runner.close()
         self.notify("unloaded", name)
 
     def unload_all(self) -> None:
         """Stop every runner this manager owns (loading ones too), in parallel."""
         with self._lock:
-            clients = [*self._runners.values(), *self._loading.values()]
-            self._runners.clear()
-            self._needs.clear()
-            self._dead.clear()
+            runners = [e.runner for e in [*self._entries.values(), *self._loading]]
+            self._entries.clear()
             self._default = None
-        threads = [threading.Thread(target=c.close, daemon=True) for c in clients]
+        threads = [threading.Thread(target=c.close, daemon=True) for c in runners]
         for t in threads:
             t.start()
         for t in threads:
@@ -361,15 +391,14 @@ class RunnerManager:
         interval = min(max(self.keep_alive / 4, 0.1), 5.0)
         while not self._stop.wait(interval):
             now = time.time()
-            with self._lock:
-                stale = [c for c in self._runners.values() if not c.remote
-                         and not c.active_streams and now - c.last_used > self.keep_alive]
-            for client in stale:
+            stale = [e.runner for e in self._live() if not e.runner.remote
+                     and not e.runner.active_streams and now - e.runner.last_used > self.keep_alive]
+            for runner in stale:
                 try:
-                    self.unload(client.name)
+                    self.unload(runner.name)
                 except ModelNotLoadedError:
                     continue
-                self.on_message(f"unloaded {client.name!r} after {now - client.last_used:.0f} s "
+                self.on_message(f"unloaded {runner.name!r} after {now - runner.last_used:.0f} s "
                                 f"idle (keep_alive {self.keep_alive:g} s)")
 
     # ------------------------------------------------------------ listing
@@ -377,8 +406,8 @@ class RunnerManager:
     def list(self) -> list[RunnerInfo]:
         """A row per runner, with live status (a runner that does not answer says so)."""
         with self._lock:
-            clients = [*self._runners.values(), *self._loading.values()]
-        return [self._info(c) for c in clients]
+            runners = [e.runner for e in self._live()] + [e.runner for e in self._loading]
+        return [self._info(c) for c in runners]
 
     def _info(self, client: RunnerConnection) -> RunnerInfo:
         error = None
@@ -440,7 +469,7 @@ def _install_sigterm_cleanup(manager: RunnerManager) -> None:
         return
     previous = signal.getsignal(signal.SIGTERM)
 
-    def handler(signum: int, frame: object) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
         manager.close()
         if callable(previous):
             previous(signum, frame)

@@ -1,9 +1,13 @@
-"""CompletionStream: one streamed completion from a runner, as an iterator of chunks.
+"""Streamed completions: one event folder, read by a sync and an async loop.
 
-Kept apart from the HTTP requests in ``connection.py``; re-exported from ``client.py``.
-Closing the stream (or leaving its ``with`` block early) cancels generation on the
-runner; ``cancel()`` also sends an explicit cancel, and is safe from interrupt
-handlers and from another thread (a Stop button).
+:func:`fold_event` is the one place that says what each stream event means
+(a chunk to hand on, prompt progress, the end, an error), so the two readers
+cannot drift apart. A stream reaches its connection only through
+:class:`StreamSource`, a small seam of public methods.
+
+Closing a :class:`CompletionStream` (or leaving its ``with`` block early) cancels
+generation on the runner; ``cancel()`` also sends an explicit cancel, and is safe
+from interrupt handlers and from another thread (a Stop button).
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httpx2
 
@@ -31,11 +37,44 @@ from ..protocol import (
     decode_event,
 )
 
-if TYPE_CHECKING:
-    from .connection import RunnerConnection
+__all__ = ["CompletionStream", "StreamSource", "StreamState", "astream_events", "fold_event"]
+
+_WHAT = "while streaming a completion"
 
 
-def decode_line(client: RunnerConnection, line: str) -> Event | None:
+class StreamSource(Protocol):
+    """What a stream needs of its connection."""
+
+    name: str
+
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def headers(self) -> dict[str, str]: ...
+
+    def translating(self, what: str) -> AbstractContextManager[None]: ...
+    def translate(self, exc: Exception, what: str) -> MLXNotebookError: ...
+    def gone(self, what: str, *, wait: bool) -> MLXNotebookError | None: ...
+    def check_response(self, response: httpx2.Response, what: str) -> None: ...
+    def require_http(self) -> httpx2.Client: ...
+    def stream_timeout(self) -> httpx2.Timeout: ...
+    def count_stream(self, delta: int) -> None: ...
+    def touch(self) -> None: ...
+    def cancel(self, request_id: str) -> bool: ...
+
+
+@dataclass
+class StreamState:
+    """What a stream has seen so far; :func:`fold_event` updates it."""
+
+    runner: str
+    text: str = ""
+    prefill: tuple[int, int] | None = None  # (tokens read, prompt tokens) of a long prompt
+    result: DoneEvent | None = None
+    on_prefill: Callable[[int, int], None] | None = None
+
+
+def decode_line(runner: str, line: str) -> Event | None:
     """One NDJSON line as an event; None for a blank line; ProtocolError for garbage."""
     if not line.strip():
         return None
@@ -43,8 +82,35 @@ def decode_line(client: RunnerConnection, line: str) -> Event | None:
         return decode_event(line)
     except (ValueError, KeyError, TypeError) as exc:
         raise ProtocolError(
-            f"runner {client.name!r} sent a line that is not a stream event: {line[:200]!r}"
+            f"runner {runner!r} sent a line that is not a stream event: {line[:200]!r}"
         ) from exc
+
+
+def fold_event(state: StreamState, event: Event) -> ChunkEvent | None:
+    """Apply one event: a chunk is returned to hand on, anything else returns None.
+
+    The done event lands in ``state.result`` (the stream has ended); an error event,
+    or a done event that says "error", raises :class:`GenerationError`.
+    """
+    if isinstance(event, ChunkEvent):
+        state.text += event.content
+        return event
+    if isinstance(event, ProgressEvent):
+        state.prefill = (event.processed, event.total)
+        if state.on_prefill is not None:
+            state.on_prefill(event.processed, event.total)
+        return None
+    if isinstance(event, ErrorEvent):
+        raise GenerationError(f"runner {state.runner!r}: {event.error}")
+    state.result = event
+    if event.done_reason == "error":
+        raise GenerationError(f"runner {state.runner!r}: {event.error or 'generation failed'}")
+    return None
+
+
+def _ended_early(source: StreamSource) -> MLXNotebookError:
+    return source.gone(_WHAT, wait=True) or ProtocolError(
+        f"runner {source.name!r} ended the stream without a done event")
 
 
 class CompletionStream:
@@ -58,21 +124,38 @@ class CompletionStream:
         print(stream.result.completion_tokens)
     """
 
-    def __init__(self, client: RunnerConnection, request_id: str, response: httpx2.Response) -> None:
+    def __init__(self, source: StreamSource, request_id: str, response: httpx2.Response) -> None:
         self.request_id = request_id
-        self.result: DoneEvent | None = None
-        # (tokens read, prompt tokens) while the runner reads a long prompt; a callback too
-        self.prefill: tuple[int, int] | None = None
-        self.on_prefill: Callable[[int, int], None] | None = None
-        self.text = ""
-        self._client = client
+        self._state = StreamState(source.name)
+        self._source = source
         self._response = response
         self._lock = threading.Lock()
         self._finished = threading.Event()
         self._cancelled = False
         self._iterating: int | None = None  # thread id while a thread reads the stream
         self._lines = response.iter_lines()
-        client._count_stream(1)
+        source.count_stream(1)
+
+    @property
+    def text(self) -> str:
+        return self._state.text
+
+    @property
+    def result(self) -> DoneEvent | None:
+        return self._state.result
+
+    @property
+    def prefill(self) -> tuple[int, int] | None:
+        return self._state.prefill
+
+    @property
+    def on_prefill(self) -> Callable[[int, int], None] | None:
+        """Called with (tokens read, prompt tokens) while the runner reads a long prompt."""
+        return self._state.on_prefill
+
+    @on_prefill.setter
+    def on_prefill(self, callback: Callable[[int, int], None] | None) -> None:
+        self._state.on_prefill = callback
 
     @property
     def finished(self) -> bool:
@@ -90,7 +173,8 @@ class CompletionStream:
             raise StopIteration
         self._iterating = threading.get_ident()
         try:
-            return self._next_chunk()
+            with self._source.translating(_WHAT):
+                return self._next_chunk()
         except StopIteration:
             self._finish()
             raise
@@ -109,50 +193,34 @@ class CompletionStream:
             self._iterating = None
 
     def _next_chunk(self) -> ChunkEvent:
-        what = "while streaming a completion"
         while True:
             try:
-                with self._client._boundary(what):
-                    line = next(self._lines)
+                line = next(self._lines)
             except StopIteration:
                 if self._cancelled:
                     self._synthesize_cancel()
                     raise
-                gone = self._client._vanished(what, wait=True)
-                if gone is not None:
-                    raise gone from None
-                raise ProtocolError(
-                    f"runner {self._client.name!r} ended the stream without a done event") from None
-            event = decode_line(self._client, line)
+                raise _ended_early(self._source) from None
+            event = decode_line(self._source.name, line)
             if event is None:
                 continue
-            self._client.touch()
-            if isinstance(event, ChunkEvent):
-                self.text += event.content
-                return event
-            if isinstance(event, ProgressEvent):
-                self.prefill = (event.processed, event.total)
-                if self.on_prefill is not None:
-                    self.on_prefill(event.processed, event.total)
-                continue
-            if isinstance(event, ErrorEvent):
-                raise GenerationError(f"runner {self._client.name!r}: {event.error}")
-            self.result = event
-            if event.done_reason == "error":
-                raise GenerationError(
-                    f"runner {self._client.name!r}: {event.error or 'generation failed'}")
-            raise StopIteration
+            self._source.touch()
+            chunk = fold_event(self._state, event)
+            if chunk is not None:
+                return chunk
+            if self._state.result is not None:
+                raise StopIteration
 
     def _synthesize_cancel(self) -> None:
-        if self.result is None:
-            self.result = DoneEvent(done_reason="cancel", request_id=self.request_id)
+        if self._state.result is None:
+            self._state.result = DoneEvent(done_reason="cancel", request_id=self.request_id)
 
     def _finish(self) -> None:
         with self._lock:
             if self._finished.is_set():
                 return
             self._finished.set()
-            self._client._count_stream(-1)
+            self._source.count_stream(-1)
         self._response.close()
 
     def cancel(self) -> None:
@@ -165,7 +233,7 @@ class CompletionStream:
         if first:
             # A runner that is gone or dying cannot cancel: closing the stream is enough.
             with contextlib.suppress(MLXNotebookError):
-                self._client.cancel(self.request_id)
+                self._source.cancel(self.request_id)
         other = self._iterating is not None and self._iterating != threading.get_ident()
         if other:
             # Let the reading thread see the runner's final "cancel" event, briefly.
@@ -176,7 +244,7 @@ class CompletionStream:
 
     def close(self) -> None:
         """Close the stream; if it had not ended, the runner cancels the request."""
-        if not self.finished and self.result is None:
+        if not self.finished and self._state.result is None:
             self._cancelled = True
             self._synthesize_cancel()
         self._finish()
@@ -202,45 +270,52 @@ class CompletionStream:
         return True
 
 
-async def astream_events(client: RunnerConnection, request: CompletionRequest,
+async def astream_events(source: StreamSource, request: CompletionRequest,
                          on_done: Callable[[DoneEvent], None] | None) -> AsyncIterator[ChunkEvent]:
-    """The body of :meth:`RunnerConnection.astream`; errors go through ``client._translate``."""
-    client._require_http()
+    """The async reader: the same events, folded by :func:`fold_event`, on the event loop."""
+    source.require_http()
     method, path = ENDPOINTS["completion"]
-    timeout = httpx2.Timeout(30.0, connect=5.0, read=client.stream_read_timeout)
-    what = "while streaming a completion"
-    client._count_stream(1)
+    state = StreamState(source.name)
+    source.count_stream(1)
     try:
-        async with httpx2.AsyncClient(base_url=client.base_url, headers=client.headers,
-                                      timeout=timeout, trust_env=False) as http:
+        async with httpx2.AsyncClient(base_url=source.base_url, headers=source.headers,
+                                      timeout=source.stream_timeout(), trust_env=False) as http:
             try:
                 async with http.stream(method, path, json=request.to_json()) as response:
                     if response.status_code >= 400:
                         await response.aread()
-                        client._check_response(response, "the completion request")
+                        with source.translating("while starting a completion"):
+                            source.check_response(response, "the completion request")
                     async for line in response.aiter_lines():
-                        event = decode_line(client, line)
+                        event = decode_line(source.name, line)
                         if event is None:
                             continue
-                        client.touch()
-                        if isinstance(event, ChunkEvent):
-                            yield event
-                        elif isinstance(event, ProgressEvent):
-                            continue  # the async road shows no prefill progress
-                        elif isinstance(event, ErrorEvent):
-                            raise GenerationError(f"runner {client.name!r}: {event.error}")
-                        else:
+                        source.touch()
+                        try:
+                            chunk = fold_event(state, event)
+                        except GenerationError as exc:
+                            if state.result is not None and on_done is not None:
+                                on_done(state.result)  # a done event that says "error"
+                            raise await asyncio.to_thread(_explained, source, exc) from None
+                        if chunk is not None:
+                            yield chunk
+                        elif state.result is not None:
                             if on_done is not None:
-                                on_done(event)
-                            if event.done_reason == "error":
-                                raise GenerationError(f"runner {client.name!r}: {event.error}")
+                                on_done(state.result)
                             return
             except (httpx2.HTTPError, httpx2.StreamError) as exc:
                 # Translating may wait a moment for the process to exit: not on the loop.
-                raise await asyncio.to_thread(client._translate, exc, what) from exc
-        gone = await asyncio.to_thread(functools.partial(client._vanished, what, wait=True))
-        if gone is not None:
-            raise gone
-        raise ProtocolError(f"runner {client.name!r} ended the stream without a done event")
+                raise await asyncio.to_thread(_explained, source, exc) from exc
+        raise await asyncio.to_thread(functools.partial(_ended_early, source))
     finally:
-        client._count_stream(-1)
+        source.count_stream(-1)
+
+
+def _explained(source: StreamSource, exc: Exception) -> MLXNotebookError:
+    """``exc`` as the connection's boundary would raise it (the owner explains it)."""
+    try:
+        with source.translating(_WHAT):
+            raise exc
+    except MLXNotebookError as better:
+        return better
+    raise AssertionError("unreachable")  # translating always raises an MLXNotebookError

@@ -17,14 +17,10 @@ from _string import formatter_field_name_split  # type: ignore[import-not-found]
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import MLXNotebookError
+from ..errors import InterpolationError
 
 _HINT = "write {{ and }} for literal braces, or use --no-interpolate"
 _FORMATTER = string.Formatter()
-
-
-class InterpolationError(MLXNotebookError):
-    """A ``{field}`` of a prompt could not be filled from the namespace."""
 
 
 def fields(template: str) -> list[str]:
