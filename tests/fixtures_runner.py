@@ -3,6 +3,8 @@
 - ``tiny_client``: a real runner serving the tiny random model (fast plumbing tests);
 - ``demo_client``: a real runner serving the demo model (SmolLM2, ~10 tok/s here);
 - ``runner_manager``: a fresh RunnerManager with its own registry folder;
+- ``no_models``: the per-process manager (what ``mn.*`` uses) with nothing loaded; every
+  test module also ends with it empty, so no module sees another's models;
 - ``fault_client``: a factory of clients of ``tests/fault_runner.py``, the deliberately
   misbehaving runner, for faults the real runner cannot be made to show.
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mlx_notebook.control.client import RunnerClient
-from mlx_notebook.control.manager import RunnerManager
+from mlx_notebook.control.manager import RunnerManager, current_manager
 from mlx_notebook.control.registry import Registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,6 +67,27 @@ def runner_manager(tmp_path: Path) -> Iterator[RunnerManager]:
         yield manager
     finally:
         manager.close()
+
+
+def _empty_process_manager() -> None:
+    manager = current_manager()
+    if manager is not None:
+        import mlx_notebook as mn
+
+        manager.unload_all()
+        mn.reset_chat(all=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_process_manager_per_module() -> Iterator[None]:
+    yield
+    _empty_process_manager()
+
+
+@pytest.fixture
+def no_models() -> None:
+    """Nothing loaded in the per-process manager when the test starts."""
+    _empty_process_manager()
 
 
 @pytest.fixture

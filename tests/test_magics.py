@@ -215,9 +215,7 @@ def test_config_bad_values(shell: InteractiveShell, setting: str, match: str) ->
 # ---------------------------------------------------------------- no model loaded
 
 
-def test_no_model_loaded(entry: Entry, shell: InteractiveShell) -> None:
-    if mn.ps():
-        pytest.skip("another test left a model loaded")
+def test_no_model_loaded(entry: Entry, shell: InteractiveShell, no_models: None) -> None:
     with pytest.raises(ModelNotLoadedError, match="%mlx load demo") as info:
         entry.generate("Hello")
     assert isinstance(info.value, MLXNotebookError)

@@ -108,9 +108,13 @@ class LocalProcess:
     def returncode(self) -> int | None:
         return None if self.process is None else self.process.returncode
 
-    def start(self, conn: RunnerConnection) -> tuple[str, int]:
+    @property
+    def python(self) -> str:
+        return self.launch.python
+
+    def start(self, conn: RunnerConnection, token: str) -> tuple[str, int]:
         """Spawn the runner in its own session and wait for its handshake line."""
-        self.process = RunnerProcess(self.launch.argv(), self.launch.environment(conn._token),
+        self.process = RunnerProcess(self.launch.argv(), self.launch.environment(token),
                                      label=f"runner {conn.name!r} (pid ?, {conn.spec})")
         try:
             hs = self.process.spawn(self.launch.handshake_timeout)

@@ -60,9 +60,12 @@ class RunnerOwner(Protocol):
     def pid(self) -> int | None: ...
     @property
     def has_exited(self) -> bool: ...
+    @property
+    def python(self) -> str | None:
+        """The interpreter that runs the runner, when it runs here (None for a remote one)."""
 
-    def start(self, conn: RunnerConnection) -> tuple[str, int]:
-        """Bring the runner up as far as its HTTP address; returns ``(host, port)``."""
+    def start(self, conn: RunnerConnection, token: str) -> tuple[str, int]:
+        """Bring the runner up as far as its HTTP address (``token`` is its secret)."""
     def wait_exit(self, timeout: float) -> bool: ...
     def exit_description(self) -> str: ...
     def error_lines(self) -> list[str]: ...
@@ -165,6 +168,11 @@ class RunnerConnection:
         """True once we know the runner process is gone (only an owner can know)."""
         return self.owner.has_exited
 
+    @property
+    def python(self) -> str | None:
+        """The interpreter that runs the runner (None: a remote one, on another machine)."""
+        return self.owner.python
+
     def exit_description(self) -> str:
         """``"killed by SIGKILL"``, ``"exited with code 1"``, ``"still running"``."""
         return self.owner.exit_description()
@@ -197,7 +205,7 @@ class RunnerConnection:
             raise RuntimeError(f"runner {self.name!r} was already started")
         self._started = True
         self.started_at = self.last_used = time.time()
-        self.host, self.port = self.owner.start(self)
+        self.host, self.port = self.owner.start(self, self._token)
         self._http = httpx2.Client(base_url=self.base_url, headers=self.headers,
                                    timeout=REQUEST_TIMEOUT, trust_env=False)
 

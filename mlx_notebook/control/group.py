@@ -117,14 +117,14 @@ class RankGroup(LocalProcess):
         ssh_env = {k: v for k, v in env.items() if k != protocol.TOKEN_ENV}
         return RunnerProcess(argv, ssh_env, label=label, first_line=token.encode())
 
-    def start(self, conn: RunnerConnection) -> tuple[str, int]:
+    def start(self, conn: RunnerConnection, token: str) -> tuple[str, int]:
         """Write the ring hostfile, start every rank, read rank 0's handshake, watch them all."""
         self.ring = (loopback_hostfile(self.plan.size) if self.local_ring
                      else self.plan.ring(self.ring_port))
         fd, self.hostfile = tempfile.mkstemp(prefix="mlx-notebook-ring-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(self.ring, f)
-        env = self.launch.environment(conn._token)
+        env = self.launch.environment(token)
         registry = self.launch.registry
         try:
             self.process = self._rank_process(conn, 0, env)

@@ -44,7 +44,8 @@ from .registry import Registry
 if TYPE_CHECKING:
     from .remote import RemoteRunner
 
-__all__ = ["RunnerInfo", "RunnerManager", "get_manager", "default_name"]
+__all__ = ["LoadArgs", "RunnerEntry", "RunnerInfo", "RunnerManager", "current_manager",
+           "default_name", "get_manager"]
 
 KEEP_ALIVE_ENV = "MLX_NOTEBOOK_KEEP_ALIVE"  # seconds of idleness before a runner is unloaded
 BUDGET_ENV = "MLX_NOTEBOOK_MEMORY_BUDGET"  # most bytes all runners of a kernel may need
@@ -441,6 +442,11 @@ class RunnerManager:
 
 _manager: RunnerManager | None = None
 _manager_lock = threading.Lock()
+
+
+def current_manager() -> RunnerManager | None:
+    """The manager of this process if one was made (never makes one: nothing is reaped)."""
+    return _manager
 
 
 def get_manager() -> RunnerManager:

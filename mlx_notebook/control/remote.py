@@ -68,7 +68,11 @@ class RemoteOwner:
     def has_exited(self) -> bool:
         return False  # only a process of ours can be seen to exit
 
-    def start(self, conn: RunnerConnection) -> tuple[str, int]:
+    @property
+    def python(self) -> str | None:
+        return None  # it runs on another machine, with an interpreter we cannot ask
+
+    def start(self, conn: RunnerConnection, token: str) -> tuple[str, int]:
         parts = urllib.parse.urlsplit(self.url)
         assert parts.hostname is not None and parts.port is not None  # normalize_url checked
         return parts.hostname, parts.port

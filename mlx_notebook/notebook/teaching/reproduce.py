@@ -107,6 +107,8 @@ def _versions_of(python: str) -> tuple[tuple[str, str], ...]:
 
 def runner_versions(client: RunnerConnection) -> dict[str, str]:
     """mlx, mlx-lm and mlx-notebook versions of the interpreter that runs ``client``."""
+    if client.python is None:  # a remote runner: its interpreter is on another machine
+        return dict.fromkeys(PACKAGES, "")
     return dict(_versions_of(client.python))
 
 
