@@ -43,6 +43,30 @@ def test_private_attributes_refused(template: str) -> None:
         interpolate(template, NS)
 
 
+@pytest.mark.parametrize("template", ["{_ih[0]}", "{__builtins__}", "{_}", "{_secret.x}",
+                                      "ok {name} then {_oh}"])
+def test_private_top_level_names_refused(template: str) -> None:
+    # Refused whether or not the name exists (IPython's _ih, _oh, _ are always there).
+    ns = {**NS, "_ih": ["%mlx load demo"], "__builtins__": __builtins__, "_": 1, "_oh": {},
+          "_secret": SimpleNamespace(x=1)}
+    with pytest.raises(InterpolationError, match="names starting with '_' are not allowed"):
+        interpolate(template, ns)
+    with pytest.raises(InterpolationError, match="not allowed"):
+        interpolate(template, NS)  # not defined: still refused, not "unknown name"
+
+
+@pytest.mark.parametrize("template", ["{name:1000000000}", "{pi:.1000000000f}",
+                                      "{name:>{big}}", "{name:x<99999999999999999999}"])
+def test_huge_format_width_is_a_clear_error(template: str) -> None:
+    with pytest.raises(InterpolationError, match="too wide"):
+        interpolate(template, {**NS, "big": 10**9})
+
+
+def test_ordinary_widths_still_format() -> None:
+    assert interpolate("{name:>10000}", NS) == "Ada".rjust(10000)
+    assert interpolate("{pi:.3f}", NS) == "3.142"
+
+
 @pytest.mark.parametrize(("template", "match"), [
     ("code: {}", "Empty {}"),
     ('json: {"a": 1}', "not a name"),

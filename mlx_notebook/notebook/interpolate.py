@@ -6,12 +6,15 @@
 Rules: ``{{`` and ``}}`` are literal braces; a field is a name followed by
 attribute (``{obj.attr}``) and item (``{x[0]}``, ``{d[key]}``) look-ups, with the
 usual ``!r``/``!s``/``!a`` conversions and ``:spec`` formats. Nothing is evaluated:
-private attributes (``_x``, dunders) are refused, so a prompt cannot reach into
-interpreter internals. An unknown name is an error that names it, never a blank.
+private names and attributes (``_x``, ``_ih``, dunders) are refused, so a prompt
+cannot reach into interpreter internals, and a width or precision above
+:data:`MAX_WIDTH` is refused before it allocates. An unknown name is an error
+that names it, never a blank.
 """
 
 from __future__ import annotations
 
+import re
 import string
 from _string import formatter_field_name_split  # type: ignore[import-not-found]  # no stub
 from collections.abc import Mapping
@@ -21,6 +24,11 @@ from ..errors import InterpolationError
 
 _HINT = "write {{ and }} for literal braces, or use --no-interpolate"
 _FORMATTER = string.Formatter()
+MAX_WIDTH = 10_000  # the widest field (and longest precision) a format spec may ask for
+_NUMBER = re.compile(r"\d+")
+PRIVATE_NAME = "{{{field}}}: names starting with '_' are not allowed in a prompt ({name!r}); {hint}."
+WIDTH_TOO_BIG = ("{{{field}:{spec}}}: {number} is too wide (a format width or precision "
+                 "may be at most {max:,}).")
 
 
 def fields(template: str) -> list[str]:
@@ -34,6 +42,10 @@ def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
     Raises :class:`InterpolationError` naming every unknown name at once.
     """
     parts = _parse(template)
+    for _, name, _, _ in parts:
+        root = _root(name) if name else ""
+        if root.startswith("_") and _valid_root(root):
+            raise InterpolationError(PRIVATE_NAME.format(field=name, name=root, hint=_HINT))
     missing = [
         _root(name) for _, name, _, _ in parts
         if name and _valid_root(_root(name)) and _root(name) not in namespace
@@ -54,11 +66,20 @@ def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
             value = _FORMATTER.convert_field(value, conversion)
         if spec and "{" in spec:
             spec = interpolate(spec, namespace)
+        _check_spec(name, spec or "")
         try:
             out.append(format(value, spec or ""))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError, MemoryError) as exc:
             raise InterpolationError(f"Cannot format {{{name}:{spec}}}: {exc}") from exc
     return "".join(out)
+
+
+def _check_spec(name: str, spec: str) -> None:
+    """Refuse a width or precision that would build a huge string (MemoryError, or a hang)."""
+    for number in _NUMBER.findall(spec):
+        if int(number) > MAX_WIDTH:
+            raise InterpolationError(WIDTH_TOO_BIG.format(field=name, spec=spec, number=number,
+                                                          max=MAX_WIDTH))
 
 
 def _parse(template: str) -> list[tuple[str, str | None, str | None, str | None]]:
