@@ -2,7 +2,9 @@
 
 They live together because the result is made from what the running generation
 saw: the runner's done event where there is one, else what the kernel measured
-itself (a stopped or failed stream never sends one).
+itself (a stopped or failed stream never sends one): the tokens of the chunks it
+read, the prompt's length (from a prefill event, or one tokenize call at the
+stop) and the speed between the first chunk and the stop.
 
 >>> with mn.stream("Count to five") as g:   # doctest: +SKIP
 ...     for piece in g: print(piece, end="")
@@ -11,12 +13,15 @@ itself (a stopped or failed stream never sends one).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .protocol import CompletionRequest, DoneEvent, SamplingOptions
+from .errors import MLXNotebookError
+from .protocol import ChunkEvent, CompletionRequest, DoneEvent, SamplingOptions
 
 if TYPE_CHECKING:
     from .control.connection import RunnerConnection
@@ -88,7 +93,7 @@ class Generation:
         self.result: GenerationResult | None = None
         # Called with (tokens read, prompt tokens) while the runner reads a long prompt.
         self.on_prefill: Callable[[int, int], None] | None = None
-        self._pieces: list[str] = []
+        self._chunks: list[ChunkEvent] = []  # every chunk read: its text and its tokens
         self._t0 = time.perf_counter()
         self._first: float | None = None
         self._stopped = False
@@ -98,7 +103,7 @@ class Generation:
 
     @property
     def text(self) -> str:
-        return "".join(self._pieces)
+        return "".join(c.content for c in self._chunks)
 
     def _prefill(self, processed: int, total: int) -> None:
         if self.on_prefill is not None:
@@ -109,8 +114,8 @@ class Generation:
             for event in self._stream:
                 if self._first is None:
                     self._first = time.perf_counter() - self._t0
+                self._chunks.append(event)
                 if event.content:
-                    self._pieces.append(event.content)
                     yield event.content
         except (KeyboardInterrupt, GeneratorExit):
             self.cancel()
@@ -142,19 +147,38 @@ class Generation:
         if self.result is not None:
             return
         self.result = self._result(self._stream.result, time.perf_counter() - self._t0)
+        if self._stopped and not self.result.prompt_tokens:
+            # The runner's final event was not read (a stop cuts the stream): count the prompt.
+            with contextlib.suppress(MLXNotebookError):
+                self.result = dataclasses.replace(self.result,
+                                                  prompt_tokens=self._count_prompt())
         if self._on_end is not None:
             self._on_end(self.result)
 
+    def _count_prompt(self) -> int:
+        """The prompt's tokens: from a prefill event, else one tokenize call (as sent)."""
+        prefill = self._stream.prefill
+        if prefill is not None:
+            return prefill[1]
+        request = self.request
+        if request.messages is not None:
+            return len(self.client.tokenize(messages=list(request.messages)).tokens)
+        return len(self.client.tokenize(request.prompt or "").tokens)
+
     def _result(self, done: DoneEvent | None, wall: float) -> GenerationResult:
-        """From the runner's done event (None when it never came) and our own clock."""
+        """From the runner's done event (None, or made up, when a stop cut it) and our clock."""
         opts = self.request.options
+        counted = sum(len(c.tokens) for c in self._chunks)
         n = done.completion_tokens if done else 0
         ttft = (done.time_to_first_token if done and done.time_to_first_token else self._first) or 0.0
         tps = 0.0
-        if done and done.eval_duration > 0 and n > 1:
+        if n >= counted and done and done.eval_duration > 0 and n > 1:
             tps = (n - 1) / done.eval_duration
-        elif n and wall > ttft:
-            tps = n / max(wall - ttft, 1e-9)
+        elif counted > 1 and wall > ttft:
+            # No final event: the tokens read over the time from the first one to the stop.
+            n = counted
+            tps = (n - 1) / max(wall - ttft, 1e-9)
+        n = max(n, counted)
         reason: FinishReason = "cancel" if self._stopped else (done.done_reason if done else "cancel")
         request = self.request
         return GenerationResult(

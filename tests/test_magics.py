@@ -356,6 +356,11 @@ def test_stream_and_cancel(tiny: str) -> None:
                 break
     assert gen.result is not None and gen.result.stopped
     assert gen.result.finish_reason == "cancel" and gen.result.text == "".join(pieces)
+    # What was streamed, not "0 tokens · prompt 0 · 0.0 tok/s" (issue 15).
+    r = gen.result
+    assert r.completion_tokens >= 3 and r.tokens_per_second > 0
+    assert r.prompt_tokens == len(mn.tokenize("The").tokens)
+    assert r.footer().startswith(f"[stopped] {r.completion_tokens} tokens · prompt {r.prompt_tokens}")
     assert mn.generate("Hi", max_tokens=2).finish_reason in ("stop", "length")  # still usable
 
 
@@ -399,6 +404,7 @@ def test_interrupt_keeps_partial_text(entry: Entry, tiny: str) -> None:
             r = entry.generate("The", raw=True, max_tokens=480, model=tiny)
         assert interrupter.fired
         assert r.stopped and r.finish_reason == "cancel" and r.completion_tokens < 480
+        assert r.completion_tokens > 0 and r.prompt_tokens > 0 and r.tokens_per_second > 0
     else:  # the function cancels on the runner, then lets the interrupt through
         with pytest.raises(KeyboardInterrupt), Interrupter(tiny):
             mn.generate("The", raw=True, max_tokens=480, model=tiny)
