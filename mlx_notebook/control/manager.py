@@ -19,16 +19,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from ..errors import (
     NO_MODEL_LOADED,
     NOT_LOADED,
     InsufficientMemoryError,
-    MLXNotebookError,
     ModelNotLoadedError,
     RunnerExitedError,
 )
@@ -39,6 +36,16 @@ from .connection import RunnerConnection
 from .group import RunnerGroup
 from .hosts import HostPlan, read_hosts
 from .preflight import MemoryEstimate, format_bytes
+from .records import (
+    Listener,
+    Listeners,
+    LoadArgs,
+    ManagerEvent,
+    RunnerEntry,
+    RunnerInfo,
+    default_name,
+    info_row,
+)
 from .registry import Registry
 
 if TYPE_CHECKING:
@@ -51,66 +58,8 @@ KEEP_ALIVE_ENV = "MLX_NOTEBOOK_KEEP_ALIVE"  # seconds of idleness before a runne
 BUDGET_ENV = "MLX_NOTEBOOK_MEMORY_BUDGET"  # most bytes all runners of a kernel may need
 
 Notify = Callable[[str], None]
-# What a listener hears: a load began or ended, a runner went, a generation began or
-# ended, caches were freed. The runner's name, or None for "all of them".
-ManagerEvent = Literal["loading", "loaded", "unloaded", "generating", "generated", "freed"]
-Listener = Callable[[ManagerEvent, "str | None"], None]
-
-
-@dataclass(frozen=True)
-class RunnerInfo:
-    """One row of ``%mlx ps``."""
-
-    name: str
-    model: str
-    state: str  # loading / ready / generating / error / exited / unavailable
-    pid: int | None
-    port: int | None
-    memory_active: int
-    memory_peak: int
-    idle_seconds: float
-    context_length: int
-    weights_format: str
-    spec: str = ""
-    is_default: bool = False
-    error: str | None = None
-    url: str = ""  # set for a remote runner (one this kernel did not start)
-
-
-def default_name(spec: str) -> str:
-    """``demo`` -> ``demo``; ``/models/Qwen3-4B/`` -> ``Qwen3-4B``; ``x.gguf`` -> ``x``."""
-    text = spec.strip().rstrip("/\\")
-    if "/" in text or os.sep in text:
-        text = Path(text).name
-    return text.removesuffix(".gguf") or spec
-
-
 def _quiet(_message: str) -> None:
     pass
-
-
-@dataclass(frozen=True)
-class LoadArgs:
-    """What a runner was loaded with, kept so that a reload starts the same runner."""
-
-    spec: str
-    context_length: int | None = None
-    ranks: int = 1
-    shard: str = "tensor"
-    hosts: str | HostPlan | None = None
-    backend: str | None = None
-
-
-@dataclass
-class RunnerEntry:
-    """One runner of the manager: loading, live or dead, and what it was loaded with."""
-
-    runner: RunnerConnection
-    load: LoadArgs | None  # None for a runner we only connected to
-    need: MemoryEstimate | None = None
-    state: Literal["loading", "live", "dead"] = "live"
-    death: RunnerExitedError | None = None  # a dead runner's story, told on every later use
-    created: float = field(default_factory=time.time)
 
 
 class RunnerManager:
@@ -134,7 +83,7 @@ class RunnerManager:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
-        self._listeners: list[Listener] = []
+        self.listeners = Listeners()
         if keep_alive:
             self._reaper = threading.Thread(target=self._keep_alive_loop, daemon=True,
                                             name="mlx-notebook-keep-alive")
@@ -148,22 +97,11 @@ class RunnerManager:
         The status widget subscribes, so it redraws when a model loads or goes and
         polls while something generates.
         """
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock, contextlib.suppress(ValueError):
-                self._listeners.remove(listener)
-
-        return unsubscribe
+        return self.listeners.subscribe(listener)
 
     def notify(self, event: ManagerEvent, name: str | None = None) -> None:
         """Tell every listener; a listener that fails never fails the caller."""
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            with contextlib.suppress(Exception):  # a broken view must not break a load
-                listener(event, name)
+        self.listeners.notify(event, name)
 
     # ------------------------------------------------------------ loading
 
@@ -408,34 +346,7 @@ class RunnerManager:
         """A row per runner, with live status (a runner that does not answer says so)."""
         with self._lock:
             runners = [e.runner for e in self._live()] + [e.runner for e in self._loading]
-        return [self._info(c) for c in runners]
-
-    def _info(self, client: RunnerConnection) -> RunnerInfo:
-        error = None
-        status = client.last_status
-        if client.has_exited:
-            state, error = "exited", client.exit_description()
-        else:
-            try:
-                status = client.status()
-                state = status.state
-                if state == "ready" and status.active_requests:
-                    state = "generating"
-                error = status.error
-            except RunnerExitedError:
-                state, error = "exited", client.exit_description()
-            except MLXNotebookError as exc:
-                state, error = "unavailable", str(exc)
-        idle = 0.0 if client.active_streams else max(time.time() - client.last_used, 0.0)
-        return RunnerInfo(
-            name=client.name, model=(status.model if status else "") or client.spec, state=state,
-            pid=client.pid, port=client.port,
-            memory_active=status.memory.active if status else 0,
-            memory_peak=status.memory.peak if status else 0, idle_seconds=idle,
-            context_length=status.context_length if status else (client.context_length or 0),
-            weights_format=status.weights_format if status else "", spec=client.spec,
-            is_default=client.name == self._default, error=error,
-            url=client.base_url if client.remote else "")
+        return [info_row(c, is_default=c.name == self._default) for c in runners]
 
 
 # ---------------------------------------------------------------- the per-process manager
