@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -99,7 +100,9 @@ class Generation:
         self._stopped = False
         self._on_end = on_end
         self._stream: CompletionStream = client.stream(request)
-        self._stream.on_prefill = self._prefill
+        # A generation dropped unread must not keep its runner busy (never idle-unloaded):
+        # closing the stream ends the request on the runner and the busy count.
+        self._release = weakref.finalize(self, self._stream.close)
 
     @property
     def text(self) -> str:
@@ -110,6 +113,8 @@ class Generation:
             self.on_prefill(processed, total)
 
     def __iter__(self) -> Iterator[str]:
+        # Hooked only while reading: the stream must not keep this object alive (finalizer).
+        self._stream.on_prefill = self._prefill
         try:
             for event in self._stream:
                 if self._first is None:
@@ -120,6 +125,8 @@ class Generation:
         except (KeyboardInterrupt, GeneratorExit):
             self.cancel()
             raise
+        finally:
+            self._stream.on_prefill = None
         self._finish()
 
     def cancel(self) -> None:
@@ -133,9 +140,10 @@ class Generation:
             self._finish()
 
     def close(self) -> None:
+        """End it (cancelled on the runner if it was still running) and free the runner."""
         if self.result is None:
             self.cancel()
-        self._stream.close()
+        self._release()
 
     def __enter__(self) -> Generation:
         return self

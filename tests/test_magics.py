@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import gc
 import json
 import subprocess
 import sys
@@ -362,6 +363,32 @@ def test_stream_and_cancel(tiny: str) -> None:
     assert r.prompt_tokens == len(mn.tokenize("The").tokens)
     assert r.footer().startswith(f"[stopped] {r.completion_tokens} tokens · prompt {r.prompt_tokens}")
     assert mn.generate("Hi", max_tokens=2).finish_reason in ("stop", "length")  # still usable
+
+
+def _wait_idle(name: str) -> None:
+    deadline = time.monotonic() + 5
+    while mn.status(name).active_requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("how", ["close", "drop"])
+def test_unread_stream_releases_its_runner(tiny: str, how: str) -> None:
+    """A stream opened and never read stops being busy when closed or dropped (issue 15)."""
+    from mlx_notebook.control.manager import get_manager
+
+    client = get_manager().get(tiny)
+    gen = mn.stream("The", raw=True, max_tokens=400)
+    assert client.active_streams == 1  # busy: never idle-unloaded or evicted
+    if how == "close":
+        gen.close()
+        assert gen.result is not None and gen.result.stopped
+    else:
+        del gen
+        gc.collect()
+    assert client.active_streams == 0
+    _wait_idle(tiny)
+    assert mn.status(tiny).active_requests == 0  # the runner dropped the request too
+    assert mn.generate("Hi", max_tokens=1).completion_tokens == 1
 
 
 class Interrupter:
