@@ -260,6 +260,9 @@ class TokenizeResponse:
     tokens: list[int]
     pieces: list[str]
     text: str  # the text that was tokenized (after the chat template, for messages)
+    # Each token's bytes as hex ("e4bd"): a byte-level token may hold part of a character,
+    # which its piece can only show as U+FFFD. Empty from a runner that predates it.
+    token_bytes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

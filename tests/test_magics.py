@@ -320,6 +320,38 @@ def test_tokenize(entry: Entry, tiny: str, shell: InteractiveShell,
     assert [ln.split()[0] for ln in out[1:]] == [str(t) for t in tok.tokens]
 
 
+CUT = "Hello world, 你好! 👋"  # CJK and an emoji: the tiny tokenizer cuts them into bytes
+
+
+def test_tokenize_shows_bytes_of_cut_characters(entry: Entry, tiny: str, shell: InteractiveShell,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Byte-level tokens shown by their bytes, grouped under their character (issue 15)."""
+    from mlx_notebook.notebook.tokens import token_groups, tokens_html, tokens_text
+
+    tok = mn.tokenize(CUT)
+    assert b"".join(bytes.fromhex(h) for h in tok.token_bytes) == CUT.encode()
+    groups = token_groups(tok)
+    assert "".join(g.text for g in groups) == CUT
+    by_text = {g.text: g for g in groups if not g.plain}
+    assert {"你", "好", "👋"} <= set("".join(by_text))
+    emoji = next(g for g in groups if "👋" in g.text)
+    assert "".join(emoji.labels).replace("><", " ").strip("<>").split() == [
+        f"{b:02X}" for b in "👋".encode()]
+    capsys.readouterr()
+    if entry.kind == "magic":
+        shell.run_line_magic("mlx", f"tokenize {CUT}")
+        out = capsys.readouterr().out
+    else:
+        out = tokens_text(tok)
+    assert "\ufffd" not in out and "<F0" in out and ("'你'" in out or "'你好'" in out)
+    assert out.splitlines()[0] == f"{len(tok.tokens)} tokens"
+    assert "\ufffd" not in tokens_html(tok) and 'class="mlxnb-char"' in tokens_html(tok)
+    # The dry-run preview shows the same bytes, not U+FFFD.
+    shell.run_cell_magic("mlx", "generate --dry-run --raw", CUT)
+    preview = capsys.readouterr().out
+    assert "\ufffd" not in preview and "<E4" in preview and "👋=<F0" in preview
+
+
 def test_load_use_ps_unload(entry: Entry, tiny: str, tiny_model_dir: Path,
                             shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     entry.load(str(tiny_model_dir), name="second")

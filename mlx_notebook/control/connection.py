@@ -419,7 +419,8 @@ class RunnerConnection:
         try:
             return protocol.TokenizeResponse(tokens=list(data["tokens"]),
                                              pieces=list(data.get("pieces", [])),
-                                             text=str(data.get("text", text or "")))
+                                             text=str(data.get("text", text or "")),
+                                             token_bytes=list(data.get("token_bytes", [])))
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"runner {self.name!r} sent a malformed tokenize answer") from exc
 

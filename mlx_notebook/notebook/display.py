@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..errors import MLXNotebookError
 from ..protocol import Status
 from ..units import format_bytes
+from .tokens import tokens_html, tokens_text  # noqa: F401  # the token views, kept importable here
 
 if TYPE_CHECKING:
     from ..control.manager import RunnerInfo
     from ..generation import GenerationResult
-    from ..protocol import FreeResponse, TokenizeResponse
+    from ..protocol import FreeResponse
 
 Mode = Literal["auto", "display", "print"]
 PLACEHOLDER = "…"
@@ -159,27 +160,6 @@ def ps_table(rows: Sequence[RunnerInfo], default: str | None = None) -> str:
     widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in (head, *body))
-
-
-def tokens_text(tok: TokenizeResponse) -> str:
-    """One token a line: id and its text piece (repr, so spaces and newlines show)."""
-    width = max((len(str(t)) for t in tok.tokens), default=1)
-    lines = [f"{len(tok.tokens)} tokens"]
-    lines += [f"{t:>{width}}  {p!r}" for t, p in zip(tok.tokens, tok.pieces, strict=False)]
-    return "\n".join(lines)
-
-
-def tokens_html(tok: TokenizeResponse) -> str:
-    """The pieces side by side in alternating boxes, ids in the tooltip."""
-    colors = ("#d7e8fc", "#fde2c4", "#d5f2d5", "#f6d5f2")
-    spans = [
-        f'<span title="{t}" style="background:{colors[i % 4]};color:#000;white-space:pre;'
-        f'border-radius:3px;padding:0 1px;margin-right:1px">'
-        f"{html.escape(p.replace(chr(10), chr(0x21B5) + chr(10))) or '&#8203;'}</span>"
-        for i, (t, p) in enumerate(zip(tok.tokens, tok.pieces, strict=False))
-    ]
-    return (f"<div><b>{len(tok.tokens)} tokens</b></div>"
-            f'<div style="font-family:monospace;line-height:1.8">{"".join(spans)}</div>')
 
 
 def show(text: str, html_text: str | None = None) -> None:

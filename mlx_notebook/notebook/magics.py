@@ -193,7 +193,8 @@ class MLXMagics(Magics):
             print(status_text(runner_statuses()))
 
     def _tokenize(self, args: argparse.Namespace, cell: str | None) -> None:
-        from .display import show, tokens_html, tokens_text
+        from .display import show
+        from .tokens import tokens_html, tokens_text
 
         if cell is None:  # the line is the text itself (line_is_text in the table)
             if not args.text:

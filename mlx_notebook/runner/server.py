@@ -204,7 +204,9 @@ class RunnerHandler(BaseHTTPRequestHandler):
             text = request.text or ""
             tokens = tokenizer.encode(text)
         pieces = [tokenizer.decode([t]) for t in tokens]
-        self._send_json(200, asdict(TokenizeResponse(tokens=tokens, pieces=pieces, text=text)))
+        raw = [_token_bytes(tokenizer, t, p).hex() for t, p in zip(tokens, pieces, strict=True)]
+        self._send_json(200, asdict(TokenizeResponse(tokens=tokens, pieces=pieces, text=text,
+                                                     token_bytes=raw)))
 
     def _handle_detokenize(self, body: Any) -> None:
         _, loaded = self._require_ready()
@@ -324,3 +326,16 @@ def _peer_closed(sock: socket.socket) -> bool:
         return True
 
 
+def _token_bytes(tokenizer: Any, token: int, piece: str) -> bytes:
+    """A token's own bytes: its piece, unless that is a U+FFFD standing for part of a character."""
+    if "\ufffd" not in piece:
+        return piece.encode("utf-8")
+    from mlx_lm.tokenizer_utils import _byte_decoder
+
+    name = tokenizer.convert_ids_to_tokens(token)
+    if isinstance(name, str) and len(name) == 6 and name.startswith("<0x") and name.endswith(">"):
+        return bytes([int(name[3:5], 16)])  # SentencePiece byte fallback
+    decoder = _byte_decoder()  # GPT-2 byte-level BPE: one character a byte
+    if isinstance(name, str) and name and all(c in decoder for c in name):
+        return bytes(decoder[c] for c in name)
+    return piece.encode("utf-8")

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ... import api
-from ...protocol import ChatMessage, SamplingOptions
+from ...protocol import ChatMessage, SamplingOptions, TokenizeResponse
 from ..display import in_kernel
+from ..tokens import pieces_report, token_groups
 
 if TYPE_CHECKING:
     from ...control.connection import RunnerConnection
@@ -36,6 +37,7 @@ class PromptPreview:
     pieces: tuple[str, ...]
     model: str
     raw: bool
+    token_bytes: tuple[str, ...] = ()  # each token's bytes (hex), for characters cut in two
 
     @property
     def token_count(self) -> int:
@@ -44,27 +46,40 @@ class PromptPreview:
     def __str__(self) -> str:
         return self.text
 
+    def tokenized(self) -> TokenizeResponse:
+        return TokenizeResponse(tokens=list(self.tokens), pieces=list(self.pieces), text=self.text,
+                                token_bytes=list(self.token_bytes))
+
     def text_report(self) -> str:
         """Plain text: header, the templated prompt, then the pieces split by ``|``."""
         kind = "raw prompt" if self.raw else "after the chat template"
         return (f"{self.model}: {self.token_count} prompt tokens ({kind})\n"
-                f"{self.text}\n--- tokens ---\n" + "|".join(self.pieces))
+                f"{self.text}\n--- tokens ---\n" + "|".join(pieces_report(self.tokenized())))
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(self.text_report())
 
     def _repr_html_(self) -> str:
-        spans = "".join(
-            f'<span title="#{i} id {tid}" style="background:{_SHADES[i % 2]};'
-            f'border-right:1px solid #999;white-space:pre-wrap">'
-            f"{html.escape(piece.replace(chr(10), '↵' + chr(10)))}</span>"
-            for i, (tid, piece) in enumerate(zip(self.tokens, self.pieces, strict=False)))
+        spans = []
+        for g in token_groups(self.tokenized()):
+            boxes = "".join(
+                f'<span title="#{g.start + n} id {tid}" style="background:{_SHADES[(g.start + n) % 2]};'
+                f'border-right:1px solid #999;white-space:pre-wrap">'
+                f"{html.escape(label.replace(chr(10), '↵' + chr(10)))}</span>"
+                for n, (tid, label) in enumerate(zip(g.tokens, g.labels, strict=True)))
+            if not g.plain:  # a character cut between tokens: it stands above their bytes
+                boxes = (f'<span class="mlxnb-char" title="{len(g.tokens)} tokens make up '
+                         f'{html.escape(repr(g.text))}" style="display:inline-flex;'
+                         f'flex-direction:column;align-items:center;vertical-align:top">'
+                         f'<span>{html.escape(g.text)}</span>'
+                         f'<span style="font-size:80%">{boxes}</span></span>')
+            spans.append(boxes)
         kind = "raw prompt" if self.raw else "after the chat template"
         return (f'<div class="mlxnb-preview"><b>{self.token_count} prompt tokens</b> '
                 f"({html.escape(self.model)}, {kind}; nothing generated)"
                 f'<pre style="white-space:pre-wrap;background:#f7f7f7;padding:6px">'
                 f"{html.escape(self.text)}</pre>"
-                f'<div style="font-family:monospace;line-height:1.8">{spans}</div></div>')
+                f'<div style="font-family:monospace;line-height:1.8">{"".join(spans)}</div></div>')
 
 
 def preview_prompt(prompt: str, *, model: str | RunnerConnection | None = None,
@@ -80,7 +95,7 @@ def preview_prompt(prompt: str, *, model: str | RunnerConnection | None = None,
     else:
         tok = client.tokenize(messages=list(request.messages))
     return PromptPreview(text=tok.text, tokens=tuple(tok.tokens), pieces=tuple(tok.pieces),
-                         model=client.name, raw=raw)
+                         model=client.name, raw=raw, token_bytes=tuple(tok.token_bytes))
 
 
 def show_preview(prompt: str, **kwargs: Any) -> PromptPreview:
