@@ -183,3 +183,44 @@ def test_row_buttons_free_and_unload_a_real_runner(tiny_model_dir, shell) -> Non
         sw.close()
     finally:
         shell.run_line_magic("mlx", "unload --all")
+
+
+def test_status_keeps_a_static_snapshot_a_saved_notebook_renders(shell: InteractiveShell) -> None:
+    """Beside the live widget, the text and HTML of its last state (issue 15): the
+    notebook converted by nbconvert shows it without a kernel or a widget manager."""
+    nbformat = pytest.importorskip("nbformat")
+    nbconvert = pytest.importorskip("nbconvert")
+    sw = StatusWidget(source=lambda: {"demo": st()}, poll=False)
+    try:
+        with capture_output() as cap:
+            sw.display()
+        widget_out, snap = cap.outputs
+        assert "application/vnd.jupyter.widget-view+json" in widget_out.data
+        assert "demo: SmolLM2-135M-Instruct · ready" in snap.data["text/plain"]
+        assert "<td>ready</td>" in snap.data["text/html"]
+        model_id = widget_out.data["application/vnd.jupyter.widget-view+json"]["model_id"]
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell("%mlx status")
+        cell.outputs = [nbformat.v4.new_output("display_data", data=o.data) for o in cap.outputs]
+        nb.cells = [cell]
+        state = "application/vnd.jupyter.widget-state+json"  # as nbclient saves it
+        nb.metadata["widgets"] = {state: {"state": {model_id: sw.get_state()},
+                                          "version_major": 2, "version_minor": 0}}
+        nbformat.validate(nb)
+        page, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
+        assert "mlxnb-status-snapshot" in page and "SmolLM2-135M-Instruct" in page
+    finally:
+        sw.close()
+
+
+def test_labels_fit_their_words() -> None:
+    """No fixed widths that cut "generating", "free cache", "unload" (issue 15); rows wrap."""
+    sw = StatusWidget(source=lambda: {"demo": st(active_requests=1)}, poll=False)
+    try:
+        row = sw.rows["demo"]
+        assert row.state.description == "generating"
+        for button in (row.state, row.free_button, row.unload_button):
+            assert button.layout.width == "auto" and button.layout.min_width == "fit-content"
+        assert row.layout.flex_flow == "row wrap"
+    finally:
+        sw.close()

@@ -182,11 +182,9 @@ class MLXMagics(Magics):
         from .display import in_kernel
 
         if in_kernel():
-            from IPython.display import display
-
             from .widgets import StatusWidget
 
-            display(StatusWidget())
+            StatusWidget().display()
         else:
             from .display import runner_statuses, status_text
 

@@ -6,8 +6,14 @@
 The status widget has one row per runner: name and model, state (loading /
 ready / generating / error), a progress bar while loading, a memory bar (active
 against the limit MLX may use, peak in the label), context length and the last
-tokens/s, and two buttons: free its caches (``%mlx free``) and unload it. A daemon thread polls the runners while something happens and parks
-after a few idle polls; the manager's events (a load, an unload, a generation) wake it.
+tokens/s, and two buttons: free its caches (``%mlx free``) and unload it. A daemon
+thread polls the runners while something happens and parks after a few idle polls;
+the manager's events (a load, an unload, a generation) wake it.
+
+Labels are never cut: buttons size to their words and a row wraps when the cell
+is narrow. :meth:`StatusWidget.display` puts a static snapshot (text and HTML of
+the last settled state) beside the widget, so a saved notebook still shows the
+status where no kernel (or no widget manager) renders the widget.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import contextlib
 import html
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ipywidgets as w
@@ -34,6 +40,7 @@ def is_busy(status: Status) -> bool:
     return status.state in ("loading", "stopping") or status.active_requests > 0
 
 
+_FIT = {"width": "auto", "min_width": "fit-content", "flex": "0 0 auto"}
 _STATE_STYLE = {"loading": "info", "ready": "success", "generating": "warning",
                 "error": "danger", "stopping": "warning"}
 
@@ -56,23 +63,25 @@ class RunnerRow(w.HBox):
         self.name = name
         self.on_action = on_action
         self.note = ""  # what the last button did, shown until the next one
-        self.title = w.HTML(layout=w.Layout(width="220px"))
-        self.state = w.Button(disabled=True, layout=w.Layout(width="110px"))
+        # Widths fit the words (never "genera…"); the row wraps rather than cutting them.
+        self.title = w.HTML(layout=w.Layout(min_width="10em", max_width="220px"))
+        self.state = w.Button(disabled=True, layout=w.Layout(**_FIT))
         self.progress = w.FloatProgress(min=0, max=100, description="load",
                                         layout=w.Layout(width="220px"))
         self.memory = w.FloatProgress(min=0, max=100, description="memory",
                                       layout=w.Layout(width="220px"))
-        self.free_button = w.Button(description="free cache", layout=w.Layout(width="105px"),
+        self.free_button = w.Button(description="free cache", layout=w.Layout(**_FIT),
                                     tooltip="drop the prompt cache and MLX's buffer cache; "
                                             "the model stays loaded")
-        self.unload_button = w.Button(description="unload", layout=w.Layout(width="75px"),
+        self.unload_button = w.Button(description="unload", layout=w.Layout(**_FIT),
                                       tooltip="stop this runner (disconnect a remote one)")
         self.free_button.on_click(lambda _b: self._act("free"))
         self.unload_button.on_click(lambda _b: self._act("unload"))
         self.info = w.HTML()
         self._last: Status | None = None
         super().__init__([self.title, self.state, self.progress, self.memory, self.free_button,
-                          self.unload_button, self.info])
+                          self.unload_button, self.info],
+                         layout=w.Layout(flex_flow="row wrap", align_items="center"))
 
     def _act(self, action: str) -> None:
         """A click: run the action; a failure becomes the row's note, never a traceback."""
@@ -118,6 +127,30 @@ class RunnerRow(w.HBox):
             self.free_button.disabled = status.state != "ready"
 
 
+# The snapshot hides itself where the widget beside it is rendered (a live notebook, or a
+# saved one whose widget manager loaded): it is the fallback, not a second status.
+_SNAPSHOT_STYLE = ("<style>.jp-OutputArea-child:has(.widget-vbox) + .jp-OutputArea-child "
+                   ".mlxnb-status-snapshot{display:none}</style>")
+
+
+def status_html(statuses: Mapping[str, Status], when: str = "") -> str:
+    """A static table of the runners (the snapshot a saved notebook shows)."""
+    if not statuses:
+        return (f"{_SNAPSHOT_STYLE}<div class='mlxnb-status-snapshot'>No models loaded: run "
+                "<code>%mlx load demo</code></div>")
+    rows = "".join(
+        f"<tr><td><b>{html.escape(name)}</b></td><td>{html.escape(s.model or s.source or '?')}</td>"
+        f"<td>{html.escape(state_label(s))}</td>"
+        f"<td>{format_bytes(s.memory.active)} (peak {format_bytes(s.memory.peak)})</td>"
+        f"<td>{s.context_length or '-'}</td>"
+        f"<td>{html.escape(s.error or '')}</td></tr>"
+        for name, s in statuses.items())
+    caption = f"<caption style='caption-side:bottom;color:#888'>status at {when}</caption>" if when else ""
+    return (f"{_SNAPSHOT_STYLE}<table class='mlxnb-status-snapshot' style='font-size:90%'>"
+            "<thead><tr><th>name</th><th>model</th><th>state</th><th>memory</th><th>context</th>"
+            f"<th></th></tr></thead><tbody>{rows}</tbody>{caption}</table>")
+
+
 class StatusWidget(w.VBox):
     """One row per runner, refreshed live while anything loads or generates.
 
@@ -142,6 +175,7 @@ class StatusWidget(w.VBox):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.polls = 0
+        self._snapshot: Any = None  # the display handle of the static snapshot, once shown
         self.refresh()
         from ..control.manager import get_manager
 
@@ -177,6 +211,24 @@ class StatusWidget(w.VBox):
         # The text/plain fallback saved beside the widget: readable on GitHub and in a terminal.
         return status_text(self.last)
 
+    def snapshot(self) -> dict[str, str]:
+        """The last state as a static output (text and HTML) that renders without a kernel."""
+        when = time.strftime("%H:%M:%S")
+        return {"text/plain": f"{status_text(self.last)}\n(status at {when})",
+                "text/html": status_html(self.last, when)}
+
+    def display(self) -> None:
+        """Show the live widget with its static snapshot beside it (what ``%mlx status`` does)."""
+        from IPython.display import display
+
+        display(self)
+        self._snapshot = display(self.snapshot(), raw=True, display_id=True)
+
+    def _update_snapshot(self) -> None:
+        if self._snapshot is not None:
+            with contextlib.suppress(Exception):  # a closed front end must not kill the thread
+                self._snapshot.update(self.snapshot(), raw=True)
+
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
@@ -198,6 +250,7 @@ class StatusWidget(w.VBox):
         idle = 0
         while not self._stop.is_set():
             if idle >= self.idle_polls:
+                self._update_snapshot()  # all settled: that is the state worth saving
                 self._parked = True
                 self._wake.wait()
                 self._parked = False
@@ -226,6 +279,7 @@ class StatusWidget(w.VBox):
         if event in ("loaded", "unloaded"):
             with contextlib.suppress(MLXNotebookError):
                 self.refresh()
+            self._update_snapshot()
         self.wake()
 
 
