@@ -145,6 +145,22 @@ def test_ps_table(executed: tuple[Any, RecordingClient]) -> None:
     lines = text.splitlines()
     assert lines[0].startswith("NAME") and len(lines) == 3
     assert lines[1].startswith("*tiny") and lines[2].startswith("demo ")  # first loaded is default
+    # In a notebook it is an HTML table too (issue 15); text stays for text/plain.
+    page = [o for o in outputs(nb, "ps") if o.output_type == "display_data"][0].data["text/html"]
+    assert page.startswith("<table") and page.count("<tr>") == 3
+    assert "<td>tiny (default)</td>" in page and "<td>demo</td>" in page
+
+
+def test_status_snapshot_survives_saving(executed: tuple[Any, RecordingClient]) -> None:
+    """The saved notebook shows the status where no widget renders (nbconvert to HTML)."""
+    nbconvert = pytest.importorskip("nbconvert")
+    nb, _ = executed
+    snaps = [o for o in outputs(nb, "status") if "text/html" in o.get("data", {})]
+    assert len(snaps) == 1
+    assert "<b>tiny</b>" in snaps[0].data["text/html"] and "<td>ready</td>" in snaps[0].data["text/html"]
+    assert snaps[0].data["text/plain"].startswith("tiny: ")
+    page, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
+    assert "mlxnb-status-snapshot" in page and "<b>demo</b>" in page
 
 
 # ---------------------------------------------------------------- interrupt

@@ -162,6 +162,22 @@ def ps_table(rows: Sequence[RunnerInfo], default: str | None = None) -> str:
                      for row in (head, *body))
 
 
+def ps_html(rows: Sequence[RunnerInfo], default: str | None = None) -> str | None:
+    """The ps table as HTML for a notebook (None with no rows: the text line says it)."""
+    if not rows:
+        return None
+    head = ("name", "model", "state", "memory", "peak", "context", "pid", "idle")
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in (
+            r.name + (" (default)" if r.name == default else ""), r.model, r.state,
+            format_bytes(r.memory_active), format_bytes(r.memory_peak),
+            str(r.context_length or "-"), str(r.pid or "-") + (f" ({r.url})" if r.url else ""),
+            _duration(r.idle_seconds))) + "</tr>"
+        for r in rows)
+    return ("<table class='mlxnb-ps'><thead><tr>"
+            + "".join(f"<th>{h}</th>" for h in head) + f"</tr></thead><tbody>{cells}</tbody></table>")
+
+
 def show(text: str, html_text: str | None = None) -> None:
     """Display text (and HTML, where a front end can render it)."""
     bundle = {"text/plain": text}

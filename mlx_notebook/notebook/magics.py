@@ -174,9 +174,10 @@ class MLXMagics(Magics):
         print(free_message(api.free_memory(args.name)))
 
     def _ps(self, args: argparse.Namespace, cell: str | None) -> None:
-        from .display import ps_table, show
+        from .display import ps_html, ps_table, show
 
-        show(ps_table(api.ps(), api.default_model()))
+        rows, default = api.ps(), api.default_model()
+        show(ps_table(rows, default), ps_html(rows, default))
 
     def _status(self, args: argparse.Namespace, cell: str | None) -> None:
         from .display import in_kernel
