@@ -119,3 +119,25 @@ def test_the_decision_is_a_pure_function_of_the_platform(tmp_path) -> None:
     assert weight_format.resolve_dtype("auto", "cpu", openblas=False) is None
     assert weight_format.resolve_dtype("native", "cpu", openblas=True) is None
     assert weight_format.resolve_dtype("float16", "gpu", openblas=False) == "float16"
+
+
+def test_the_refusal_shows_both_numbers_where_they_differ(monkeypatch, tmp_path) -> None:
+    """The demo refused on a Linux CPU says what the runner holds and what the file holds."""
+    from mlx_notebook import model_files, weight_format
+
+    fake_openblas = tmp_path / "libopenblas.so.0"
+    fake_openblas.write_bytes(b"")
+    monkeypatch.setenv(weight_format.OPENBLAS_ENV, str(fake_openblas))
+    monkeypatch.setenv("MLX_NOTEBOOK_CACHE", str(tmp_path / "empty"))
+    held = weight_format.expected_dtype()
+    need = preflight.estimate("demo", 2048)
+    with pytest.raises(InsufficientMemoryError) as info:
+        preflight.check("demo", need=need, overhead=psutil.virtual_memory().total)
+    message = str(info.value)
+    if held == "float32":
+        assert need.file_weights == model_files.DEMO_WEIGHT_BYTES and need.held_as == "float32"
+        assert (f"weights {preflight.format_bytes(need.weights)} as the runner holds them "
+                f"(float32), {preflight.format_bytes(model_files.DEMO_WEIGHT_BYTES)} in the files"
+                ) in message
+    else:  # nothing cast: one number
+        assert need.file_weights is None and "in the files" not in message

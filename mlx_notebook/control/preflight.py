@@ -42,6 +42,10 @@ class MemoryEstimate:
     weights: int | None
     kv_cache: int | None
     context_length: int | None = None
+    # The weights as the files hold them, where the runner holds them in another format
+    # (``held_as``: float32 on a Linux CPU): both numbers are shown where they differ.
+    file_weights: int | None = None
+    held_as: str | None = None
 
     @property
     def required(self) -> int | None:
@@ -70,9 +74,12 @@ def estimate(spec: str, context_length: int | None = None, *,
     """
     from .. import model_files, weight_format
 
-    weights = kv = None
+    weights = kv = on_disk = None
+    cast = weight_format.expected_dtype(dtype)
     try:
-        weights = model_files.estimate_weight_bytes(spec, weight_format.expected_dtype(dtype))
+        weights = model_files.estimate_weight_bytes(spec, cast)
+        if cast is not None and weights is not None:
+            on_disk = model_files.estimate_weight_bytes(spec, None)
     except Exception:  # noqa: BLE001 - an estimate is best effort by design
         weights = None
     try:
@@ -81,7 +88,10 @@ def estimate(spec: str, context_length: int | None = None, *,
         kv = model_files.estimate_kv_bytes(spec, context_length) if context_length else None
     except Exception:  # noqa: BLE001
         kv = None
-    return MemoryEstimate(spec, _as_int(weights), _as_int(kv), context_length)
+    on_disk = _as_int(on_disk)
+    differs = on_disk is not None and on_disk != _as_int(weights)
+    return MemoryEstimate(spec, _as_int(weights), _as_int(kv), context_length,
+                          file_weights=on_disk if differs else None, held_as=cast if differs else None)
 
 
 def _as_int(value: object) -> int | None:
@@ -92,6 +102,9 @@ def refusal_message(need: MemoryEstimate, available: int, overhead: int) -> str:
     """The seed's wording, with the parts of the requirement spelled out."""
     usable = max(available - overhead, 0)
     parts = f"weights {format_bytes(need.weights or 0)}"
+    if need.file_weights is not None and need.file_weights != need.weights:
+        parts += (f" as the runner holds them{f' ({need.held_as})' if need.held_as else ''}, "
+                  f"{format_bytes(need.file_weights)} in the files")
     if need.kv_cache:
         ctx = f" for {need.context_length} tokens" if need.context_length else ""
         parts += f" + KV cache {format_bytes(need.kv_cache)}{ctx}"
