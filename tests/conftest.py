@@ -1,12 +1,23 @@
-"""Shared test set-up: no hub access, and fixtures from one plugin module per area."""
+"""Shared test set-up: no hub access, a session cache, and fixtures from one plugin per area."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+
+from tests.session_cache import USER_CACHE_ENV, seed_session_cache, user_cache
 
 # Nothing may reach a model hub at test time.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# No test touches the user's cache or runner registry: the whole session (and every
+# runner and kernel it starts) uses a temporary one, with the demo model linked into it.
+os.environ[USER_CACHE_ENV] = str(user_cache())
+_SESSION_CACHE = tempfile.mkdtemp(prefix="mlx-notebook-test-cache-")
+os.environ["MLX_NOTEBOOK_CACHE"] = _SESSION_CACHE
+seed_session_cache()
 
 pytest_plugins = [
     "tests.fixtures_models",  # tiny random model folder, demo model path
@@ -20,3 +31,4 @@ def pytest_unconfigure(config) -> None:  # noqa: ANN001 - pytest hook
     import gc
 
     gc.freeze()
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)

@@ -17,7 +17,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_model_ready() -> Path:
-    """The demo model converted in the user's cache (downloads/converts it once)."""
+    """The demo model converted in the session's cache (downloads/converts it if needed)."""
     from mlx_notebook.runner.models import prefetch
 
     return prefetch("demo")

