@@ -61,7 +61,7 @@ def parse_spec(spec: str) -> ModelSpec:
     if text.lower() == "demo":
         return ModelSpec("demo", text)
     path = Path(text).expanduser()
-    looks_local = text.startswith(("/", "./", "../", "~")) or text.endswith(".gguf")
+    looks_local = text.startswith(("/", "./", "../", "~")) or text.lower().endswith(".gguf")
     if path.exists():
         if path.is_dir():
             return ModelSpec("folder", text, path=path.resolve())
@@ -111,61 +111,133 @@ class GGUFSummary:
     elements: int = 0  # weights (numbers) in all tensors: their size once cast to one dtype
 
 
-def read_gguf_summary(path: Path) -> GGUFSummary:
-    """Parse the GGUF header (no tensor data, no MLX); raises ValueError if it is damaged."""
-    with path.open("rb") as f:
+NOT_A_GGUF = "{path} is not a valid GGUF file: {reason}"
+# ggml's block layout (elements, bytes per block), to check that tensor data fits the file.
+_GGML_BLOCKS = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24),
+                8: (32, 34), 9: (32, 36), 10: (256, 84), 11: (256, 110), 12: (256, 144),
+                13: (256, 176), 14: (256, 210), 15: (256, 292), 24: (1, 1), 25: (1, 2),
+                26: (1, 4), 27: (1, 8), 28: (1, 8), 30: (1, 2)}  # fmt: skip
+_GGUF_MAX_DIMS = 8  # ggml has 4
+_GGUF_MAX_DEPTH = 4  # arrays of arrays of ...: no real file nests deeper
 
-        def read(fmt: str) -> Any:
-            size = struct.calcsize("<" + fmt)
-            data = f.read(size)
-            if len(data) != size:
-                raise ValueError(f"{path} ends inside its GGUF header")
-            return struct.unpack("<" + fmt, data)[0]
 
-        def skip_string() -> None:
-            f.seek(read("Q"), os.SEEK_CUR)
+class _BadGGUF(Exception):
+    """Why a header is not valid; :func:`read_gguf_summary` words it as NOT_A_GGUF."""
 
-        def skip_value(kind: int) -> None:
-            if kind == 8:
-                skip_string()
-            elif kind == 9:
-                item, count = read("I"), read("Q")
-                if item in _GGUF_SCALARS:
-                    f.seek(struct.calcsize("<" + _GGUF_SCALARS[item]) * count, os.SEEK_CUR)
-                else:
-                    for _ in range(count):
-                        skip_value(item)
-            elif kind in _GGUF_SCALARS:
-                read(_GGUF_SCALARS[kind])
+
+class _HeaderReader:
+    """Reads a GGUF header, refusing any length or count the rest of the file cannot hold."""
+
+    def __init__(self, f: Any, size: int) -> None:
+        self.f, self.size = f, size
+
+    def left(self) -> int:
+        return self.size - self.f.tell()
+
+    def read(self, fmt: str) -> Any:
+        n = struct.calcsize("<" + fmt)
+        data = self.f.read(n)
+        if len(data) != n:
+            raise _BadGGUF("it ends inside its header")
+        return struct.unpack("<" + fmt, data)[0]
+
+    def skip(self, n: int) -> None:
+        if n > self.left():
+            raise _BadGGUF(f"a length of {n} bytes runs past the end of the file")
+        self.f.seek(n, os.SEEK_CUR)
+
+    def string(self) -> bytes:
+        n = self.read("Q")
+        if n > self.left():
+            raise _BadGGUF(f"a string of {n} bytes runs past the end of the file")
+        return bytes(self.f.read(n))
+
+    def value(self, kind: int, depth: int = 0) -> Any:
+        """A metadata value: scalars are returned, strings and arrays skipped (None)."""
+        if kind == 8:
+            self.skip(self.read("Q"))
+        elif kind == 9:
+            if depth >= _GGUF_MAX_DEPTH:
+                raise _BadGGUF(f"arrays nest deeper than {_GGUF_MAX_DEPTH}")
+            item, count = self.read("I"), self.read("Q")
+            if item in _GGUF_SCALARS:
+                self.skip(struct.calcsize("<" + _GGUF_SCALARS[item]) * count)
+            elif item in (8, 9):
+                if count * (8 if item == 8 else 12) > self.left():
+                    raise _BadGGUF(f"an array of {count} items runs past the end of the file")
+                for _ in range(count):
+                    self.value(item, depth + 1)
             else:
-                raise ValueError(f"{path} has an unknown GGUF value type {kind}")
+                raise _BadGGUF(f"unknown value type {item}")
+        elif kind in _GGUF_SCALARS:
+            return self.read(_GGUF_SCALARS[kind])
+        else:
+            raise _BadGGUF(f"unknown value type {kind}")
+        return None
 
-        if f.read(4) != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file")
-        if read("I") < 2:
-            raise ValueError(f"{path} is GGUF version 1, which is not supported")
-        n_tensors, n_kv = read("Q"), read("Q")
-        for _ in range(n_kv):
-            skip_string()
-            skip_value(read("I"))
-        types: dict[str, int] = {}
-        loaded, cast, elements = 0.0, set(), 0
-        for _ in range(n_tensors):
-            skip_string()
-            n = 1
-            for _ in range(read("I")):
-                n *= read("Q")
-            elements += n
-            kind = read("I")
-            read("Q")  # offset
-            name = _GGML_NAMES.get(kind, f"type {kind}")
-            types[name] = types.get(name, 0) + 1
-            if kind in _GGML_KEPT:
-                loaded += n * _GGML_KEPT[kind]
-            else:
-                loaded += 2 * n
-                cast.add(name)
+
+def _summary(f: Any, size: int) -> GGUFSummary:
+    r = _HeaderReader(f, size)
+    if f.read(4) != b"GGUF":
+        raise _BadGGUF("it does not start with 'GGUF'")
+    version = r.read("I")
+    if version < 2:
+        raise _BadGGUF(f"GGUF version {version} is not supported")
+    n_tensors, n_kv = r.read("Q"), r.read("Q")
+    if n_kv * 12 > r.left() or n_tensors * 24 > r.left():  # the smallest entry of each
+        raise _BadGGUF(f"{n_kv} metadata entries and {n_tensors} tensors cannot fit in it")
+    alignment = 32
+    for _ in range(n_kv):
+        key = r.string()
+        value = r.value(r.read("I"))
+        if key == b"general.alignment":
+            if type(value) is not int or value <= 0 or value & (value - 1):
+                raise _BadGGUF(f"general.alignment {value!r} is not a power of two")
+            alignment = value
+    types: dict[str, int] = {}
+    loaded, cast, elements, data_end = 0.0, set(), 0, 0
+    for _ in range(n_tensors):
+        r.string()  # its name
+        dims = r.read("I")
+        if dims > _GGUF_MAX_DIMS:
+            raise _BadGGUF(f"a tensor has {dims} dimensions")
+        n = 1
+        for _ in range(dims):
+            n *= r.read("Q")
+        kind, offset = r.read("I"), r.read("Q")
+        if n > 8 * size:  # not even one bit per weight
+            raise _BadGGUF(f"a tensor of {n} weights cannot fit in {size} bytes")
+        elements += n
+        if kind in _GGML_BLOCKS:
+            per_block, block_bytes = _GGML_BLOCKS[kind]
+            data_end = max(data_end, offset + -(-n // per_block) * block_bytes)
+        name = _GGML_NAMES.get(kind, f"type {kind}")
+        types[name] = types.get(name, 0) + 1
+        if kind in _GGML_KEPT:
+            loaded += n * _GGML_KEPT[kind]
+        else:
+            loaded += 2 * n
+            cast.add(name)
+    data_start = -(-f.tell() // alignment) * alignment
+    if data_start + data_end > size:
+        raise _BadGGUF(f"its tensors need {data_start + data_end} bytes, the file has {size}")
     return GGUFSummary(types, int(loaded), sorted(cast), elements)
+
+
+def read_gguf_summary(path: Path) -> GGUFSummary:
+    """Parse the GGUF header (no tensor data, no MLX).
+
+    Raises :class:`ModelLoadError` (:data:`NOT_A_GGUF`) for anything that is not a
+    valid GGUF header: a length, count or size the file cannot hold is refused
+    before it is used, so a damaged file never makes this seek, loop or allocate far.
+    """
+    try:
+        with path.open("rb") as f:
+            return _summary(f, os.fstat(f.fileno()).st_size)
+    except _BadGGUF as exc:
+        raise ModelLoadError(NOT_A_GGUF.format(path=path, reason=exc)) from exc
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read GGUF file {path}: {exc.strerror or exc}") from exc
 
 
 def demo_gguf_path() -> Path:
@@ -213,11 +285,15 @@ def _weight_bytes(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     # Path.stat follows the symlinks of a Hugging Face snapshot to its blobs.
-    return sum(p.stat().st_size for p in path.iterdir() if p.name.endswith(_WEIGHT_SUFFIXES))
+    return sum(p.stat().st_size for p in path.iterdir()
+               if p.name.lower().endswith(_WEIGHT_SUFFIXES))
 
 
 def estimate_weight_bytes(spec: str, dtype: str | None = None) -> int | None:
     """Bytes of the weights as a runner holds them; None when they are unknown.
+
+    A local GGUF file whose header cannot be read raises :class:`ModelLoadError`
+    (:data:`NOT_A_GGUF`): the pre-flight must not pass a model it could not read.
 
     ``dtype`` None: the files' own format (safetensors/gguf sizes). A cast target
     ("float32", "float16", "bfloat16", see :func:`weight_format.expected_dtype`):
@@ -234,10 +310,7 @@ def estimate_weight_bytes(spec: str, dtype: str | None = None) -> int | None:
             return None
         return DEMO_PARAMETERS * width if width else DEMO_WEIGHT_BYTES
     if where.is_file():  # a GGUF not converted yet: size it as MLX will hold it
-        try:
-            summary = read_gguf_summary(where)
-        except (OSError, ValueError):
-            return None
+        summary = read_gguf_summary(where)  # a damaged one: its ModelLoadError, not a guess
         return summary.elements * width if width else summary.loaded_bytes
     if width:
         try:

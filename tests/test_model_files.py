@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mlx_notebook.model_files import (
     DEMO_CONTEXT_LENGTH,
@@ -41,6 +44,16 @@ def test_parse_spec(tiny_model_dir: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(ModelLoadError, match="accepted: 'demo'"):
         parse_spec("what?")
+
+
+def test_gguf_extension_in_any_case_and_a_path_with_spaces(tmp_path: Path) -> None:
+    folder = tmp_path / "my models"
+    folder.mkdir()
+    upper = folder / "Tiny Model.GGUF"
+    upper.write_bytes(b"GGUF")
+    assert (parse_spec(str(upper)).kind, parse_spec(str(upper)).path) == ("gguf", upper)
+    with pytest.raises(ModelLoadError, match="no such file or folder: missing.GGUF"):
+        parse_spec("missing.GGUF")  # was: "cannot understand model"
 
 
 def test_tiny_folder_estimates_match_the_loaded_model(tiny_model_dir: Path) -> None:
@@ -115,12 +128,88 @@ def test_demo_estimates_match_the_loaded_model(demo_model_ready: Path) -> None:
 def test_gguf_summary_rejects_damaged_headers(tmp_path: Path) -> None:
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"hello")
-    with pytest.raises(ValueError, match="is not a GGUF file"):
+    with pytest.raises(ModelLoadError, match="is not a valid GGUF file: it does not start"):
         read_gguf_summary(junk)
     junk.write_bytes(b"GGUF\x03\x00\x00\x00\x01")
-    with pytest.raises(ValueError, match="ends inside its GGUF header"):
+    with pytest.raises(ModelLoadError, match="is not a valid GGUF file: it ends inside"):
         read_gguf_summary(junk)
-    assert estimate_weight_bytes(str(junk)) is None
+    # The pre-flight does not pass a model it could not read (it used to say: unknown).
+    with pytest.raises(ModelLoadError, match="is not a valid GGUF file"):
+        estimate_weight_bytes(str(junk))
+    from mlx_notebook.control import preflight
+
+    with pytest.raises(ModelLoadError, match="is not a valid GGUF file"):
+        preflight.estimate(str(junk))
+
+
+def _header(n_tensors: int, kv: bytes, n_kv: int = 1) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", 3, n_tensors, n_kv) + kv
+
+
+@pytest.mark.parametrize("data, reason", [
+    (_header(0, struct.pack("<Q", 2**63) + bytes(64)), "a string of 9223372036854775808 bytes"),
+    (_header(0, struct.pack("<Q", 1) + b"k" + struct.pack("<IIQ", 9, 0, 2**62)),
+     "a length of"),  # an array of 2**62 bytes
+    (_header(0, struct.pack("<Q", 1) + b"k" + struct.pack("<I", 9)
+             + struct.pack("<IQ", 9, 1) * 10_000),
+     "arrays nest deeper than"),
+    (_header(2**40, b"", n_kv=0), "cannot fit in it"),
+    (_header(1, struct.pack("<Q", 1) + b"t" + struct.pack("<I", 1) + struct.pack("<Q", 2**60)
+             + struct.pack("<IQ", 0, 0), n_kv=0) + bytes(64), "cannot fit in"),
+    (_header(1, struct.pack("<Q", 1) + b"t" + struct.pack("<IQ", 1, 64) + struct.pack("<IQ", 0, 0),
+             n_kv=0) + bytes(32), "its tensors need"),  # 64 floats, 32 bytes of data
+], ids=["huge-seek", "huge-array", "deep-nesting", "huge-count", "huge-tensor", "short-data"])
+def test_gguf_summary_refuses_absurd_sizes(tmp_path: Path, data: bytes, reason: str) -> None:
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(data)
+    with pytest.raises(ModelLoadError, match=f"is not a valid GGUF file: .*{reason}"):
+        read_gguf_summary(path)
+
+
+def _header_bytes(path: Path) -> bytes:
+    """A real GGUF cut after its header and one aligned block of data (what mutations hit)."""
+    data = path.read_bytes()
+    return data[:min(len(data), 64 << 10)]
+
+
+@pytest.fixture(scope="module")
+def real_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return make_tiny_gguf(tiny_model_dir, tmp_path_factory.mktemp("g") / "t.gguf").read_bytes()
+
+
+_EXTREMES = [0, 1, 2**31, 2**32 - 1, 2**63, 2**64 - 1]
+
+
+@settings(max_examples=300, deadline=1000, suppress_health_check=[HealthCheck.too_slow,
+                                                                    HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_every_mutated_real_header_is_read_or_refused_in_one_line(
+        real_gguf: bytes, tmp_path: Path, data: st.DataObject) -> None:
+    """Whatever is done to a real header, the answer is a summary or the one clear error."""
+    header_end = 4 + 4 + 8 + 8 + 4096  # the metadata and tensor table of the tiny GGUF
+    blob = bytearray(real_gguf)
+    for _ in range(data.draw(st.integers(1, 4))):
+        where = data.draw(st.integers(4, min(header_end, len(blob) - 8)))
+        how = data.draw(st.sampled_from(["byte", "u32", "u64", "cut", "insert"]))
+        if how == "byte":
+            blob[where] = data.draw(st.integers(0, 255))
+        elif how == "u32":
+            blob[where:where + 4] = struct.pack("<I", data.draw(st.sampled_from(_EXTREMES[:4])))
+        elif how == "u64":
+            blob[where:where + 8] = struct.pack("<Q", data.draw(st.sampled_from(_EXTREMES)))
+        elif how == "cut":
+            del blob[where:]
+            break
+        else:
+            blob[where:where] = data.draw(st.binary(min_size=1, max_size=16))
+    path = tmp_path / "mutated.gguf"
+    path.write_bytes(bytes(blob))
+    try:
+        summary = read_gguf_summary(path)
+    except ModelLoadError as exc:
+        assert str(exc).startswith(f"{path} is not a valid GGUF file: ") and "\n" not in str(exc)
+        return
+    assert summary.elements <= 8 * len(blob)  # what it read fits the file
 
 
 @pytest.mark.slow

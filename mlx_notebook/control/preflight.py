@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from ..errors import InsufficientMemoryError
+from ..errors import InsufficientMemoryError, ModelLoadError
 from ..units import GIB, MIB, format_bytes, parse_bytes
 
 __all__ = ["MemoryEstimate", "GIB", "MIB", "format_bytes", "parse_bytes", "estimate", "check", "fits"]
@@ -70,7 +70,8 @@ def estimate(spec: str, context_length: int | None = None, *,
     runner casts (float32 on a Linux CPU with OpenBLAS), the weights are sized in that
     format, not the files' (``weight_format`` decides it without importing the runner).
     The estimators live in ``model_files`` (no MLX import); a spec they cannot size
-    (not downloaded yet, malformed) is left to the runner to report.
+    (not downloaded yet) is left to the runner to report, but a GGUF file whose header
+    is not valid raises its :class:`ModelLoadError` here, before any runner starts.
     """
     from .. import model_files, weight_format
 
@@ -80,6 +81,8 @@ def estimate(spec: str, context_length: int | None = None, *,
         weights = model_files.estimate_weight_bytes(spec, cast)
         if cast is not None and weights is not None:
             on_disk = model_files.estimate_weight_bytes(spec, None)
+    except ModelLoadError:
+        raise  # a GGUF file it cannot read: said now, not passed to the runner unchecked
     except Exception:  # noqa: BLE001 - an estimate is best effort by design
         weights = None
     try:

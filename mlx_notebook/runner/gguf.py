@@ -20,7 +20,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from mlx_notebook.model_files import read_gguf_summary
+from mlx_notebook.model_files import ModelLoadError, read_gguf_summary
 from mlx_notebook.runner.mx_values import as_list
 
 Progress = Callable[[float, str], None]
@@ -75,7 +75,8 @@ def _scalar(metadata: dict[str, Any], key: str, default: Any = None) -> Any:
 def read_gguf(path: Path) -> tuple[dict[str, mx.array], dict[str, Any]]:
     """Weights and metadata of a GGUF file, or GGUFError with a one-line reason."""
     try:
-        loaded: Any = mx.load(str(path), return_metadata=True)  # stubs: one union for all modes
+        # format given: the extension may be .GGUF (MLX goes by the lower-case extension)
+        loaded: Any = mx.load(str(path), format="gguf", return_metadata=True)  # stubs: a union
         weights, metadata = loaded
     except Exception as exc:  # mlx raises RuntimeError/ValueError with multi-line text
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -369,7 +370,7 @@ def convert_gguf(path: Path, folder: Path, progress: Progress | None = None) -> 
     )
     try:
         cast = read_gguf_summary(path).cast_to_float16
-    except ValueError as exc:
+    except ModelLoadError as exc:
         raise GGUFError(str(exc)) from exc
     folder.mkdir(parents=True, exist_ok=True)
     report(40.0, "writing tokenizer")
