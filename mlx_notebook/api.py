@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from . import protocol, views
 from .chat_history import get_history
 from .config import get_config
-from .errors import InvalidArgumentError
+from .errors import GenerationError, InvalidArgumentError
 from .generation import Generation, GenerationResult
 from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status
 
@@ -307,17 +307,85 @@ def _run(gen: Generation, *, show: bool, format: str | None,  # noqa: A002
     return gen.result
 
 
+CONTEXT_NEARLY_FULL = ("[context] this conversation holds {used:,} of the model's {context:,} "
+                       "tokens: the answer may be cut to {room:,} tokens. Start over with "
+                       "%mlx chat --reset (mn.reset_chat()), or drop the oldest turns with "
+                       "--drop-oldest (drop_oldest=True).")
+CONTEXT_NEXT_TURN = ("[context] this conversation now holds {used:,} of the model's {context:,} "
+                     "tokens: at this rate the next turn will not fit. Start over with "
+                     "%mlx chat --reset (mn.reset_chat()), or drop the oldest turns with "
+                     "--drop-oldest (drop_oldest=True).")
+CONTEXT_FULL = ("this conversation ({used:,} tokens) no longer fits the model's context of "
+                "{context:,} tokens: start over with %mlx chat --reset (mn.reset_chat()), or "
+                "drop the oldest turns with --drop-oldest (drop_oldest=True)")
+CONTEXT_DROPPED = ("[context] dropped the {n} oldest turn{s} of this conversation to fit the "
+                   "model's context ({used:,} of {context:,} tokens now)")
+
+
+def _say(text: str, show: bool) -> None:
+    """A line before the answer: printed into the cell when shown, else a warning."""
+    if show:
+        print(text)
+    else:
+        import warnings
+
+        warnings.warn(text, UserWarning, stacklevel=3)
+
+
+def _fit_context(name: str, message: str, sys_text: str | None, max_tokens: int,
+                 drop_oldest: bool, show: bool) -> tuple[list[ChatMessage], int]:
+    """The messages of the next turn, checked against the context before anything is sent.
+
+    One tokenize call a turn: a conversation that would cut the answer short says so,
+    one that cannot fit at all fails here (not with the runner's 400 on every turn),
+    and ``drop_oldest`` drops the oldest turns until it fits (said in the cell).
+    """
+    history = get_history()
+    msgs = history.prompt(name, message, system=sys_text)
+    client = _manager().get(name)
+    context = (client.last_status or client.status()).context_length  # the runner's own
+    if not context:
+        return msgs, 0
+    used = len(client.tokenize(messages=msgs).tokens)
+    want = min(max_tokens, context)
+    dropped = 0
+    while drop_oldest and used + want > context and history.drop_oldest(name):
+        dropped += 1
+        msgs = history.prompt(name, message, system=sys_text)
+        used = len(client.tokenize(messages=msgs).tokens)
+    if dropped:
+        _say(CONTEXT_DROPPED.format(n=dropped, s="s" if dropped > 1 else "", used=used,
+                                    context=context), show)
+    if used >= context:
+        raise GenerationError(CONTEXT_FULL.format(used=used, context=context))
+    if used + want > context:
+        _say(CONTEXT_NEARLY_FULL.format(used=used, context=context, room=context - used), show)
+    return msgs, context
+
+
+def _warn_next_turn(name: str, result: GenerationResult, context: int, show: bool) -> None:
+    """After an answer: say so when another turn of the average size would not fit."""
+    turns = sum(m.role == "user" for m in get_history().messages(name))
+    used = result.prompt_tokens + result.completion_tokens
+    if context and turns and used + used / turns > context:
+        _say(CONTEXT_NEXT_TURN.format(used=used, context=context), show)
+
+
 def chat(message: str, *, model: str | None = None, system: str | None = None,
          show: bool = False, format: str | None = None,  # noqa: A002
-         on_interrupt: Literal["raise", "return"] = "raise", **kwargs: Any) -> GenerationResult:
+         on_interrupt: Literal["raise", "return"] = "raise", drop_oldest: bool = False,
+         **kwargs: Any) -> GenerationResult:
     """One turn of the conversation kept for ``model``; ``system`` sets its system prompt.
 
     A stopped answer is kept (it is what you saw); a failed turn is not recorded.
+    Before a turn that would outgrow the model's context, a line says so (a warning
+    when not ``show``); ``drop_oldest=True`` drops the oldest turns until it fits.
     """
     name = _manager().get(model).name
     sys_text = system if system is not None else (get_config().system or None)
     history = get_history()
-    msgs = history.prompt(name, message, system=sys_text)
+    max_tokens = kwargs.get("max_tokens") or get_config().options().max_tokens
+    msgs, context = _fit_context(name, message, sys_text, max_tokens, drop_oldest, show)
     gen = stream(message, model=name, messages=msgs, **kwargs)
     try:
         result = _run(gen, show=show, format=format, on_interrupt=on_interrupt)
@@ -327,6 +395,7 @@ def chat(message: str, *, model: str | None = None, system: str | None = None,
         raise
     if result.text or not result.stopped:
         history.record(name, message, result.text, system=sys_text)
+        _warn_next_turn(name, result, context, show)
     return result
 
 

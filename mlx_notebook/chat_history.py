@@ -23,6 +23,7 @@ from .protocol import ChatMessage
 class Conversation:
     system: str = ""
     turns: list[ChatMessage] = field(default_factory=list)
+    dropped: int = 0  # oldest turns dropped to fit the context (shown with the history)
 
     def messages(self) -> list[ChatMessage]:
         head = [ChatMessage("system", self.system)] if self.system else []
@@ -57,6 +58,19 @@ class ChatHistory:
             conv.system = system
         conv.turns += [ChatMessage("user", user), ChatMessage("assistant", answer)]
 
+    def drop_oldest(self, name: str) -> bool:
+        """Forget the oldest turn (a user message and its answer); False if none is left."""
+        conv = self._conversations.get(name)
+        if conv is None or not conv.turns:
+            return False
+        del conv.turns[:2]
+        conv.dropped += 1
+        return True
+
+    def dropped(self, name: str) -> int:
+        conv = self._conversations.get(name)
+        return conv.dropped if conv else 0
+
     def reset(self, name: str | None = None) -> None:
         """Forget one conversation, or all of them (``name=None``)."""
         if name is None:
@@ -69,7 +83,12 @@ class ChatHistory:
         msgs = self.messages(name)
         if not msgs:
             return f"(no conversation with {name} yet)"
-        return "\n\n".join(f"**{m.role}:** {m.content}" for m in msgs)
+        text = "\n\n".join(f"**{m.role}:** {m.content}" for m in msgs)
+        dropped = self.dropped(name)
+        if dropped:
+            text = (f"*({dropped} oldest turn{'s' if dropped > 1 else ''} dropped to fit "
+                    f"the context)*\n\n{text}")
+        return text
 
 
 _history = ChatHistory()

@@ -44,8 +44,8 @@ _FLAGS = {"max_tokens": "--max-tokens", "temperature": "--temp", "top_p": "--top
 def _flags(kwargs: dict[str, Any]) -> str:
     parts: list[str] = []
     for key, value in kwargs.items():
-        if key == "raw":
-            parts += ["--raw"] if value else []
+        if key in ("raw", "drop_oldest"):
+            parts += [f"--{key.replace('_', '-')}"] if value else []
         elif key == "stop":
             parts += ["--stop", *value]
         else:

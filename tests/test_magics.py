@@ -20,7 +20,12 @@ from IPython.core.interactiveshell import InteractiveShell
 import mlx_notebook as mn
 from mlx_notebook import api
 from mlx_notebook.config import ConfigError, get_config
-from mlx_notebook.errors import InvalidArgumentError, MLXNotebookError, ModelNotLoadedError
+from mlx_notebook.errors import (
+    GenerationError,
+    InvalidArgumentError,
+    MLXNotebookError,
+    ModelNotLoadedError,
+)
 from mlx_notebook.notebook.interpolate import InterpolationError
 from mlx_notebook.notebook.magics import SUBCOMMANDS
 from tests import frontend_helpers
@@ -318,6 +323,39 @@ def test_tokenize(entry: Entry, tiny: str, shell: InteractiveShell,
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{len(tok.tokens)} tokens"
     assert [ln.split()[0] for ln in out[1:]] == [str(t) for t in tok.tokens]
+
+
+@pytest.fixture
+def short(tiny: str, tiny_model_dir: Path) -> Iterator[str]:
+    """The tiny model with a 96-token context, for conversations that outgrow it."""
+    mn.load(str(tiny_model_dir), name="short", context_length=96)
+    try:
+        mn.use(tiny)
+        yield "short"
+    finally:
+        mn.unload("short")
+
+
+def test_a_conversation_that_outgrows_the_context(entry: Entry, short: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Said before the answer is cut, then refused with the way out, not a 400 (issue 15)."""
+    entry.reset_chat(short)
+    capsys.readouterr()
+    warned = False
+    with pytest.raises(GenerationError, match="no longer fits.*%mlx chat --reset.*--drop-oldest"):
+        for _ in range(12):
+            entry.chat("Tell me more about the sea", model=short, max_tokens=16)
+            out = capsys.readouterr().out
+            warned = warned or "the next turn will not fit" in out or "may be cut" in out
+    assert warned, "the cell never said the context was nearly full"
+    turns = len(mn.conversation(short))
+    # The way out, shown as such: the oldest turns go, the turn fits, the history says so.
+    r = entry.chat("Tell me more about the sea", model=short, max_tokens=16, drop_oldest=True)
+    assert r.prompt_tokens < 96
+    assert "[context] dropped the" in capsys.readouterr().out
+    assert len(mn.conversation(short)) < turns + 2
+    assert "oldest turn" in api.chat_history_markdown(short)
+    entry.reset_chat(short)
 
 
 CUT = "Hello world, 你好! 👋"  # CJK and an emoji: the tiny tokenizer cuts them into bytes

@@ -278,7 +278,8 @@ class MLXMagics(Magics):
         kwargs = self._sampling(args, "chat")
         message = self._prompt(args, cell, "chat")
         result = api.chat(message, model=args.model, system=args.system, show=True,
-                          format=args.format, on_interrupt="return", **kwargs)
+                          format=args.format, on_interrupt="return",
+                          drop_oldest=args.drop_oldest, **kwargs)
         self._store(args, result)
 
 

@@ -148,3 +148,5 @@ def chat(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reset", action="store_true", help="forget the conversation")
     p.add_argument("--all", action="store_true", help="with --reset: forget every conversation")
     p.add_argument("--history", action="store_true", help="show the conversation so far")
+    p.add_argument("--drop-oldest", action="store_true",
+                   help="drop the oldest turns when the conversation outgrows the context")
