@@ -25,7 +25,7 @@ from ..protocol import (
 )
 from .stops import StopStringFilter
 
-__all__ = ["Job", "start_job", "record_token", "finish_job", "fail_job"]
+__all__ = ["Job", "start_job", "record_token", "finish_job", "fail_job", "keep_leading_space"]
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Job:
     arrived: float = field(default_factory=time.perf_counter)
     events: queue.SimpleQueue[Event] = field(default_factory=queue.SimpleQueue)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
+    raw: bool = False  # a raw prompt's continuation: its text keeps a leading space
     # Worker-side state.
     uid: int = -1
     detokenizer: Any = None  # mlx-lm's streaming detokenizer, one per request
@@ -53,8 +54,25 @@ def start_job(job: Job, detokenizer: Any, cached_tokens: int) -> None:
     """The request starts decoding now, with ``cached_tokens`` of its prompt already cached."""
     job.cached_tokens = cached_tokens
     job.started = time.perf_counter()
-    job.detokenizer = detokenizer
+    job.detokenizer = keep_leading_space(detokenizer) if job.raw else detokenizer
     job.stop_filter = StopStringFilter(job.options.stop)
+
+
+def _unchanged(text: str) -> str:
+    return text
+
+
+def keep_leading_space(detokenizer: Any) -> Any:
+    """Make one of mlx-lm's streaming detokenizers keep the first space of its text.
+
+    They drop it (right for a chat answer); a continuation of "The capital of France
+    is" must read " Paris", or prompt + text reads "isParis". Set once per request.
+    """
+    if hasattr(detokenizer, "trim_space"):  # SPMStreamingDetokenizer's own switch
+        detokenizer.trim_space = False
+    elif hasattr(detokenizer, "_maybe_trim_space"):  # BPEStreamingDetokenizer: no switch
+        detokenizer._maybe_trim_space = _unchanged
+    return detokenizer
 
 
 def record_token(job: Job, token: int, finish_reason: str | None, *, is_eos: bool,
