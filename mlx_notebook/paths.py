@@ -37,6 +37,12 @@ def downloads_dir() -> Path:
 
 def registry_dir() -> Path:
     """Records of live runners, so a later kernel can reap runners left by a dead one."""
-    path = cache_dir() / "runners"
+    return private_dir(cache_dir() / "runners")
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner can read, also when it already existed wider."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
     return path

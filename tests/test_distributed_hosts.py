@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from mlx_notebook.control.client import RunnerClient
@@ -164,14 +165,19 @@ def test_killing_a_remote_rank_mid_stream_names_it_and_leaves_nothing(
 def test_rank_0_on_another_host_serves_there_with_the_token_from_stdin(
         tiny_model_dir, hosts, registry, ring_port, tmp_path):
     hostfile = hosts.hostfile(tmp_path / "hosts.json", ["0", "1"])
+    secret = "hf_not_for_ps_" + os.urandom(4).hex()  # a user secret the ranks need
     with RunnerGroup(str(tiny_model_dir), hosts=str(hostfile), ring_port=ring_port,
-                     registry=registry) as group:
+                     registry=registry, env={"HF_TOKEN": secret}) as group:
         assert group.host == hosts.addresses[0]  # the notebook talks to it over the network
         assert group.complete(greedy(4))[1].completion_tokens == 4
         ranks = group.status().ranks
         token = group._token.encode()
         for pid in [*group.pids, *(r.pid for r in ranks)]:  # never in any argv
             assert token not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        for proc in psutil.process_iter(["cmdline"]):  # the secret: on no command line at all
+            assert secret not in " ".join(proc.info["cmdline"] or []), proc
+        for rank in ranks:  # and yet the remote ranks have it
+            assert f"HF_TOKEN={secret}".encode() in Path(f"/proc/{rank.pid}/environ").read_bytes()
         for pid in group.pids:  # nor in the ssh processes' environment
             assert token not in Path(f"/proc/{pid}/environ").read_bytes()
     assert_all_gone([*group.pids, *(r.pid for r in ranks)])
@@ -243,6 +249,8 @@ def test_a_host_without_the_same_python_is_named(tiny_model_dir, hosts, registry
     ('{"backend": "jaccl", "hosts": [{"ssh": "a", "ips": ["10.0.0.1"]}, '
      '{"ssh": "b", "ips": ["10.0.0.2"]}]}', None, "backend 'jaccl'"),
     ("not json", None, "Expecting value"),
+    ('[{"ssh": "-oProxyCommand=touch /tmp/pwned", "ips": ["10.0.0.1"]}, '
+     '{"ssh": "b", "ips": ["10.0.0.2"]}]', None, "starts with '-'"),  # ssh would run it
 ])
 def test_bad_hosts_are_refused_before_anything_starts(tmp_path, content, backend, expected):
     path = tmp_path / "hosts.json"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -85,3 +86,28 @@ def test_first_manager_reaps_stale_runners(tmp_path, sleeper) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30,
                    env={**os.environ, "MLX_NOTEBOOK_CACHE": str(cache)})
     assert wait_gone(sleeper.pid, 3) is not None and registry.entries() == []
+
+
+def test_an_existing_registry_folder_is_made_private(tmp_path, monkeypatch) -> None:
+    from mlx_notebook.paths import registry_dir
+
+    monkeypatch.setenv("MLX_NOTEBOOK_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "runners").mkdir(parents=True, mode=0o755)
+    (tmp_path / "cache" / "runners").chmod(0o755)  # made wide by an older version, or a user
+    assert stat.S_IMODE(registry_dir().stat().st_mode) == 0o700
+    wide = tmp_path / "wide"
+    wide.mkdir(mode=0o777)
+    wide.chmod(0o777)
+    assert stat.S_IMODE(Registry(wide).directory.stat().st_mode) == 0o700
+
+
+def test_another_hosts_entry_is_left_alone(tmp_path, sleeper) -> None:
+    """A cache shared over NFS: another machine's live runner must not look stale here."""
+    registry = Registry(tmp_path / "reg")
+    owner_pid, owner_time = dead_process()  # its pid means nothing on the other host
+    write_entry(registry, pid=sleeper.pid, create_time=process_create_time(sleeper.pid),
+                kernel_pid=owner_pid, kernel_create_time=owner_time, host="another-machine")
+    assert registry.reap_stale() == [] and pid_alive(sleeper.pid)
+    assert [e.host for e in registry.entries()] == ["another-machine"]
+    entry = registry.add(sleeper.pid, port=1, spec="demo")
+    assert entry is not None and entry.host == socket.gethostname()

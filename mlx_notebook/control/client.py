@@ -58,6 +58,9 @@ def runner_python(python: str | None = None) -> str:
     return python or os.environ.get(PYTHON_ENV) or sys.executable
 
 
+_RANK_ENV = ("MLX_HOSTFILE", "MLX_RANK")  # what the runner reads as --hostfile, --rank
+
+
 class RunnerLaunch:
     """How a runner process is started here: interpreter, module, model, extra flags."""
 
@@ -83,7 +86,13 @@ class RunnerLaunch:
         return cmd + list(self.extra_args)
 
     def environment(self, token: str) -> dict[str, str]:
-        return runner_env(self.python, {**os.environ, **self.env, protocol.TOKEN_ENV: token,
+        """This process's environment, the caller's ``env`` and the token.
+
+        A kernel started by ``mlx.launch`` has ``MLX_HOSTFILE``/``MLX_RANK``: passed on,
+        they would make a plain runner a group rank (a group's ranks get theirs as flags).
+        """
+        inherited = {k: v for k, v in os.environ.items() if k not in _RANK_ENV}
+        return runner_env(self.python, {**inherited, **self.env, protocol.TOKEN_ENV: token,
                                         "PYTHONUNBUFFERED": "1"})
 
 

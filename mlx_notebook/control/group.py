@@ -34,7 +34,7 @@ from .. import protocol
 from ..errors import InvalidArgumentError, MLXNotebookError, RunnerExitedError
 from .client import LocalProcess, RunnerLaunch
 from .connection import RunnerConnection
-from .hosts import HostPlan, HostsError, read_hosts, remote_command, remote_env
+from .hosts import HostPlan, HostsError, read_hosts, remote_command, remote_env, remote_stdin
 from .process import POLL_INTERVAL, RunnerProcess
 from .registry import Registry
 
@@ -111,11 +111,11 @@ class RankGroup(LocalProcess):
                                           str(max(1, (os.cpu_count() or 1) // local)))
             return RunnerProcess(self.local_argv(rank), {**env, "OPENBLAS_NUM_THREADS": threads},
                                  label=label)
-        token = env[protocol.TOKEN_ENV]
-        argv = remote_command(host, self.remote_argv(rank), self.ring,
-                              remote_env(env, self.launch.env, self.plan))
+        # The environment and the token go on ssh's stdin: a command line is visible to ps.
+        stdin = remote_stdin(remote_env(env, self.launch.env, self.plan), env[protocol.TOKEN_ENV])
         ssh_env = {k: v for k, v in env.items() if k != protocol.TOKEN_ENV}
-        return RunnerProcess(argv, ssh_env, label=label, first_line=token.encode())
+        return RunnerProcess(remote_command(host, self.remote_argv(rank), self.ring), ssh_env,
+                             label=label, first_line=stdin)
 
     def start(self, conn: RunnerConnection, token: str) -> tuple[str, int]:
         """Write the ring hostfile, start every rank, read rank 0's handshake, watch them all."""

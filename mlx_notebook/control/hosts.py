@@ -11,8 +11,10 @@ A rank on this machine is started directly; a rank elsewhere through ``ssh HOST
 SCRIPT``, one ssh per rank, which is what ``mlx.launch`` does too. Doing it here
 rather than through ``mlx.launch`` keeps each rank's stdout (its handshake) and
 stderr (its error lines) apart, and avoids the launcher's busy loop. ssh passes no
-environment, so a remote rank 0 reads its token from the first line of stdin; and
-ssh's stdin is the remote rank's parent watch: when this side goes, the remote
+environment, and a command line is visible to ``ps`` on both machines, so the
+rank's environment (which may hold an ``HF_TOKEN``) and then its token go over
+ssh's stdin: the script reads the exports, the runner reads the token line. ssh's
+stdin is also the remote rank's parent watch: when this side goes, the remote
 runner sees EOF and exits.
 """
 
@@ -30,13 +32,14 @@ from ..errors import HostsError
 from ..protocol import TOKEN_ENV
 
 __all__ = ["HostPlan", "HostsError", "RankHost", "read_hosts", "remote_command", "remote_env",
-           "RING_PORT_ENV", "SSH_ENV"]
+           "remote_stdin", "RING_PORT_ENV", "SSH_ENV"]
 
 SSH_ENV = "MLX_NOTEBOOK_SSH"  # the ssh command line (default "ssh"), e.g. "ssh -F ~/.ssh/ring"
 DEFAULT_RING_PORT = 32323  # mlx.launch's default starting port
 RING_PORT_ENV = "MLX_NOTEBOOK_RING_PORT"  # another starting port (a firewall's, say)
 LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 SUPPORTED_BACKENDS = ("ring",)
+_ENV_END = "__mlx_notebook_env_end__"  # ends the exports a remote script reads from stdin
 # Settings a remote rank needs to find the same model the same way (their values, not secrets).
 PASSED_ENV = ("PYTHONPATH", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "MLX_NOTEBOOK_CACHE",
               "MLX_NOTEBOOK_OPENBLAS")
@@ -123,6 +126,10 @@ def read_hosts(value: str, backend: str | None = None, *, python: str | None = N
             "): start the ranks with mlx.launch and attach with %mlx connect (docs/distributed.md)")
     if len(hosts) < 2:
         raise HostsError(f"--hosts {value!r} lists {len(hosts)} host; a runner group needs 2 or more")
+    flags = [h.ssh for h in hosts if h.ssh.startswith("-")]
+    if flags:  # ssh would take it for an option (-oProxyCommand=... runs a command here)
+        raise HostsError(f"--hosts {value!r}: host {flags[0]!r} starts with '-'; "
+                         "an ssh host name cannot")
     missing = [h.ssh for h in hosts if not h.ips]
     if missing:
         raise HostsError(f"the ring backend needs an IP for every host; add \"ips\" for "
@@ -131,18 +138,21 @@ def read_hosts(value: str, backend: str | None = None, *, python: str | None = N
 
 
 def remote_command(host: RankHost, runner_argv: Sequence[str], ring: list[list[str]],
-                   env: Mapping[str, str]) -> list[str]:
+                   ) -> list[str]:
     """``ssh HOST SCRIPT``: write the ring hostfile there, then run the rank and report its end.
 
     ``runner_argv`` is the rank's argv without ``--hostfile``; the script adds it. The
+    script first reads the rank's environment from stdin (:func:`remote_stdin`). The
     rank runs as the script's child (not ``exec``), so a signal that kills it is named.
     """
+    if host.ssh.startswith("-"):
+        raise HostsError(f"host {host.ssh!r} starts with '-'; an ssh host name cannot")
     python = runner_argv[0]
-    exports = "".join(f"export {name}={shlex.quote(value)}; " for name, value in env.items()
-                      if name.isidentifier())
     who = f"rank {host.rank} on {host.ssh}"
     script = (
-        f"cd {shlex.quote(os.getcwd())} 2>/dev/null; {exports}"
+        f"cd {shlex.quote(os.getcwd())} 2>/dev/null; "
+        f"e=; while IFS= read -r l && [ \"$l\" != {_ENV_END} ]; do e=\"$e$l\n\"; done; "
+        "eval \"$e\"; unset e l; "
         f"if [ ! -x {shlex.quote(python)} ]; then printf 'mlx_notebook runner: %s: no Python at %s "
         "(every host needs the same environment at the same path)\\n' "
         f"{shlex.quote(who)} {shlex.quote(python)} >&2; exit 2; fi; "
@@ -165,9 +175,16 @@ def remote_env(local_env: Mapping[str, str], client_env: Mapping[str, str],
     own variables and the hostfile's ``envs``; never the token."""
     env = {name: local_env[name] for name in PASSED_ENV if local_env.get(name)}
     env.update(client_env)
-    env.pop(TOKEN_ENV, None)  # it goes on stdin: an ssh command line is visible to ps
+    env.pop(TOKEN_ENV, None)  # the runner reads it from stdin itself (--token-stdin)
     env["PYTHONUNBUFFERED"] = "1"
     for item in plan.envs:
         name, _, value = item.partition("=")
         env[name] = value
     return env
+
+
+def remote_stdin(env: Mapping[str, str], token: str) -> bytes:
+    """What a remote rank's ssh gets on stdin first: its exports, then the token line."""
+    exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items()
+                      if name.isidentifier())
+    return f"{exports}{_ENV_END}\n{token}".encode()

@@ -1,7 +1,9 @@
 """A registry of live runners on disk, so a later kernel can reap what a dead one left.
 
 One small JSON file per runner in :func:`mlx_notebook.paths.registry_dir` (mode
-0600): the runner's pid and start time, and its owner's. A runner normally exits
+0600, in a 0700 folder): the runner's pid and start time, its owner's, and the
+machine they run on (a cache shared over NFS holds other hosts' records: their
+pids mean nothing here, so they are left alone). A runner normally exits
 by itself when its owner dies (stdin EOF, parent-pid watch); the registry is the
 last line of defence. Stale entries are only acted on when the pid still belongs
 to the very process we started (pid *and* create time match), so a recycled pid
@@ -13,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -55,6 +59,12 @@ class RegistryEntry:
     spec: str
     name: str = ""
     started_at: float = 0.0
+    host: str = ""  # socket.gethostname() of the machine it was made on ("": made here)
+
+    @property
+    def here(self) -> bool:
+        """Made on this machine, so its pids are this machine's."""
+        return self.host in ("", socket.gethostname())
 
 
 class Registry:
@@ -65,15 +75,14 @@ class Registry:
 
     @property
     def directory(self) -> Path:
-        if self._directory is None:
-            from ..paths import registry_dir
+        from ..paths import private_dir, registry_dir
 
-            return registry_dir()
-        self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return self._directory
+        return registry_dir() if self._directory is None else private_dir(self._directory)
 
     def _path(self, pid: int) -> Path:
-        return self.directory / f"runner-{pid}.json"
+        # The host in the name too: two machines sharing the folder can have the same pid.
+        host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
+        return self.directory / f"runner-{pid}@{host}.json"
 
     def add(self, pid: int, *, port: int | None, spec: str, name: str = "") -> RegistryEntry | None:
         """Record a runner owned by this process; None when the runner is already gone."""
@@ -84,6 +93,7 @@ class Registry:
             pid=pid, create_time=create_time, kernel_pid=os.getpid(),
             kernel_create_time=process_create_time(os.getpid()) or 0.0,
             port=port, spec=spec, name=name, started_at=time.time(),
+            host=socket.gethostname(),
         )
         path = self._path(pid)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -94,8 +104,9 @@ class Registry:
         return entry
 
     def remove(self, pid: int) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._path(pid).unlink()
+        for path in (self._path(pid), self.directory / f"runner-{pid}.json"):  # and the old name
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def entries(self) -> list[RegistryEntry]:
         """All readable records; unreadable ones are dropped (they cannot be acted on)."""
@@ -117,6 +128,8 @@ class Registry:
         """
         reaped = []
         for entry in self.entries():
+            if not entry.here:
+                continue  # another machine's: only a kernel there can tell if it is stale
             if is_same_process(entry.kernel_pid, entry.kernel_create_time):
                 continue  # its owner is alive and responsible for it
             if is_same_process(entry.pid, entry.create_time):
