@@ -34,6 +34,7 @@ def test_default_names() -> None:
     assert default_name("demo") == "demo"
     assert default_name("/models/Qwen3-4B/") == "Qwen3-4B"
     assert default_name("~/m/smol.gguf") == "smol"
+    assert default_name("/m/My Model.GGUF") == "My Model"  # the extension in any case
     assert default_name("mlx-community/Llama-3.2-1B-Instruct-4bit") == "Llama-3.2-1B-Instruct-4bit"
 
 

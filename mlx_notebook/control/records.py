@@ -56,7 +56,9 @@ def default_name(spec: str) -> str:
     text = spec.strip().rstrip("/\\")
     if "/" in text or os.sep in text:
         text = Path(text).name
-    return text.removesuffix(".gguf") or spec
+    if text.lower().endswith(".gguf"):  # x.GGUF too: the extension's case says nothing
+        text = text[: -len(".gguf")]
+    return text or spec
 
 
 @dataclass(frozen=True)
