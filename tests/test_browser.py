@@ -234,6 +234,15 @@ def test_quickstart_in_jupyterlab(lab, page):
     expect(widget).to_be_visible()
     st_seen = " ".join(seen[str(st_i)])
     assert "demo" in st_seen and "ready" in st_seen, st_seen
+    # at 1280 px with the file browser open, no word of the widget is cut (issue 15), and
+    # its static snapshot (for the saved notebook) stays hidden beside the live widget
+    page.evaluate("() => { window.jupyterapp.commands.execute('filebrowser:activate'); }")
+    expect(page.locator("#filebrowser")).to_be_visible()
+    cut = widget.evaluate("""w => [...w.querySelectorAll('button, .widget-label')]
+        .filter(b => b.offsetWidth && b.scrollWidth > b.clientWidth + 1)
+        .map(b => b.innerText)""")
+    assert cut == [], f"labels cut at 1280 px with the file browser open: {cut}"
+    expect(cells.nth(st_i).locator(".mlxnb-status-snapshot")).to_be_hidden()
 
     # its buttons, clicked in the browser: load the demo again in a new cell (the widget
     # wakes and shows it), free its cache, unload it
