@@ -19,7 +19,8 @@ Endpoints:
 ``POST /v1/completion``   :class:`CompletionRequest` -> NDJSON stream of
                           :class:`ChunkEvent` lines (after :class:`ProgressEvent`
                           lines while a long prompt is read), then one
-                          :class:`DoneEvent` (or an :class:`ErrorEvent`)
+                          :class:`DoneEvent` (or an :class:`ErrorEvent`);
+                          :class:`KeepAliveEvent` lines only during silence
 ``POST /v1/tokenize``     :class:`TokenizeRequest` -> :class:`TokenizeResponse`
 ``POST /v1/detokenize``   :class:`DetokenizeRequest` -> :class:`DetokenizeResponse`
 ``POST /v1/cancel``       :class:`CancelRequest` -> :class:`CancelResponse`
@@ -32,7 +33,9 @@ Errors: any rejected request gets a 4xx status and :class:`ErrorBody`
 (``{"error": "...", "field": "options.top_p"}``). 401 for a missing or wrong
 token, 404 for an unknown path, 405 for a wrong method, 413 for a body over
 :data:`MAX_BODY_BYTES`, 400 for anything malformed, 409 while the model is not
-ready, 503 while the runner shuts down.
+ready or for a ``request_id`` already in use, 403 for a foreign ``Host`` or ``Origin``,
+408 for a request not received in time, 503 while the runner shuts down or past its
+connection cap.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ TOKEN_ENV = "MLX_NOTEBOOK_TOKEN"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_STOP_STRINGS = 16
 MAX_LOGPROBS = 20
+MAX_REQUEST_ID = 128
+# Request ids are echoed in the X-Request-Id header: a header-safe alphabet only.
+REQUEST_ID_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 
 RunnerState = Literal["loading", "ready", "error", "stopping"]
 DoneReason = Literal["stop", "length", "cancel", "error"]
@@ -123,6 +129,16 @@ def _string(data: dict, key: str, prefix: str, *, required: bool = False,
         raise ValidationError(prefix + key, f"expected a string, got {_kind(value)}")
     if len(value) > max_len:
         raise ValidationError(prefix + key, f"longer than {max_len} characters")
+    return value
+
+
+def _request_id(data: dict, *, required: bool) -> str | None:
+    value = _string(data, "request_id", "", required=required, max_len=MAX_REQUEST_ID)
+    if value is None:
+        return None
+    if not value or not REQUEST_ID_ALPHABET.issuperset(value):
+        raise ValidationError("request_id", f"use 1-{MAX_REQUEST_ID} characters of A-Z a-z 0-9 "
+                                            f"and . _ : - (got {value[:40]!r})")
     return value
 
 
@@ -227,7 +243,7 @@ class CompletionRequest:
             raise ValidationError("prompt", "give exactly one of prompt or messages")
         if prompt == "":
             raise ValidationError("prompt", "must not be empty")
-        request_id = _string(data, "request_id", "", max_len=128)
+        request_id = _request_id(data, required=False)
         return cls(prompt=prompt, messages=messages,
                    options=SamplingOptions.from_json(data.get("options")), request_id=request_id)
 
@@ -300,7 +316,7 @@ class CancelRequest:
     def from_json(cls, value: Any) -> CancelRequest:
         data = _expect_object(value, "body")
         _reject_unknown(data, {"request_id"}, "")
-        return cls(request_id=_string(data, "request_id", "", required=True, max_len=128) or "")
+        return cls(request_id=_request_id(data, required=True) or "")
 
 
 @dataclass(frozen=True)
@@ -456,7 +472,16 @@ class ErrorEvent:
     type: Literal["error"] = "error"
 
 
-Event = ChunkEvent | DoneEvent | ErrorEvent | ProgressEvent
+@dataclass(frozen=True)
+class KeepAliveEvent:
+    """Sent only during silence (no other event for a while), and only while the runner's
+    worker thread is seen making progress: a stream that stays silent means a dead runner."""
+
+    type: Literal["keepalive"] = "keepalive"
+
+
+Event = ChunkEvent | DoneEvent | ErrorEvent | ProgressEvent | KeepAliveEvent
+KEEPALIVE_LINE = b'{"type":"keepalive"}\n'
 
 
 def encode_event(event: Event) -> bytes:
@@ -485,6 +510,8 @@ def decode_event(line: bytes | str) -> Event:
         return ErrorEvent(error=str(data.get("error")), request_id=data.get("request_id", ""))
     if kind == "progress":
         return ProgressEvent(processed=int(data["processed"]), total=int(data["total"]))
+    if kind == "keepalive":
+        return KeepAliveEvent()
     raise ValueError(f"unknown event type {kind!r}")
 
 

@@ -1,4 +1,5 @@
-"""Property-based fuzzing of every runner endpoint: no crash, no dropped connection, no 500.
+"""Property-based fuzzing of every runner endpoint and of raw headers: no crash, no dropped
+connection, no 500.
 
 Every request the runner rejects must get a 4xx JSON error naming the problem; the
 runner must stay usable afterwards.
@@ -47,7 +48,7 @@ BODIES = {
 
 @pytest.fixture(scope="module")
 def runner(tiny_model_dir) -> RawRunner:
-    with running(str(tiny_model_dir)) as r:
+    with running(str(tiny_model_dir), "--request-timeout", "1") as r:
         yield r
 
 
@@ -84,3 +85,87 @@ def test_fuzz_endpoint(runner, name):
 
     run()
     assert runner.get("/v1/status").json()["state"] == "ready"
+
+
+# ---------------------------------------------------------------- headers, auth, length, ids
+
+HEADER_VALUE = st.text(st.characters(min_codepoint=32, max_codepoint=255,
+                                     blacklist_characters="\x7f"), max_size=40)
+HEADER_NAME = st.from_regex(r"\A[A-Za-z][A-Za-z0-9-]{0,15}\Z")
+
+
+def fuzz_cycles(short: int, soak: int):
+    return pytest.mark.parametrize("n", [
+        pytest.param(short, id=f"x{short}"),
+        pytest.param(soak, id=f"x{soak}", marks=pytest.mark.soak)])
+
+
+@fuzz_cycles(60, 600)
+def test_fuzz_headers_auth_length_and_request_id(runner, n):
+    """Raw requests: Host, Authorization, Content-Length, extra headers and the request id all
+    fuzzed. Every answer is a whole HTTP response under 500; a valid id comes back unchanged."""
+    import http.client
+    import socket
+
+    from tests.reliability_figures import record
+
+    port = runner.handshake.port
+    outcomes = {"ids": 0, "ids_refused": 0}
+
+    @settings(max_examples=n, deadline=None, suppress_health_check=list(HealthCheck),
+              derandomize=True)
+    # Mostly the right Host and token, so that the ids and lengths reach the endpoint.
+    @given(host=st.sampled_from([f"127.0.0.1:{port}"] * 6 + ["localhost", "evil.example", ""])
+           | HEADER_VALUE,
+           auth=st.sampled_from(["right"] * 6 + ["none", "Bearer wrong", "Basic x"])
+           | HEADER_VALUE,
+           length=st.sampled_from(["exact", "none", "short", "-5", "abc", str(1 << 40)]),
+           extra=st.lists(st.tuples(HEADER_NAME, HEADER_VALUE), max_size=4),
+           request_id=st.none() | st.text(max_size=12)
+           | st.from_regex(r"\A[A-Za-z0-9._:-]{1,20}\Z"))
+    def run(host, auth, length, extra, request_id):
+        body = {"prompt": "hi", "options": {"max_tokens": 1}}
+        if request_id is not None:
+            body["request_id"] = request_id
+        data = json.dumps(body).encode()
+        lines = ["POST /v1/completion HTTP/1.1", f"Host: {host}"]
+        if auth == "right":
+            lines.append(f"Authorization: Bearer {runner.token}")
+        elif auth != "none":
+            lines.append(f"Authorization: {auth}")
+        sizes = {"exact": str(len(data)), "short": str(len(data) - 1)}
+        if length != "none":
+            lines.append(f"Content-Length: {sizes.get(length, length)}")
+        lines += [f"{k}: {v}" for k, v in extra if k.lower() not in ("host", "content-length")]
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            sock.sendall(raw)
+            answer = http.client.HTTPResponse(sock, method="POST")
+            try:
+                answer.begin()
+                payload = answer.read()
+            except (ConnectionResetError, http.client.RemoteDisconnected) as exc:
+                pytest.fail(f"{raw!r}: dropped without an answer ({exc!r})")
+        assert answer.status < 500, (raw, answer.status, payload)
+        headers = {k.lower() for k, _ in answer.getheaders()}
+        assert not headers - {"server", "date", "content-type", "content-length",
+                              "cache-control", "connection", "transfer-encoding",
+                              "x-request-id"}, headers
+        if answer.status == 200:
+            events = [json.loads(line) for line in payload.splitlines() if line]
+            assert events[-1]["type"] == "done", events[-1]
+            if request_id is not None:
+                outcomes["ids"] += 1
+                assert answer.getheader("X-Request-Id") == request_id
+                assert events[-1]["request_id"] == request_id
+        elif answer.status == 400 and request_id is not None \
+                and json.loads(payload).get("field") == "request_id":
+            outcomes["ids_refused"] += 1
+        else:
+            assert json.loads(payload)["error"]
+
+    run()
+    assert runner.get("/v1/status").json()["active_requests"] == 0
+    record("fuzzed raw requests (Host, Authorization, Content-Length, headers, request_id)",
+           cycles=n, failures=0, extra=f"{outcomes['ids']} ids served back unchanged, "
+                                       f"{outcomes['ids_refused']} refused naming the field")

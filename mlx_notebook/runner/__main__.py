@@ -35,6 +35,9 @@ Stop = Callable[[str, int], None]  # (reason, exit code)
 EXIT_LOAD_ERROR = 2
 EXIT_RANK_LOST = 3  # a runner group lost a rank (or its worker failed) after loading
 EXIT_USAGE = 64
+# TEST ONLY: hold this many extra descriptors open, so that a test can push the server's
+# sockets past fd 1023 (where select() fails) without opening a thousand connections.
+TEST_ONLY_HOLD_FDS_ENV = "MLX_NOTEBOOK_TEST_ONLY_HOLD_FDS"
 _ERROR_LINGER_SECONDS = 0.5  # lets a polling client read the "error" status before we exit
 
 
@@ -75,6 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
                              "(for ranks started over ssh, which passes no environment)")
     parser.add_argument("--prefetch", action="store_true",
                         help="download/convert the model into the cache, then exit")
+    limits = parser.add_argument_group("hostile clients (docs/reliability.md)")
+    limits.add_argument("--max-connections", type=int, default=256, metavar="N",
+                        help="open connections served at once; past it a 503 (default 256)")
+    limits.add_argument("--request-timeout", type=float, default=10.0, metavar="S",
+                        help="seconds for a request's headers and body to arrive (default 10)")
+    limits.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
+                        help="seconds a connection may wait between requests, or a client "
+                             "stop reading a stream (default 30)")
+    limits.add_argument("--keepalive-interval", type=float, default=2.0, metavar="S",
+                        help="a stream silent this long gets a keep-alive line, if the worker "
+                             "is making progress (default 2)")
+    limits.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="also answer requests whose Host is NAME (repeatable; '*': any). "
+                             "Always answered: 127.0.0.1, localhost, [::1], the bound address")
+    limits.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="accept requests from web pages of ORIGIN (repeatable; '*': any; "
+                             "default: none)")
     group = parser.add_argument_group("runner groups (one model over several processes)")
     group.add_argument("--hostfile", default=os.environ.get("MLX_HOSTFILE") or None,
                        help="MLX ring hostfile: a JSON list with one [\"ip:port\", ...] per rank "
@@ -136,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     from .engine import Engine
-    from .server import RunnerServer
+    from .server import RunnerServer, ServerLimits
     from .watch import watch_parent
+
+    held = _hold_fds_for_tests()
 
     engine = Engine(args.model, dtype=args.dtype, context_length=args.context,
                     max_batch=args.max_batch, prompt_cache_bytes=args.prompt_cache_bytes,
@@ -146,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     if engine.follower:
         return _follow(engine, args)
     try:
-        server = RunnerServer((args.host, args.port), engine, token)
+        server = RunnerServer((args.host, args.port), engine, token, ServerLimits(
+            max_connections=max(1, args.max_connections), request_timeout=args.request_timeout,
+            idle_timeout=args.idle_timeout, keepalive_interval=args.keepalive_interval,
+            allowed_hosts=tuple(args.allow_host),
+            allowed_origins=tuple(args.allow_origin)))
     except OSError as exc:
         print(f"mlx_notebook runner: cannot listen on {args.host}:{args.port}: {exc.strerror}",
               file=sys.stderr, flush=True)
@@ -171,10 +197,25 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=_report_failure, args=(engine, stop), daemon=True).start()
     server.serve_forever(poll_interval=0.1)
     server.server_close()
+    del held
     engine.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(exit_code[0])  # skip interpreter teardown: MLX threads may still be winding down
+
+
+def _hold_fds_for_tests() -> list[int]:
+    """TEST ONLY (``MLX_NOTEBOOK_TEST_ONLY_HOLD_FDS=N``): open N descriptors and keep them."""
+    count = _env_int(TEST_ONLY_HOLD_FDS_ENV) or 0
+    if count <= 0:
+        return []
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = count + 512
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    return [os.open(os.devnull, os.O_RDONLY) for _ in range(count)]
 
 
 def _report_failure(engine: Engine, stop: Stop) -> None:

@@ -72,7 +72,13 @@ class Engine:
         return native
 
     def submit(self, job: Job) -> None:
+        """Queue ``job``; raises :class:`~runner.mailbox.DuplicateRequestId` for an id in use."""
         self.mailbox.submit(job)
+
+    @property
+    def heartbeat(self) -> float:
+        """``time.monotonic()`` when the worker last came back between MLX calls."""
+        return self.mailbox.heartbeat
 
     def cancel(self, request_id: str) -> bool:
         return self.mailbox.cancel(request_id)

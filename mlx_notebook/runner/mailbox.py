@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 from .jobs import Job, fail_job
 
-__all__ = ["Mailbox"]
+__all__ = ["DuplicateRequestId", "Mailbox"]
 
 _IDLE_POLL_SECONDS = 0.5  # how long an idle worker sleeps before it looks again
 
 
+class DuplicateRequestId(ValueError):
+    """A request id that an unfinished job already has."""
+
+
 class Mailbox:
-    """Jobs by request id, their queue to the worker, and the worker's acknowledgements."""
+    """Jobs by request id, their queue to the worker, and the worker's acknowledgements.
+
+    ``heartbeat`` is when the worker last came back between MLX calls (``time.monotonic()``);
+    whoever writes keep-alives reads it, so a keep-alive proves the worker, not only a thread.
+    """
 
     def __init__(self) -> None:
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()  # None: a wake-up
@@ -29,11 +38,15 @@ class Mailbox:
         self._freed = threading.Condition()
         self._frees_done = 0
         self._last_freed_bytes = 0
+        self.heartbeat = time.monotonic()
 
     # ------------------------------------------------------------ HTTP side
 
     def submit(self, job: Job) -> None:
+        """Post ``job``; :class:`DuplicateRequestId` if an unfinished job has its id."""
         with self._lock:
+            if job.request_id in self._jobs:
+                raise DuplicateRequestId(job.request_id)
             self._jobs[job.request_id] = job
         self._inbox.put(job)
 
@@ -72,7 +85,11 @@ class Mailbox:
             return self._jobs.get(request_id)
 
     def take(self, block: bool) -> list[Job]:
-        """Every job posted since the last call; waits a little for one when ``block``."""
+        """Every job posted since the last call; waits a little for one when ``block``.
+
+        The worker calls this once per step, between MLX calls: it is the heartbeat.
+        """
+        self.heartbeat = time.monotonic()
         try:
             item = self._inbox.get(timeout=_IDLE_POLL_SECONDS) if block else \
                 self._inbox.get_nowait()

@@ -1,29 +1,41 @@
 """The runner's HTTP side: stdlib ``ThreadingHTTPServer``, bearer-token auth, NDJSON streams.
 
-Handler threads parse and validate requests, tokenize prompts (pure Python) and
-hand jobs to the :class:`~mlx_notebook.runner.engine.Engine`; they never touch
-MLX. Every failure becomes a JSON error with a 4xx status, never a dropped
-connection or a traceback on the wire.
+Handler threads parse and validate requests, tokenize prompts (one at a time:
+fast tokenizers are not safe to share between threads) and hand jobs to the
+:class:`~mlx_notebook.runner.engine.Engine`; they never touch MLX. Every failure
+becomes a JSON error with a 4xx status, never a dropped connection or a
+traceback on the wire.
+
+Hostile clients are bounded (docs/reliability.md): at most
+``ServerLimits.max_connections`` connections (503 past it, from the accept loop),
+a deadline for each request's headers and body, an idle limit between requests,
+a foreign ``Host``/``Origin`` or a wrong token answered at once without reading
+the body.
 """
 
 from __future__ import annotations
 
 import hmac
+import io
 import json
+import math
 import queue
 import select
 import socket
 import sys
 import threading
+import time
 import traceback
 import uuid
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..protocol import (
     ENDPOINTS,
+    KEEPALIVE_LINE,
     MAX_BODY_BYTES,
     CancelRequest,
     CancelResponse,
@@ -40,16 +52,38 @@ from ..protocol import (
 )
 from .engine import Engine
 from .jobs import Job
+from .mailbox import DuplicateRequestId
 from .models import LoadedModel
 from .templates import render_messages
 
+__all__ = ["HTTPError", "RunnerHandler", "RunnerServer", "ServerLimits"]
+
 _WAIT_SLICE = 0.05  # how often a streaming handler checks for a vanished client
+_LINGER_SECONDS = 0.5  # after refusing a request: let its body arrive, so close() sends no RST
+_LINGER_BYTES = 1 << 20
+_LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+_WILDCARDS = ("", "0.0.0.0", "::")
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one connection may hold; the defaults are argued in docs/reliability.md."""
+
+    # Far above what the kernel opens (httpx's pool: 100; mn.map: a handful per runner), far
+    # below what a thread each costs (a few MB of stack reserve; RSS only when touched).
+    max_connections: int = 256
+    request_timeout: float = 10.0  # from the request line to the body's last byte
+    idle_timeout: float = 30.0  # between requests (httpx drops its own after 5 s); a stuck write
+    keepalive_interval: float = 2.0  # a stream silent this long gets a keep-alive line
+    allowed_hosts: tuple[str, ...] = ()  # more Host names to answer; "*": any
+    allowed_origins: tuple[str, ...] = ()  # Origin values to accept; "*": any
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+    def __init__(self, status: int, message: str, field: str | None = None, *,
+                 close: bool = False) -> None:
         super().__init__(message)
-        self.status, self.message, self.field = status, message, field
+        self.status, self.message, self.field, self.close = status, message, field, close
 
 
 class RunnerServer(ThreadingHTTPServer):
@@ -57,11 +91,52 @@ class RunnerServer(ThreadingHTTPServer):
     allow_reuse_address = False
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], engine: Engine, token: str | None) -> None:
+    def __init__(self, address: tuple[str, int], engine: Engine, token: str | None,
+                 limits: ServerLimits | None = None) -> None:
         super().__init__(address, RunnerHandler)
         self.engine = engine
         self.token = token.encode() if token else None
+        self.limits = limits or ServerLimits()
         self.stopping = threading.Event()
+        self.tokenizer_lock = threading.Lock()  # fast tokenizers raise "Already borrowed"
+        self.hosts = _own_hosts(str(self.server_address[0]), int(self.server_address[1]),
+                                self.limits.allowed_hosts)
+        self._open = 0
+        self._open_lock = threading.Lock()
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            full = self._open >= self.limits.max_connections
+            if not full:
+                self._open += 1
+        if full:
+            _refuse_busy(request, self.limits.max_connections)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._closed_one()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._closed_one()
+
+    def _closed_one(self) -> None:
+        with self._open_lock:
+            self._open -= 1
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that vanished is no news; anything else is a bug worth a traceback."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            traceback.print_exc(file=sys.stderr)
 
     def request_shutdown(self) -> None:
         """Stop serving from any thread (a handler cannot call shutdown() itself: it would wait on itself)."""
@@ -71,11 +146,83 @@ class RunnerServer(ThreadingHTTPServer):
             threading.Thread(target=self.shutdown, daemon=True).start()
 
 
+def _own_hosts(bound: str, port: int, extra: tuple[str, ...]) -> frozenset[str] | None:
+    """Every ``Host`` value the runner answers (bare and with its port); None: any."""
+    if "*" in extra:
+        return None
+    names = {*_LOOPBACK_NAMES, *extra, _bracketed(bound)}
+    if bound in _WILDCARDS:  # every address of this machine is the runner's own
+        names |= {socket.gethostname(), socket.getfqdn()}
+        import psutil
+
+        for addresses in psutil.net_if_addrs().values():
+            for address in addresses:
+                if address.family in (socket.AF_INET, socket.AF_INET6):
+                    names.add(_bracketed(address.address.split("%", 1)[0]))
+    names = {n.lower() for n in names if n}
+    return frozenset(names | {f"{n}:{port}" for n in names})
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _refuse_busy(sock: socket.socket, cap: int) -> None:
+    """Answer 503 from the accept loop: never blocks (a small write to a fresh socket)."""
+    body = json.dumps({"error": f"runner is at its limit of {cap} open connections; "
+                                "retry when one closes", "field": None}).encode()
+    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
+    try:
+        sock.setblocking(False)
+        sock.send(head.encode() + body)
+        sock.recv(1 << 16)  # what already came, so that close() does not reset the answer
+    except OSError:
+        pass
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The handler's socket as a raw stream whose every read ends by ``handler.read_deadline``,
+    so a client that trickles bytes (slowloris) cannot hold a thread past it."""
+
+    def __init__(self, handler: RunnerHandler) -> None:
+        self._handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self._handler.read_deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        sock = self._handler.connection
+        sock.settimeout(remaining)
+        try:
+            return sock.recv_into(buffer)
+        except (ConnectionResetError, BrokenPipeError):
+            return 0  # as a close: the stdlib ends the connection quietly
+
+
 class RunnerHandler(BaseHTTPRequestHandler):
     server: RunnerServer
     protocol_version = "HTTP/1.1"
     server_version = "mlx-notebook-runner"
     sys_version = ""
+    read_deadline = math.inf
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the stdlib's file object; ours keeps the deadline
+        self.rfile = io.BufferedReader(_DeadlineReader(self))
+
+    def handle_one_request(self) -> None:
+        self.read_deadline = time.monotonic() + self.server.limits.idle_timeout
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        # The request line is in: headers and body must follow within the request timeout.
+        self.read_deadline = time.monotonic() + self.server.limits.request_timeout
+        return super().parse_request()
 
     # ------------------------------------------------------------ dispatch
 
@@ -104,8 +251,16 @@ class RunnerHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         try:
+            self._check_host()
             self._check_auth()
-            raw = self._read_raw_body()  # read even when unused: keeps keep-alive framing intact
+            try:
+                raw = self._read_raw_body()  # read even when unused: keeps keep-alive framing
+            except TimeoutError:
+                raise HTTPError(408, f"the request body did not arrive within "
+                                     f"{self.server.limits.request_timeout:g} s", "body",
+                                close=True) from None
+            self.read_deadline = math.inf
+            self.connection.settimeout(self.server.limits.idle_timeout)  # bounds a stuck write
             path = self.path.split("?", 1)[0]
             name = next((n for n, (_, p) in ENDPOINTS.items() if p == path), None)
             if name is None:
@@ -114,13 +269,36 @@ class RunnerHandler(BaseHTTPRequestHandler):
                 raise HTTPError(405, f"{path} expects {ENDPOINTS[name][0]}, not {method}")
             getattr(self, f"_handle_{name}")(_parse_json(raw) if method == "POST" else None)
         except HTTPError as exc:
+            if exc.close:
+                self.close_connection = True
             self._send_json(exc.status, {"error": exc.message, "field": exc.field})
-        except (BrokenPipeError, ConnectionResetError):
+            if exc.close:
+                self._linger()
+        except OSError:  # the client went away (reset, broken pipe, a write that timed out)
             self.close_connection = True
         except Exception as exc:  # a bug: report it in one line, keep the details on stderr
             traceback.print_exc(file=sys.stderr)
             self._send_json(500, {"error": f"internal error: {type(exc).__name__}: {exc}",
                                   "field": None})
+
+    def _check_host(self) -> None:
+        """Only the runner's own names (stops DNS rebinding) and no foreign web page."""
+        hosts = self.server.hosts
+        given = self.headers.get_all("Host") or []
+        if hosts is not None and (len(given) != 1 or given[0].strip().lower() not in hosts):
+            shown = given[0][:80] if len(given) == 1 else f"{len(given)} Host headers"
+            raise HTTPError(403, f"Host {shown!r} is not this runner's (start it with "
+                                 "--allow-host NAME to answer another name)", "Host", close=True)
+        origins = self.headers.get_all("Origin") or []
+        allowed = self.server.limits.allowed_origins
+        if origins and "*" not in allowed:
+            for origin in origins:
+                netloc = urlsplit(origin.strip()).netloc.lower()
+                own = hosts is None or netloc in hosts
+                if not (origin in allowed or (own and origin.startswith("http://"))):
+                    raise HTTPError(403, f"requests from web pages are refused (Origin "
+                                         f"{origin[:80]!r}; --allow-origin accepts one)",
+                                    "Origin", close=True)
 
     def _check_auth(self) -> None:
         expected = self.server.token
@@ -128,18 +306,27 @@ class RunnerHandler(BaseHTTPRequestHandler):
             return
         given = self.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
-        # Compare the whole header in constant time; also drain the body so the connection stays sane.
+        # The whole header, in constant time. The body is never read: the answer comes at once.
         ok = hmac.compare_digest(f"{scheme} {value}".encode(), b"Bearer " + expected)
         if not ok:
-            self._discard_body()
-            raise HTTPError(401, "missing or wrong bearer token")
+            raise HTTPError(401, "missing or wrong bearer token", close=True)
 
-    def _discard_body(self) -> None:
-        length = self._content_length()
-        if 0 < length <= MAX_BODY_BYTES:
-            self.rfile.read(length)
-        elif length > MAX_BODY_BYTES:
-            self.close_connection = True
+    def _linger(self) -> None:
+        """After an answer that closes the connection: stop writing, read what the client
+        still sends for a moment (a close with unread bytes would reset our answer)."""
+        sock = self.connection
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + _LINGER_SECONDS
+            drained = 0
+            while drained < _LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                data = sock.recv(1 << 16)
+                if not data:
+                    return
+                drained += len(data)
+        except OSError:
+            pass
 
     def _content_length(self) -> int:
         try:
@@ -166,9 +353,11 @@ class RunnerHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", "no-store")
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:
             self.close_connection = True
 
     def _write_chunk(self, data: bytes) -> None:
@@ -197,14 +386,16 @@ class RunnerHandler(BaseHTTPRequestHandler):
         _, loaded = self._require_ready()
         request = _validated(TokenizeRequest.from_json, body)
         tokenizer = loaded.tokenizer
-        if request.messages is not None:
-            text = render_messages(tokenizer, request.messages)
-            tokens = tokenizer.encode(text, add_special_tokens=False)
-        else:
-            text = request.text or ""
-            tokens = tokenizer.encode(text)
-        pieces = [tokenizer.decode([t]) for t in tokens]
-        raw = [_token_bytes(tokenizer, t, p).hex() for t, p in zip(tokens, pieces, strict=True)]
+        with self.server.tokenizer_lock:
+            if request.messages is not None:
+                text = render_messages(tokenizer, request.messages)
+                tokens = tokenizer.encode(text, add_special_tokens=False)
+            else:
+                text = request.text or ""
+                tokens = tokenizer.encode(text)
+            pieces = [tokenizer.decode([t]) for t in tokens]
+            raw = [_token_bytes(tokenizer, t, p).hex()
+                   for t, p in zip(tokens, pieces, strict=True)]
         self._send_json(200, asdict(TokenizeResponse(tokens=tokens, pieces=pieces, text=text,
                                                      token_bytes=raw)))
 
@@ -217,7 +408,9 @@ class RunnerHandler(BaseHTTPRequestHandler):
         if bad is not None:
             raise HTTPError(400, f"token id {bad} is outside the vocabulary (size {vocab})",
                             "tokens")
-        self._send_json(200, asdict(DetokenizeResponse(text=tokenizer.decode(request.tokens))))
+        with self.server.tokenizer_lock:
+            text = tokenizer.decode(request.tokens)
+        self._send_json(200, asdict(DetokenizeResponse(text=text)))
 
     def _handle_cancel(self, body: Any) -> None:
         request = _validated(CancelRequest.from_json, body)
@@ -239,11 +432,12 @@ class RunnerHandler(BaseHTTPRequestHandler):
         engine, loaded = self._require_ready()
         request = _validated(CompletionRequest.from_json, body)
         tokenizer = loaded.tokenizer
-        if request.messages is not None:
-            tokens = tokenizer.encode(render_messages(tokenizer, request.messages),
-                                      add_special_tokens=False)
-        else:
-            tokens = tokenizer.encode(request.prompt or "")
+        with self.server.tokenizer_lock:
+            if request.messages is not None:
+                tokens = tokenizer.encode(render_messages(tokenizer, request.messages),
+                                          add_special_tokens=False)
+            else:
+                tokens = tokenizer.encode(request.prompt or "")
         if not tokens:
             raise HTTPError(400, "prompt is empty after tokenization", "prompt")
         options = request.options
@@ -256,22 +450,32 @@ class RunnerHandler(BaseHTTPRequestHandler):
             if options.max_tokens > room:
                 options = replace(options, max_tokens=room)
         request_id = request.request_id or uuid.uuid4().hex
-        job = Job(request_id=request_id, prompt_tokens=tokens, options=options)
-        engine.submit(job)
+        job = Job(request_id=request_id, prompt_tokens=tokens, options=options,
+                  raw=request.messages is None)  # a continuation keeps its leading space
+        try:
+            engine.submit(job)
+        except DuplicateRequestId:
+            raise HTTPError(409, f"request_id {request_id!r} is already in use by a request "
+                                 "that has not finished", "request_id") from None
         self._stream_job(engine, job)
 
     def _stream_job(self, engine: Engine, job: Job) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-ndjson")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Request-Id", job.request_id)
-        self.end_headers()
+        ended = False
         try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Request-Id", job.request_id)
+            self.end_headers()
+            silent_since: float | None = None  # set on the first empty wait, never per token
             while True:
-                event = self._next_event(job, engine)
-                if event is None:
+                try:
+                    event = job.events.get(timeout=_WAIT_SLICE)
+                except queue.Empty:
+                    silent_since = self._on_silence(engine, silent_since)
                     continue
+                silent_since = None
                 # Whatever else is already waiting goes in the same write: when tokens come
                 # faster than one write each, the stream catches up instead of lagging.
                 events = [event]
@@ -282,19 +486,31 @@ class RunnerHandler(BaseHTTPRequestHandler):
                         break
                 self._write_chunk(b"".join(encode_event(e) for e in events))
                 if isinstance(events[-1], (DoneEvent, ErrorEvent)):
+                    ended = True
                     break
             self._write_chunk(b"")
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            engine.cancel(job.request_id)
+        except OSError:  # the client went away, or stopped reading for the idle timeout
             self.close_connection = True
+        finally:
+            if not ended:  # whatever broke the response, nobody reads this job any more
+                engine.cancel(job.request_id)
 
-    def _next_event(self, job: Job, engine: Engine) -> Any:
-        try:
-            return job.events.get(timeout=_WAIT_SLICE)
-        except queue.Empty:
-            if _peer_closed(self.connection):
-                raise ConnectionResetError("client went away") from None
-            return None
+    def _on_silence(self, engine: Engine, silent_since: float | None) -> float:
+        """No event for a wait slice: is the client still there, is a keep-alive due?
+
+        A keep-alive goes out only if the worker came back between MLX calls since the
+        stream's last line: a hung worker (or a stopped process) leaves the stream silent.
+        """
+        if _peer_closed(self.connection):
+            raise ConnectionResetError("client went away")
+        now = time.monotonic()
+        if silent_since is None:
+            return now - _WAIT_SLICE
+        if now - silent_since >= self.server.limits.keepalive_interval \
+                and engine.heartbeat > silent_since:
+            self._write_chunk(KEEPALIVE_LINE)
+            return now
+        return silent_since
 
 
 def _parse_json(raw: bytes) -> Any:
@@ -316,13 +532,20 @@ def _validated(parse: Any, body: Any) -> Any:
 
 
 def _peer_closed(sock: socket.socket) -> bool:
-    """True when the client closed its end (readable with nothing to read)."""
+    """True when the client closed its end (readable with nothing to read).
+
+    ``poll``, not ``select``: select() fails on descriptors past 1023, which a busy
+    runner reaches, and a failure must not read as "the client went away".
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)  # POLLHUP and POLLERR are always reported
+    if not poller.poll(0):
+        return False
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
-            return False
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except (OSError, ValueError):
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
         return True
 
 
