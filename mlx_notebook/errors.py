@@ -8,6 +8,7 @@
      ├── InsufficientMemoryError   the memory pre-flight refused a model (.required, .available)
      ├── RunnerExitedError         the runner process died (.returncode, .signal)
      ├── RunnerUnavailableError    the runner does not answer (hung, unreachable)
+     │    └── RunnerStalledError   a stream went silent past its limit (.silence)
      ├── GenerationError           the runner reported an error for one request
      ├── ProtocolError             the runner answered something the protocol does not allow
      ├── ModelNotLoadedError       no model of that name is loaded in this kernel (.name)
@@ -36,6 +37,7 @@ __all__ = [
     "InsufficientMemoryError",
     "RunnerExitedError",
     "RunnerUnavailableError",
+    "RunnerStalledError",
     "GenerationError",
     "ProtocolError",
     "ModelNotLoadedError",
@@ -101,6 +103,15 @@ class RunnerExitedError(MLXNotebookError):
 
 class RunnerUnavailableError(MLXNotebookError):
     """The runner process exists but does not answer."""
+
+
+class RunnerStalledError(RunnerUnavailableError):
+    """A stream sent nothing, not even a keep-alive, for ``silence`` seconds: the runner's
+    worker is stuck, or its process is stopped or out of reach."""
+
+    def __init__(self, message: str, *, silence: float, url: str | None = None) -> None:
+        super().__init__(message, url=url)
+        self.silence = silence
 
 
 class GenerationError(MLXNotebookError):

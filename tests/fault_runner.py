@@ -14,7 +14,9 @@ MLX at all. Faults are switched by environment variables:
 ``FAULT_STREAM``           ``garbage``: a non-JSON line mid-stream; ``sigkill:N``: SIGKILL
                            itself after N chunks; ``error``: an ErrorEvent after 2 chunks;
                            ``nodone``: end the stream without a done event; ``endless``: keep
-                           sending chunks until cancelled
+                           sending chunks until cancelled; ``stall:N``: N chunks, then
+                           silence on an open connection (the HTTP thread lives, as with
+                           a hung worker)
 ``FAULT_STDERR``           text written to stderr (``\\n`` separated) right after the handshake
 ``FAULT_IGNORE_SHUTDOWN``  ``1``: /v1/shutdown and stdin EOF do nothing
 ``FAULT_IGNORE_SIGTERM``   ``1``: SIGTERM is ignored (so only SIGKILL works)
@@ -135,6 +137,10 @@ class Handler(BaseHTTPRequestHandler):
             if mode == "garbage" and count == 2:
                 self.wfile.write(b"this is not json\n")
                 self.wfile.flush()
+                return
+            if mode.startswith("stall:") and count == int(mode.split(":")[1]):
+                while request_id not in CANCELLED:
+                    time.sleep(0.05)
                 return
             if mode == "error" and count == 2:
                 self.wfile.write(protocol.encode_event(protocol.ErrorEvent("fault: boom", request_id)))

@@ -7,6 +7,7 @@ docs/reliability.md from the figures each test records.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import time
 import pytest
 
 from mlx_notebook.control.client import RunnerClient
-from mlx_notebook.errors import GenerationError, RunnerExitedError, RunnerUnavailableError
+from mlx_notebook.errors import GenerationError, RunnerExitedError, RunnerStalledError
 from mlx_notebook.protocol import CompletionRequest, SamplingOptions
 from tests import frontend_helpers
 from tests.reliability_figures import record
@@ -63,22 +64,81 @@ def test_runner_sigkilled_mid_stream(tiny_model_dir, n):
     assert max(detect) < 1.0
 
 
-def test_hung_runner_times_out_and_is_cleaned_up(tiny_model_dir):
-    client = started(str(tiny_model_dir), stream_read_timeout=2.0)
+@cycles(1, 10)
+def test_sigstopped_runner_ends_the_stream_within_the_silence(tiny_model_dir, n):
+    """SIGSTOP mid-stream: no token, no keep-alive; one clear error after the configured
+    silence (the RunnerClient argument), naming the runner and what to do; cleaned up."""
+    silence = 2.0
+    detect = []
+    for _ in range(n):
+        client = started(str(tiny_model_dir), stream_read_timeout=silence)
+        pid = client.pid
+        try:
+            with pytest.raises(RunnerStalledError) as info, client.stream(LONG) as stream:
+                for i, _chunk in enumerate(stream):
+                    if i == 2:
+                        os.kill(pid, signal.SIGSTOP)
+                        stopped = time.monotonic()
+            detect.append(time.monotonic() - stopped)
+            message = str(info.value)
+            assert f"{client.name!r}" in message and "sent nothing for 2 s" in message
+            assert "--force" in message and "MLX_NOTEBOOK_STREAM_TIMEOUT" in message
+            assert info.value.silence == silence
+        finally:
+            client.close(grace=2.0)
+        assert wait_gone(pid, 5) is not None
+    record("runner stopped (SIGSTOP) mid-stream: stall detected after the 2 s silence, "
+           "runner cleaned up", cycles=n, failures=0, max_detect_s=max(detect))
+    assert silence <= max(detect) < silence + 5
+
+
+def test_sigstopped_runner_ends_the_cell_within_the_silence(tiny_model_dir, shell, monkeypatch):
+    """Through the magic, the limit from the environment: the cell ends with the clear error."""
+    from mlx_notebook.control.manager import get_manager
+
+    monkeypatch.setenv("MLX_NOTEBOOK_STREAM_TIMEOUT", "2")
+    shell.run_line_magic("mlx", f"load {tiny_model_dir} --as frozen --force")
+    client = get_manager().get("frozen")
     pid = client.pid
+    stopped: list[float] = []
+
+    def stop_when_streaming() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not client.status().active_requests:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(time.monotonic())
+
+    stopper = threading.Thread(target=stop_when_streaming)
+    stopper.start()
     try:
-        with pytest.raises(RunnerUnavailableError) as info, client.stream(LONG) as stream:
-            for i, _chunk in enumerate(stream):
-                if i == 2:
-                    os.kill(pid, signal.SIGSTOP)
-                    stopped = time.monotonic()
-        detect = time.monotonic() - stopped
-        assert "did not answer in time" in str(info.value)
+        result = shell.run_cell("%%mlx generate -m frozen --max-tokens 100000\nhello")
+        ended = time.monotonic()
+        stopper.join()
+        assert isinstance(result.error_in_exec, RunnerStalledError), result.error_in_exec
+        assert "sent nothing for 2 s" in str(result.error_in_exec)
+        assert 2.0 <= ended - stopped[0] < 7.0
     finally:
-        client.close(grace=2.0)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        shell.run_line_magic("mlx", "unload frozen")
     assert wait_gone(pid, 5) is not None
-    record("runner hangs (SIGSTOP): client times out, runner cleaned up", cycles=1, failures=0,
-           max_detect_s=detect)
+    record("runner stopped (SIGSTOP) mid-cell: the cell ends with the stall error after "
+           "MLX_NOTEBOOK_STREAM_TIMEOUT=2", cycles=1, failures=0,
+           max_detect_s=ended - stopped[0])
+
+
+def test_a_stream_stuck_behind_a_live_http_thread_is_a_stall(fault_client):
+    """The HTTP side answers (status works) but the stream says nothing: still a stall."""
+    client = fault_client(FAULT_STREAM="stall:2")
+    client.stream_read_timeout = 1.0
+    started_at = time.monotonic()
+    with pytest.raises(RunnerStalledError), client.stream("hi") as stream:
+        for _ in stream:
+            pass
+    assert 1.0 <= time.monotonic() - started_at < 6.0
+    assert client.status().state == "ready"
 
 
 OWNER = textwrap.dedent("""

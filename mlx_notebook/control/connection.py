@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import os
 import secrets
 import threading
 import time
@@ -31,16 +33,39 @@ from ..errors import (
     MLXNotebookError,
     ProtocolError,
     RunnerExitedError,
+    RunnerStalledError,
     RunnerUnavailableError,
 )
 from ..protocol import ChunkEvent, CompletionRequest, DoneEvent, Status
 from .streams import CompletionStream, astream_events
 
-__all__ = ["LoadWatch", "RunnerConnection", "RunnerOwner", "REQUEST_TIMEOUT", "STATUS_TIMEOUT"]
+__all__ = ["LoadWatch", "RunnerConnection", "RunnerOwner", "REQUEST_TIMEOUT", "STATUS_TIMEOUT",
+           "STREAM_SILENCE_ENV", "DEFAULT_STREAM_SILENCE", "stream_silence"]
 
 REQUEST_TIMEOUT = httpx2.Timeout(30.0, connect=5.0)
 STATUS_TIMEOUT = httpx2.Timeout(3.0, connect=2.0)
 POLL_INTERVAL = 0.1  # between status polls while a model loads
+_RECHECK_TIMEOUT = httpx2.Timeout(1.0)  # is a runner that stalled a stream answering again?
+STREAM_SILENCE_ENV = "MLX_NOTEBOOK_STREAM_TIMEOUT"
+# A healthy runner is never silent for more than ~2 s (keep-alives), except inside one MLX
+# call; the longest honest one is a batched prefill step (8 prompts x 512 tokens), which a
+# slow CPU needs minutes for (docs/reliability.md). Past this, the stream is a dead runner.
+DEFAULT_STREAM_SILENCE = 300.0
+
+
+def stream_silence(configured: float | None = None) -> float | None:
+    """Seconds a stream may stay silent: ``configured``, else $MLX_NOTEBOOK_STREAM_TIMEOUT,
+    else the default; 0 (or less) waits forever (None)."""
+    value = configured
+    if value is None:
+        raw = os.environ.get(STREAM_SILENCE_ENV, "").strip()
+        try:
+            value = float(raw) if raw else DEFAULT_STREAM_SILENCE
+        except ValueError:
+            value = DEFAULT_STREAM_SILENCE
+    if not math.isfinite(value) or value <= 0:
+        return None
+    return value
 
 
 def _as_request(request: CompletionRequest | str) -> CompletionRequest:
@@ -118,7 +143,12 @@ class LoadWatch:
 
 
 class RunnerConnection:
-    """Requests to one runner over HTTP; ``owner`` owns (or does not own) its processes."""
+    """Requests to one runner over HTTP; ``owner`` owns (or does not own) its processes.
+
+    ``stream_read_timeout``: seconds a stream may stay silent (no token, no keep-alive)
+    before it fails with :class:`~mlx_notebook.errors.RunnerStalledError`; None reads
+    $MLX_NOTEBOOK_STREAM_TIMEOUT at each stream (default 300), 0 waits forever.
+    """
 
     def __init__(self, spec: str, owner: RunnerOwner, *, name: str | None = None, token: str,
                  stream_read_timeout: float | None = None) -> None:
@@ -138,6 +168,7 @@ class RunnerConnection:
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
+        self._stall: RunnerStalledError | None = None  # a stream found it silent
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("exited" if self.has_exited else
@@ -323,6 +354,8 @@ class RunnerConnection:
         if code in (404, 405):
             raise ProtocolError(message + " (does the runner speak this protocol version?)",
                                 status=code)
+        if code == 409 and "request_id" in detail:  # a duplicate id: this request's fault
+            raise GenerationError(message, status=code)
         if code in (409, 503):
             raise RunnerUnavailableError(message, status=code)
         raise GenerationError(message, status=code)
@@ -333,6 +366,13 @@ class RunnerConnection:
             raise gone
         if self._http is None or self._closed:
             raise self.owner.not_open_error(self)
+        if self._stall is not None:
+            # After a stall, fail at once (not after a 30 s timeout) until it answers again.
+            try:
+                self._http.get(protocol.ENDPOINTS["status"][1], timeout=_RECHECK_TIMEOUT)
+            except httpx2.HTTPError:
+                raise self._stall from None
+            self._stall = None
         return self._http
 
     def _call(self, endpoint: str, body: dict[str, Any] | None = None,
@@ -371,7 +411,22 @@ class RunnerConnection:
             self.active_streams += delta
 
     def stream_timeout(self) -> httpx2.Timeout:
-        return httpx2.Timeout(30.0, connect=5.0, read=self.stream_read_timeout)
+        return httpx2.Timeout(30.0, connect=5.0, read=stream_silence(self.stream_read_timeout))
+
+    def stalled(self, what: str) -> MLXNotebookError:
+        """A stream silent past its limit: the runner is gone (the owner tells), or stuck."""
+        gone = self.gone(what, wait=False)
+        if gone is not None:
+            return gone
+        silence = stream_silence(self.stream_read_timeout) or 0.0
+        restart = ("restart it where it runs, then `%mlx connect` again" if self.remote else
+                   f"restart it with `%mlx load {self.spec} --as {self.name} --force`")
+        self._stall = RunnerStalledError(
+            f"{self.describe()} sent nothing for {silence:g} s {what}, not even a keep-alive: "
+            f"it is stopped, stuck in one step, or out of reach. {restart[0].upper()}"
+            f"{restart[1:]}; if its steps really take this long, set {STREAM_SILENCE_ENV} "
+            "to more seconds (0: wait forever).", silence=silence, url=self.base_url)
+        return self._stall
 
     def stream(self, request: CompletionRequest | str) -> CompletionStream:
         """Start a completion; iterate the result for ChunkEvents, then read ``.result``."""

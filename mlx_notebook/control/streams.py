@@ -33,6 +33,7 @@ from ..protocol import (
     DoneEvent,
     ErrorEvent,
     Event,
+    KeepAliveEvent,
     ProgressEvent,
     decode_event,
 )
@@ -58,6 +59,8 @@ class StreamSource(Protocol):
     def check_response(self, response: httpx2.Response, what: str) -> None: ...
     def require_http(self) -> httpx2.Client: ...
     def stream_timeout(self) -> httpx2.Timeout: ...
+    def stalled(self, what: str) -> MLXNotebookError:
+        """The error for a stream that stayed silent past its read timeout."""
     def count_stream(self, delta: int) -> None: ...
     def touch(self) -> None: ...
     def cancel(self, request_id: str) -> bool: ...
@@ -95,6 +98,8 @@ def fold_event(state: StreamState, event: Event) -> ChunkEvent | None:
     if isinstance(event, ChunkEvent):
         state.text += event.content
         return event
+    if isinstance(event, KeepAliveEvent):  # the runner's worker is alive; nothing to show
+        return None
     if isinstance(event, ProgressEvent):
         state.prefill = (event.processed, event.total)
         if state.on_prefill is not None:
@@ -196,6 +201,8 @@ class CompletionStream:
         while True:
             try:
                 line = next(self._lines)
+            except httpx2.ReadTimeout as exc:  # silent past the limit: keep-alives stopped too
+                raise self._source.stalled(_WHAT) from exc
             except StopIteration:
                 if self._cancelled:
                     self._synthesize_cancel()
@@ -303,6 +310,8 @@ async def astream_events(source: StreamSource, request: CompletionRequest,
                             if on_done is not None:
                                 on_done(state.result)
                             return
+            except httpx2.ReadTimeout as exc:
+                raise await asyncio.to_thread(_explained, source, source.stalled(_WHAT)) from exc
             except (httpx2.HTTPError, httpx2.StreamError) as exc:
                 # Translating may wait a moment for the process to exit: not on the loop.
                 raise await asyncio.to_thread(_explained, source, exc) from exc
