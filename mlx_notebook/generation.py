@@ -98,6 +98,7 @@ class Generation:
         self._t0 = time.perf_counter()
         self._first: float | None = None
         self._stopped = False
+        self._failed = False
         self._on_end = on_end
         self._stream: CompletionStream = client.stream(request)
         # A generation dropped unread must not keep its runner busy (never idle-unloaded):
@@ -124,6 +125,9 @@ class Generation:
                     yield event.content
         except (KeyboardInterrupt, GeneratorExit):
             self.cancel()
+            raise
+        except MLXNotebookError:
+            self._failed = True  # the runner is gone or broke: ask it nothing more
             raise
         finally:
             self._stream.on_prefill = None
@@ -155,7 +159,7 @@ class Generation:
         if self.result is not None:
             return
         self.result = self._result(self._stream.result, time.perf_counter() - self._t0)
-        if self._stopped and not self.result.prompt_tokens:
+        if self._stopped and not self._failed and not self.result.prompt_tokens:
             # The runner's final event was not read (a stop cuts the stream): count the prompt.
             with contextlib.suppress(MLXNotebookError):
                 self.result = dataclasses.replace(self.result,
