@@ -28,14 +28,18 @@ if TYPE_CHECKING:
     from .api import (
         Generation,
         GenerationResult,
+        attention,
         chat,
+        choose,
         connect,
         conversation,
         free_memory,
         generate,
+        lens,
         load,
         ps,
         reset_chat,
+        score,
         status,
         stream,
         tokenize,
@@ -46,15 +50,19 @@ if TYPE_CHECKING:
 __all__ = [
     "Generation",
     "GenerationResult",
+    "attention",
     "chat",
+    "choose",
     "connect",
     "conversation",
     "free_memory",
     "generate",
+    "lens",
     "load",
     "load_ipython_extension",
     "ps",
     "reset_chat",
+    "score",
     "status",
     "stream",
     "tokenize",
@@ -94,7 +102,13 @@ def _load_view(label: str) -> _views.LoadView:
 
 # The package root wires the wings together: what ``show=True`` in the API draws
 # with comes from the notebook wing, imported only when something is first shown.
-_views.register(_views.Views(stream=_stream_view, load=_load_view))
+def _inside_html(result: object) -> str | None:
+    from .notebook.teaching.inside_views import inside_html
+
+    return inside_html(result)
+
+
+_views.register(_views.Views(stream=_stream_view, load=_load_view, html=_inside_html))
 
 
 def load_ipython_extension(shell: Any) -> None:

@@ -25,6 +25,7 @@ from .chat_history import get_history
 from .config import get_config
 from .errors import GenerationError, InvalidArgumentError
 from .generation import Generation, GenerationResult
+from .inside import attention, choose, lens, score
 from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status
 
 if TYPE_CHECKING:
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
     from .control.remote import RemoteRunner
 
 __all__ = [
-    "Generation", "GenerationResult", "chat", "connect", "conversation", "free_memory", "generate",
-    "load", "ps",
+    "Generation", "GenerationResult", "attention", "chat", "choose", "connect", "conversation",
+    "free_memory", "generate", "lens", "load", "ps", "score",
     "reset_chat", "status", "stream", "tokenize", "unload", "use",
 ]
 

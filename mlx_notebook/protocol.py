@@ -27,6 +27,9 @@ Endpoints:
 ``POST /v1/free``         -> :class:`FreeResponse`: drop the prompt cache and MLX's
                           buffer cache (on every rank of a group)
 ``POST /v1/shutdown``     -> ``{"ok": true}``; the runner exits shortly after
+``POST /v1/score``        look inside the model (:mod:`mlx_notebook.inside_protocol`):
+``POST /v1/lens``         NDJSON streams of progress lines, one ``ResultEvent``,
+``POST /v1/attention``    then a :class:`DoneEvent` (or an :class:`ErrorEvent`)
 ========================  =========================================================
 
 Errors: any rejected request gets a 4xx status and :class:`ErrorBody`
@@ -66,6 +69,10 @@ ENDPOINTS: dict[str, tuple[str, str]] = {
     "cancel": ("POST", "/v1/cancel"),
     "free": ("POST", "/v1/free"),
     "shutdown": ("POST", "/v1/shutdown"),
+    # Look inside the model (wire types in inside_protocol.py): prefill-only passes.
+    "score": ("POST", "/v1/score"),
+    "lens": ("POST", "/v1/lens"),
+    "attention": ("POST", "/v1/attention"),
 }
 
 

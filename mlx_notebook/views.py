@@ -41,10 +41,12 @@ class LoadView(Protocol):
 
 @dataclass(frozen=True)
 class Views:
-    """Factories: ``stream(format, rate, footer)`` and ``load(label)``."""
+    """Factories: ``stream(format, rate, footer)`` and ``load(label)``; ``html(result)`` draws a
+    look-inside result (mlx_notebook/inside.py) as HTML, or None for its text alone."""
 
     stream: Callable[[str, float, bool], StreamView]
     load: Callable[[str], LoadView]
+    html: Callable[[object], str | None] = lambda _result: None
 
 
 _views: Views | None = None

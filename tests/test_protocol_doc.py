@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from mlx_notebook import protocol
+from mlx_notebook import inside_protocol, protocol
 
 DOC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
-# Every dataclass of the protocol module: a new wire type is checked without being listed.
-WIRE_TYPES = sorted((obj for obj in vars(protocol).values()
-                     if dataclasses.is_dataclass(obj) and obj.__module__ == protocol.__name__),
+# Every dataclass of the protocol modules: a new wire type is checked without being listed.
+WIRE_TYPES = sorted((obj for module in (protocol, inside_protocol) for obj in vars(module).values()
+                     if dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__),
                     key=lambda cls: cls.__name__)
 
 

@@ -36,6 +36,14 @@ from ..errors import (
     RunnerStalledError,
     RunnerUnavailableError,
 )
+from ..inside_protocol import (
+    AttentionRequest,
+    AttentionResult,
+    LensRequest,
+    LensResult,
+    ScoreRequest,
+    ScoreResult,
+)
 from ..protocol import ChunkEvent, CompletionRequest, DoneEvent, Status
 from .streams import CompletionStream, astream_events
 
@@ -44,6 +52,7 @@ __all__ = ["LoadWatch", "RunnerConnection", "RunnerOwner", "REQUEST_TIMEOUT", "S
 
 REQUEST_TIMEOUT = httpx2.Timeout(30.0, connect=5.0)
 STATUS_TIMEOUT = httpx2.Timeout(3.0, connect=2.0)
+Progress = Callable[[int, int], None]  # (processed, total) of a long look-inside pass
 POLL_INTERVAL = 0.1  # between status polls while a model loads
 _RECHECK_TIMEOUT = httpx2.Timeout(1.0)  # is a runner that stalled a stream answering again?
 STREAM_SILENCE_ENV = "MLX_NOTEBOOK_STREAM_TIMEOUT"
@@ -494,3 +503,24 @@ class RunnerConnection:
         data = self._call("cancel", protocol.CancelRequest(request_id=request_id).to_json(),
                           timeout=STATUS_TIMEOUT)
         return bool(data.get("cancelled", False))
+
+    # ------------------------------------------------------------ look inside (control/inside.py)
+
+    def score(self, request: ScoreRequest, on_progress: Progress | None = None) -> ScoreResult:
+        """Log-probabilities of each text of ``request`` (one prefill-only pass, batched)."""
+        from .inside import score
+
+        return score(self, request, on_progress)
+
+    def lens(self, request: LensRequest, on_progress: Progress | None = None) -> LensResult:
+        """The logit lens: each layer read out through the final norm and the unembedding."""
+        from .inside import lens
+
+        return lens(self, request, on_progress)
+
+    def attention(self, request: AttentionRequest,
+                  on_progress: Progress | None = None) -> AttentionResult:
+        """One block's attention weights over the tokens of ``request.text``."""
+        from .inside import attention
+
+        return attention(self, request, on_progress)

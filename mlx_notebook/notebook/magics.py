@@ -36,7 +36,7 @@ from .. import api
 from ..config import get_config
 from ..errors import InvalidArgumentError, MLXNotebookError
 from ..protocol import SamplingOptions, ValidationError
-from . import parsers, teaching
+from . import inside_magics, parsers, teaching
 from .interpolate import interpolate
 from .parsers import Parser, _Exit, make_parser
 
@@ -361,6 +361,16 @@ SUBCOMMANDS: Mapping[str, Subcommand] = {c.name: c for c in (
                parsers.compare, _M._compare, cell="required"),
     Subcommand("explore", "next-token explorer widget: %mlx explore [TEXT] [-m NAME]",
                parsers.explore, _M._explore),
+    Subcommand("score", "(cell) the log-probability of every token of the cell's text",
+               inside_magics.score_arguments, inside_magics.score_magic, cell="required"),
+    Subcommand("choose", "(cell) rank --options \"A,B,C\" as continuations of the cell's prompt",
+               inside_magics.choose_arguments, inside_magics.choose_magic, cell="required"),
+    Subcommand("lens", "logit lens: the top next token at every layer and position of TEXT",
+               inside_magics.lens_arguments, inside_magics.lens_magic, cell="optional",
+               usage="%mlx lens TEXT [--positions N|I,J] [--layers I,J] [--top-k K] [-m NAME]"),
+    Subcommand("attention", "attention weights of one layer over TEXT, every head as a heatmap",
+               inside_magics.attention_arguments, inside_magics.attention_magic, cell="optional",
+               usage="%mlx attention TEXT --layer L [--head H] [-m NAME]"),
 )}
 
 

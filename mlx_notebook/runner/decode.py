@@ -24,7 +24,8 @@ from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
 from ..protocol import DoneReason, ProgressEvent
 from .distributed import Admit, Distributed, Plan
-from .jobs import Job, finish_job, record_token, start_job
+from .inspect import InspectJob, InspectQueue
+from .jobs import Job, fail_job, finish_job, record_token, start_job
 from .mailbox import Mailbox
 from .models import LoadedModel
 from .sampling import make_request_processors, make_request_sampler, token_logprob
@@ -77,6 +78,8 @@ class DecodeLoop:
         self._solo_uid = 0  # counts down from -1: never a BatchGenerator uid
         self._removals: list[str] = []  # stopped by a stop string; leave the batch next step
         self._last_report = 0.0
+        # Look-inside passes (score, lens, attention): one chunk between decode steps.
+        self.inspecting = InspectQueue(self.stream, mailbox.forget)
 
     # ------------------------------------------------------------ set-up
 
@@ -113,11 +116,14 @@ class DecodeLoop:
             if plan.stop:
                 break
             self._apply(plan)
+            if self.inspecting.busy:
+                self.inspecting.step()
             if self._solo is not None:
                 self._solo_step()
                 continue
             if not self.active:
-                mx.clear_cache()  # give freed buffers back between bursts
+                if not self.inspecting.busy:
+                    mx.clear_cache()  # give freed buffers back between bursts
                 continue
             _, responses = self.generator.next()
             for response in responses:
@@ -135,7 +141,14 @@ class DecodeLoop:
             return Plan.from_bytes(data) if data else Plan()
         plan = Plan(stop=self.mailbox.stopping.is_set())
         if not plan.stop:
-            for job in self.mailbox.take(block=not self.active):
+            for job in self.mailbox.take(block=not self.active and not self.inspecting.busy):
+                if isinstance(job, InspectJob):
+                    if dist is None:
+                        self.inspecting.add(job)
+                    else:  # refused by the server already; never part of a plan
+                        fail_job(job, "look-inside views do not run in a runner group")
+                        self.mailbox.forget(job)
+                    continue
                 if job.cancel_requested.is_set():
                     self._finish(job, "cancel")
                     continue

@@ -428,6 +428,21 @@ class RunnerHandler(BaseHTTPRequestHandler):
         self._send_json(200, {"ok": True})
         self.server.request_shutdown()
 
+    def _handle_score(self, body: Any) -> None:
+        from .inside_routes import handle_score
+
+        handle_score(self, body)
+
+    def _handle_lens(self, body: Any) -> None:
+        from .inside_routes import handle_lens
+
+        handle_lens(self, body)
+
+    def _handle_attention(self, body: Any) -> None:
+        from .inside_routes import handle_attention
+
+        handle_attention(self, body)
+
     def _handle_completion(self, body: Any) -> None:
         engine, loaded = self._require_ready()
         request = _validated(CompletionRequest.from_json, body)
