@@ -493,7 +493,28 @@ KEEPALIVE_LINE = b'{"type":"keepalive"}\n'
 
 def encode_event(event: Event) -> bytes:
     """One NDJSON line."""
+    if type(event) is ChunkEvent and not event.logprobs:  # the per-token case: no asdict
+        return _CHUNK_LINE % (json.dumps(event.content, ensure_ascii=False).encode(),
+                              ",".join(map(str, event.tokens)).encode())
     return (json.dumps(asdict(event), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+_CHUNK_LINE = b'{"content":%s,"tokens":[%s],"logprobs":[],"type":"chunk"}\n'
+
+
+def merge_chunks(events: list[Event]) -> list[Event]:
+    """Runs of plain chunks (no log-probabilities) as one chunk: fewer lines when a
+    reader falls behind. Text and tokens are kept whole and in order."""
+    merged: list[Event] = []
+    for event in events:
+        last = merged[-1] if merged else None
+        if (type(event) is ChunkEvent and not event.logprobs and type(last) is ChunkEvent
+                and not last.logprobs):
+            merged[-1] = ChunkEvent(content=last.content + event.content,
+                                    tokens=last.tokens + event.tokens)
+        else:
+            merged.append(event)
+    return merged
 
 
 def decode_event(line: bytes | str) -> Event:
@@ -503,11 +524,12 @@ def decode_event(line: bytes | str) -> Event:
         raise ValueError(f"expected a JSON object, got {_kind(data)}")
     kind = data.get("type")
     if kind == "chunk":
+        raw = data.get("logprobs")
         logprobs = tuple(
             TokenLogprob(token=lp["token"], text=lp["text"], logprob=lp["logprob"],
                          top=tuple(TopLogprob(**t) for t in lp.get("top", ())))
-            for lp in data.get("logprobs", ())
-        )
+            for lp in raw
+        ) if raw else ()
         return ChunkEvent(content=data["content"], tokens=tuple(data.get("tokens", ())),
                           logprobs=logprobs)
     if kind == "done":

@@ -317,15 +317,19 @@ class RunnerConnection:
         """httpx errors become mlx_notebook errors (cause kept); the owner explains each."""
         try:
             yield
-        except (httpx2.HTTPError, httpx2.StreamError) as exc:
-            raise self.owner.explain(self.translate(exc, what), what) from exc
-        except RunnerExitedError:
-            raise
-        except MLXNotebookError as exc:
-            better = self.owner.explain(exc, what)
+        except (httpx2.HTTPError, httpx2.StreamError, MLXNotebookError) as exc:
+            better = self.explain_error(exc, what)
             if better is exc:
                 raise
             raise better from exc
+
+    def explain_error(self, exc: Exception, what: str) -> MLXNotebookError:
+        """What :meth:`translating` raises for ``exc`` (an httpx error or one of ours)."""
+        if isinstance(exc, RunnerExitedError):
+            return exc
+        if not isinstance(exc, MLXNotebookError):
+            exc = self.translate(exc, what)
+        return self.owner.explain(exc, what)
 
     def translate(self, exc: Exception, what: str) -> MLXNotebookError:
         broken = isinstance(exc, (httpx2.TransportError, httpx2.StreamError))

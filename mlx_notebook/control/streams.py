@@ -54,6 +54,7 @@ class StreamSource(Protocol):
     def headers(self) -> dict[str, str]: ...
 
     def translating(self, what: str) -> AbstractContextManager[None]: ...
+    def explain_error(self, exc: Exception, what: str) -> MLXNotebookError: ...
     def translate(self, exc: Exception, what: str) -> MLXNotebookError: ...
     def gone(self, what: str, *, wait: bool) -> MLXNotebookError | None: ...
     def check_response(self, response: httpx2.Response, what: str) -> None: ...
@@ -77,7 +78,20 @@ class StreamState:
     on_prefill: Callable[[int, int], None] | None = None
 
 
-def decode_line(runner: str, line: str) -> Event | None:
+def ndjson_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Lines of an NDJSON byte stream, as bytes: no text decoding layer per line
+    (``json.loads`` reads UTF-8 bytes itself), a line split across chunks kept whole."""
+    rest = b""
+    for chunk in chunks:
+        if rest:
+            chunk = rest + chunk
+        *lines, rest = chunk.split(b"\n")
+        yield from lines
+    if rest:
+        yield rest
+
+
+def decode_line(runner: str, line: str | bytes) -> Event | None:
     """One NDJSON line as an event; None for a blank line; ProtocolError for garbage."""
     if not line.strip():
         return None
@@ -138,7 +152,7 @@ class CompletionStream:
         self._finished = threading.Event()
         self._cancelled = False
         self._iterating: int | None = None  # thread id while a thread reads the stream
-        self._lines = response.iter_lines()
+        self._lines = ndjson_lines(response.iter_bytes())
         source.count_stream(1)
 
     @property
@@ -178,8 +192,13 @@ class CompletionStream:
             raise StopIteration
         self._iterating = threading.get_ident()
         try:
-            with self._source.translating(_WHAT):
+            try:  # the boundary of translating(), without a context manager per token
                 return self._next_chunk()
+            except (httpx2.HTTPError, httpx2.StreamError, MLXNotebookError) as raw:
+                exc = self._source.explain_error(raw, _WHAT)
+                if exc is raw:
+                    raise
+                raise exc from raw
         except StopIteration:
             self._finish()
             raise
@@ -303,7 +322,7 @@ async def astream_events(source: StreamSource, request: CompletionRequest,
                         except GenerationError as exc:
                             if state.result is not None and on_done is not None:
                                 on_done(state.result)  # a done event that says "error"
-                            raise await asyncio.to_thread(_explained, source, exc) from None
+                            raise await asyncio.to_thread(source.explain_error, exc, _WHAT) from None
                         if chunk is not None:
                             yield chunk
                         elif state.result is not None:
@@ -311,20 +330,10 @@ async def astream_events(source: StreamSource, request: CompletionRequest,
                                 on_done(state.result)
                             return
             except httpx2.ReadTimeout as exc:
-                raise await asyncio.to_thread(_explained, source, source.stalled(_WHAT)) from exc
+                raise await asyncio.to_thread(source.explain_error, source.stalled(_WHAT), _WHAT) from exc
             except (httpx2.HTTPError, httpx2.StreamError) as exc:
                 # Translating may wait a moment for the process to exit: not on the loop.
-                raise await asyncio.to_thread(_explained, source, exc) from exc
+                raise await asyncio.to_thread(source.explain_error, exc, _WHAT) from exc
         raise await asyncio.to_thread(functools.partial(_ended_early, source))
     finally:
         source.count_stream(-1)
-
-
-def _explained(source: StreamSource, exc: Exception) -> MLXNotebookError:
-    """``exc`` as the connection's boundary would raise it (the owner explains it)."""
-    try:
-        with source.translating(_WHAT):
-            raise exc
-    except MLXNotebookError as better:
-        return better
-    raise AssertionError("unreachable")  # translating always raises an MLXNotebookError

@@ -49,6 +49,7 @@ from ..protocol import (
     TokenizeResponse,
     ValidationError,
     encode_event,
+    merge_chunks,
 )
 from .engine import Engine
 from .jobs import Job
@@ -499,7 +500,7 @@ class RunnerHandler(BaseHTTPRequestHandler):
                         events.append(job.events.get_nowait())
                     except queue.Empty:
                         break
-                self._write_chunk(b"".join(encode_event(e) for e in events))
+                self._write_chunk(b"".join(encode_event(e) for e in merge_chunks(events)))
                 if isinstance(events[-1], (DoneEvent, ErrorEvent)):
                     ended = True
                     break
