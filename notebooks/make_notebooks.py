@@ -193,6 +193,30 @@ the most it used.
 """),
     code("%mlx status", "status"),
     code("%mlx ps", "ps"),
+    md("""
+## 6. Look inside the model
+
+The model is a stack of layers; each adds to a *residual stream* of numbers per
+token. The *logit lens* reads that stream after every layer through the model's
+last step (the final norm and the unembedding): which token would it predict if
+it stopped there? Rows are layers (`emb`: the embeddings, `out`: the real
+output), columns the last tokens of the text; hover a cell for its top 5.
+"""),
+    code("%mlx lens The capital of France is --positions 6 -o lens", "lens"),
+    code("print('the last layer predicts:', repr(lens.final_top))", "lens_top"),
+    md("""
+*Attention* says where each token looks when layer 3 mixes information between
+tokens: row = the token reading, column = the token read (darker = more). Every
+head as a small map, head 0 large; hover a cell for its weight.
+"""),
+    code("%mlx attention The cat sat on the mat because it was tired --layer 3 --head 0",
+         "attention"),
+    md("""
+`%%mlx choose` scores given answers instead of generating one: a multiple-choice
+probe. The total log-probability favours short options; the per-token mean does not.
+"""),
+    code("%%mlx choose --options 'Paris,Rome,London' -o choice\nThe capital of France is",
+         "choose"),
     code("%mlx unload --all", "unload"),
 ]
 

@@ -174,6 +174,11 @@ def test_teaching(run_notebook):
     assert "Paris" in run.text("logprobs")  # the shaded answer, with its plain-text twin
     assert "prompt tokens" in run.text("dry_run") and "France" in run.text("dry_run")
     assert "temperature=1.0" in run.text("compare")
+    lens = run.text("lens")  # the grid's text twin; the HTML has the cells
+    assert "final top" in lens and "emb" in lens and "out" in lens, lens
+    assert "the last layer predicts:" in run.text("lens_top")
+    assert "attention of block 3" in run.text("attention")
+    assert "Paris" in run.text("choose") and "per token" in run.text("choose")
 
 
 @pytest.mark.slow
