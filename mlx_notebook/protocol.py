@@ -221,6 +221,60 @@ def _messages_from_json(value: Any, name: str = "messages") -> tuple[ChatMessage
     return tuple(ChatMessage.from_json(m, f"{name}[{i}]") for i, m in enumerate(value))
 
 
+ConstraintKind = Literal["json_schema", "json", "regex", "choice"]
+CONSTRAINT_KINDS: tuple[str, ...] = ("json_schema", "json", "regex", "choice")
+MAX_CHOICES = 1024
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What the answer must be: valid under a JSON ``schema``, any JSON, a full match of
+    ``pattern``, or one of ``choices``. The runner compiles it (llguidance) or answers 400."""
+
+    kind: ConstraintKind
+    schema: dict[str, Any] | None = None  # kind "json_schema"
+    pattern: str | None = None  # kind "regex" (the grammar engine's dialect: no look-around)
+    choices: tuple[str, ...] = ()  # kind "choice"
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": self.kind}
+        if self.kind == "json_schema":
+            data["schema"] = self.schema
+        elif self.kind == "regex":
+            data["pattern"] = self.pattern
+        elif self.kind == "choice":
+            data["choices"] = list(self.choices)
+        return data
+
+    @classmethod
+    def from_json(cls, value: Any, prefix: str = "constraint.") -> Constraint:
+        data = _expect_object(value, prefix.rstrip("."))
+        kind = data.get("kind")
+        if kind not in CONSTRAINT_KINDS:
+            raise ValidationError(prefix + "kind", f"must be one of {', '.join(CONSTRAINT_KINDS)}, "
+                                                   f"got {kind!r}")
+        needed = {"json_schema": "schema", "regex": "pattern", "choice": "choices"}.get(kind)
+        _reject_unknown(data, {"kind"} | ({needed} if needed else set()), prefix)
+        if kind == "json_schema":
+            schema = data.get("schema")
+            if not isinstance(schema, dict):
+                raise ValidationError(prefix + "schema", "expected a JSON schema object")
+            return cls(kind="json_schema", schema=schema)
+        if kind == "regex":
+            pattern = _string(data, "pattern", prefix, required=True)
+            return cls(kind="regex", pattern=pattern)
+        if kind == "choice":
+            choices = data.get("choices")
+            if not isinstance(choices, list) or not choices \
+                    or not all(isinstance(c, str) and c for c in choices):
+                raise ValidationError(prefix + "choices", "expected a non-empty list of non-empty "
+                                                          "strings")
+            if len(choices) > MAX_CHOICES:
+                raise ValidationError(prefix + "choices", f"at most {MAX_CHOICES} choices")
+            return cls(kind="choice", choices=tuple(choices))
+        return cls(kind="json")
+
+
 @dataclass(frozen=True)
 class CompletionRequest:
     """Either a raw ``prompt`` (sent as is) or chat ``messages`` (templated by the runner)."""
@@ -229,6 +283,7 @@ class CompletionRequest:
     messages: tuple[ChatMessage, ...] | None = None
     options: SamplingOptions = field(default_factory=SamplingOptions)
     request_id: str | None = None
+    constraint: Constraint | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"options": self.options.to_json()}
@@ -238,12 +293,14 @@ class CompletionRequest:
             data["messages"] = [asdict(m) for m in self.messages]
         if self.request_id is not None:
             data["request_id"] = self.request_id
+        if self.constraint is not None:
+            data["constraint"] = self.constraint.to_json()
         return data
 
     @classmethod
     def from_json(cls, value: Any) -> CompletionRequest:
         data = _expect_object(value, "body")
-        _reject_unknown(data, {"prompt", "messages", "options", "request_id"}, "")
+        _reject_unknown(data, {"prompt", "messages", "options", "request_id", "constraint"}, "")
         prompt = _string(data, "prompt", "")
         messages = _messages_from_json(data["messages"]) if "messages" in data else None
         if (prompt is None) == (messages is None):
@@ -251,8 +308,11 @@ class CompletionRequest:
         if prompt == "":
             raise ValidationError("prompt", "must not be empty")
         request_id = _request_id(data, required=False)
+        constraint = Constraint.from_json(data["constraint"]) \
+            if data.get("constraint") is not None else None
         return cls(prompt=prompt, messages=messages,
-                   options=SamplingOptions.from_json(data.get("options")), request_id=request_id)
+                   options=SamplingOptions.from_json(data.get("options")), request_id=request_id,
+                   constraint=constraint)
 
 
 @dataclass(frozen=True)

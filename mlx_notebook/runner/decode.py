@@ -219,7 +219,7 @@ class DecodeLoop:
         (job.uid,) = self.generator.insert(
             [rest], max_tokens=[job.options.max_tokens], caches=[prompt_cache],
             all_tokens=[job.prompt_tokens[:cached]], samplers=[make_request_sampler(job.options)],
-            logits_processors=[make_request_processors(job.options)])
+            logits_processors=[make_request_processors(job.options, job.constraint)])
         self.active[job.uid] = job
 
     def _start_solo(self, job: Job) -> None:
@@ -231,7 +231,7 @@ class DecodeLoop:
             self.loaded.model, job.uid, rest=rest, cache=prompt_cache,
             cached=job.prompt_tokens[:cached], max_tokens=job.options.max_tokens,
             sampler=make_request_sampler(job.options),
-            processors=make_request_processors(job.options), stop_tokens=self.eos,
+            processors=make_request_processors(job.options, job.constraint), stop_tokens=self.eos,
             stream=self.stream, prefill_step=self.settings.prefill_step)
         self._solo = (solo, job)
         self.active[job.uid] = job

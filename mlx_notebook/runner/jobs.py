@@ -39,6 +39,7 @@ class Job:
     events: queue.SimpleQueue[Event] = field(default_factory=queue.SimpleQueue)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     raw: bool = False  # a raw prompt's continuation: its text keeps a leading space
+    constraint: Any = None  # a runner.constraints.CompiledConstraint: masks every step
     # Worker-side state.
     uid: int = -1
     detokenizer: Any = None  # mlx-lm's streaming detokenizer, one per request

@@ -7,7 +7,9 @@ key, which makes "same seed, same text" hold even under batching.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import mlx.core as mx
 from mlx_lm.sample_utils import (
@@ -49,13 +51,17 @@ def make_request_sampler(options: SamplingOptions) -> Sampler | None:
     return sampler
 
 
-def make_request_processors(options: SamplingOptions) -> list:
-    return make_logits_processors(
+def make_request_processors(options: SamplingOptions, constraint: Any = None) -> list:
+    """mlx-lm's penalties, then the constraint's mask (last, so nothing lifts a masked token)."""
+    processors = make_logits_processors(
         repetition_penalty=options.repeat_penalty if options.repeat_penalty != 1.0 else None,
         repetition_context_size=options.repeat_last_n,
         presence_penalty=options.presence_penalty or None,
         presence_context_size=options.repeat_last_n,
     )
+    if constraint is not None:  # a runner.constraints.CompiledConstraint
+        processors.append(constraint.processor())
+    return processors
 
 
 def token_logprob(logprobs: mx.array, token: int, k: int, decode: Callable[[list[int]], str]
@@ -70,7 +76,8 @@ def token_logprob(logprobs: mx.array, token: int, k: int, decode: Callable[[list
         order = mx.argsort(-values)
         ids_list = as_list(ids[order])
         values_list = as_list(values[order])
+        # A constraint's masked tokens have logprob -inf: never on the wire (JSON has no -inf).
         top = tuple(TopLogprob(token=int(i), text=decode([int(i)]), logprob=float(v))
-                    for i, v in zip(ids_list, values_list, strict=True))
+                    for i, v in zip(ids_list, values_list, strict=True) if math.isfinite(v))
     return TokenLogprob(token=token, text=decode([token]),
                         logprob=as_float(logprobs[token]), top=top)

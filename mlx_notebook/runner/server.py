@@ -465,15 +465,33 @@ class RunnerHandler(BaseHTTPRequestHandler):
             room = context - len(tokens)
             if options.max_tokens > room:
                 options = replace(options, max_tokens=room)
+        compiled = self._compile_constraint(engine, loaded, request) \
+            if request.constraint is not None else None
         request_id = request.request_id or uuid.uuid4().hex
         job = Job(request_id=request_id, prompt_tokens=tokens, options=options,
-                  raw=request.messages is None)  # a continuation keeps its leading space
+                  raw=request.messages is None,  # a continuation keeps its leading space
+                  constraint=compiled)
         try:
             engine.submit(job)
         except DuplicateRequestId:
             raise HTTPError(409, f"request_id {request_id!r} is already in use by a request "
                                  "that has not finished", "request_id") from None
         self._stream_job(engine, job)
+
+    def _compile_constraint(self, engine: Engine, loaded: LoadedModel,
+                            request: CompletionRequest) -> Any:
+        """The request's constraint compiled (runner/constraints.py), or a 400 naming the problem."""
+        if engine.distributed is not None:  # followers would decode without the mask
+            raise HTTPError(400, "constraints are not supported in a runner group yet",
+                            "constraint")
+        from .constraints import ConstraintError, grammars_for  # llguidance: on first use
+
+        assert request.constraint is not None
+        try:
+            with self.server.tokenizer_lock:  # the first call reads the tokenizer (~0.5 s)
+                return grammars_for(loaded).compile(request.constraint)
+        except ConstraintError as exc:
+            raise HTTPError(400, str(exc), "constraint") from None
 
     def _stream_job(self, engine: Engine, job: Job) -> None:
         ended = False
