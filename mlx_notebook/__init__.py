@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         generate,
         lens,
         load,
+        map,
         ps,
         reset_chat,
         score,
@@ -60,6 +61,7 @@ __all__ = [
     "lens",
     "load",
     "load_ipython_extension",
+    "map",
     "ps",
     "reset_chat",
     "score",
@@ -108,7 +110,14 @@ def _inside_html(result: object) -> str | None:
     return inside_html(result)
 
 
-_views.register(_views.Views(stream=_stream_view, load=_load_view, html=_inside_html))
+def _map_view(progress: Any) -> _views.MapView:
+    from .notebook.map_view import MapProgressView
+
+    return MapProgressView(progress)
+
+
+_views.register(_views.Views(stream=_stream_view, load=_load_view, html=_inside_html,
+                             map_progress=_map_view))
 
 
 def load_ipython_extension(shell: Any) -> None:

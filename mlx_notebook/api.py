@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from . import protocol, views
 from .chat_history import get_history
 from .config import get_config
+from .data_map import map  # noqa: A004 - mn.map; it calls back into this module lazily
 from .errors import GenerationError, InvalidArgumentError
 from .generation import Generation, GenerationResult
 from .inside import attention, choose, lens, score
 from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status
+from .structured import output_spec
 
 if TYPE_CHECKING:
     from .control.connection import RunnerConnection
@@ -37,6 +39,7 @@ __all__ = [
     "Generation", "GenerationResult", "attention", "chat", "choose", "connect", "conversation",
     "free_memory", "generate", "lens", "load", "ps", "score",
     "reset_chat", "status", "stream", "tokenize", "unload", "use",
+    "map",
 ]
 
 REMOTE_TOKEN_ENV = "MLX_REMOTE_TOKEN"  # where connect() looks for a remote runner's token
@@ -245,25 +248,33 @@ def stream(prompt: str, *, model: str | None = None, system: str | None = None,
            max_tokens: int | None = None, temperature: float | None = None,
            top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
            seed: int | None = None, stop: Sequence[str] | None = None,
-           repeat_penalty: float | None = None) -> Generation:
+           repeat_penalty: float | None = None, schema: Any = None, json: bool = False,
+           choices: Sequence[str] | str | None = None, regex: str | None = None) -> Generation:
     """Start a generation and return it; iterate it for the text as it is made.
 
     The chat template is applied unless ``raw=True`` (then ``prompt`` goes as is).
+    Structured output: ``schema`` (a pydantic model class or a JSON-schema dict),
+    ``json=True`` (any JSON value), ``choices`` (one of these strings) or ``regex`` (a
+    full match; :data:`~mlx_notebook.structured.REGEX_DIALECT`): the runner masks every
+    token that would leave it, and ``result.value`` is the parsed, validated answer.
     """
     _check_raw(raw, system)
+    output = output_spec(schema=schema, json=json, choices=choices, regex=regex)
     manager = _manager()
     client = manager.get(model)
     opts = sampling_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                             top_k=top_k, min_p=min_p, seed=seed, stop=stop,
                             repeat_penalty=repeat_penalty)
     request = completion_request(prompt, opts, system=system, raw=raw, messages=messages)
+    if output is not None:
+        request = dataclasses.replace(request, constraint=output.constraint)
 
     def ended(_result: GenerationResult) -> None:
         with contextlib.suppress(Exception):  # bookkeeping must never hide the answer
             manager.touch(client.name)
         manager.notify("generated", client.name)
 
-    gen = Generation(client, request, on_end=ended)
+    gen = Generation(client, request, on_end=ended, output=output)
     manager.notify("generating", client.name)
     return gen
 
@@ -285,6 +296,8 @@ def _run(gen: Generation, *, show: bool, format: str | None,  # noqa: A002
     view = None
     if show:
         cfg = get_config()
+        if format is None and gen.output is not None and gen.output.is_json:
+            format = "json"  # noqa: A001 - pretty-printed as it streams
         view = views.current().stream(format or cfg.format, cfg.updates_per_second, cfg.footer)
         view.start()
         gen.on_prefill = view.prefill

@@ -27,6 +27,7 @@ from .protocol import ChunkEvent, CompletionRequest, DoneEvent, SamplingOptions
 if TYPE_CHECKING:
     from .control.connection import RunnerConnection
     from .control.streams import CompletionStream
+    from .structured import OutputSpec
 
 __all__ = ["FinishReason", "Generation", "GenerationResult"]
 
@@ -52,6 +53,10 @@ class GenerationResult:
     name: str = ""
     request_id: str = ""
     prompt: str = ""  # the prompt (or chat message) as sent, after interpolation
+    # Structured output (schema=, json=, choices=, regex=): the parsed, validated answer
+    # (a pydantic instance for a model class); None with ``error`` saying why (a cut answer).
+    value: Any = None
+    error: str = ""  # why there is no value, or why the request failed (a row of mn.map)
 
     def __str__(self) -> str:
         return self.text
@@ -61,7 +66,9 @@ class GenerationResult:
         return (f"GenerationResult(text={text!r}, model={self.model!r}, "
                 f"finish_reason={self.finish_reason!r}, tokens={self.completion_tokens}, "
                 f"tokens_per_second={self.tokens_per_second:.1f}"
-                f"{', stopped=True' if self.stopped else ''})")
+                f"{', stopped=True' if self.stopped else ''}"
+                f"{f', value={self.value!r}' if self.value is not None else ''}"
+                f"{f', error={self.error!r}' if self.error else ''})")
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(f"{self.text}\n{self.footer()}")
@@ -87,9 +94,11 @@ class Generation:
     """
 
     def __init__(self, client: RunnerConnection, request: CompletionRequest, *,
-                 on_end: Callable[[GenerationResult], None] | None = None) -> None:
+                 on_end: Callable[[GenerationResult], None] | None = None,
+                 output: OutputSpec | None = None) -> None:
         self.client = client
         self.request = request
+        self.output = output  # how result.value is read from the text (structured output)
         self.name = client.name
         self.result: GenerationResult | None = None
         # Called with (tokens read, prompt tokens) while the runner reads a long prompt.
@@ -193,6 +202,7 @@ class Generation:
         n = max(n, counted)
         reason: FinishReason = "cancel" if self._stopped else (done.done_reason if done else "cancel")
         request = self.request
+        value, error = self.output.parse(self.text, reason) if self.output else (None, "")
         return GenerationResult(
             text=self.text, model=self.client.spec or self.name,
             finish_reason=reason, prompt_tokens=done.prompt_tokens if done else 0,
@@ -202,4 +212,5 @@ class Generation:
             request_id=(done.request_id if done else "") or self._stream.request_id,
             prompt=request.prompt if request.prompt is not None
             else request.messages[-1].content if request.messages else "",
+            value=value, error=error,
         )

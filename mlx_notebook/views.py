@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .generation import GenerationResult
     from .protocol import Status
 
-__all__ = ["LoadView", "StreamView", "Views", "current", "register"]
+__all__ = ["LoadView", "MapProgress", "MapView", "StreamView", "TextMapView", "Views", "current", "register"]
 
 
 class StreamView(Protocol):
@@ -39,6 +39,37 @@ class LoadView(Protocol):
     def done(self, status: Status) -> None: ...
 
 
+class MapProgress(Protocol):
+    """What a map view reads (mlx_notebook/data_map.py keeps it up to date)."""
+
+    def line(self) -> str: ...
+
+
+class MapView(Protocol):
+    """``mn.map``'s progress over rows, redrawn from its ``MapProgress`` at each ``update``."""
+
+    def update(self) -> None: ...
+    def finish(self) -> None: ...
+
+
+class TextMapView:
+    """A line now and then (``12/40 rows · 38.5 tok/s · ETA 21 s``): a script's progress."""
+
+    def __init__(self, progress: MapProgress, every: float = 2.0) -> None:
+        self.progress, self.every = progress, every
+        self._last = 0.0
+
+    def update(self) -> None:
+        import time
+
+        if time.monotonic() - self._last >= self.every:
+            self._last = time.monotonic()
+            print(self.progress.line(), flush=True)
+
+    def finish(self) -> None:
+        print(self.progress.line(), flush=True)
+
+
 @dataclass(frozen=True)
 class Views:
     """Factories: ``stream(format, rate, footer)`` and ``load(label)``; ``html(result)`` draws a
@@ -47,6 +78,7 @@ class Views:
     stream: Callable[[str, float, bool], StreamView]
     load: Callable[[str], LoadView]
     html: Callable[[object], str | None] = lambda _result: None
+    map_progress: Callable[[MapProgress], MapView] = TextMapView  # mn.map's progress
 
 
 _views: Views | None = None

@@ -69,8 +69,8 @@ class StreamView:
 
     def __init__(self, format: str = "text", rate: float = 20.0, mode: Mode = "auto",  # noqa: A002
                  footer: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
-        if format not in ("text", "markdown"):
-            raise ValueError(f"format must be 'text' or 'markdown', got {format!r}")
+        if format not in ("text", "markdown", "json"):
+            raise ValueError(f"format must be 'text', 'markdown' or 'json', got {format!r}")
         self.format = format
         self.mode: Mode = mode if mode != "auto" else ("display" if in_kernel() else "print")
         self.show_footer = footer
@@ -92,13 +92,21 @@ class StreamView:
             sys.stdout.write(piece)
             sys.stdout.flush()
         elif self.throttle.ready():
-            self._update(self.text)
+            self._update(self._render(self.text))
             self.updates += 1
 
     def prefill(self, processed: int, total: int) -> None:
         """Until the first piece: how far the runner has read a long prompt."""
         if not self.text and self.mode == "display":
             self._update(f"{PLACEHOLDER} reading the prompt: {processed:,} of {total:,} tokens")
+
+    def _render(self, text: str) -> str:
+        """A JSON answer (structured output) is re-indented as it streams."""
+        if self.format == "json":
+            from ..structured import pretty_json_prefix
+
+            return pretty_json_prefix(text)
+        return text
 
     def _update(self, text: str) -> None:
         if self._handle is not None and text != self._shown:
@@ -115,7 +123,7 @@ class StreamView:
             sys.stdout.flush()
             return
         self._shown = None  # always send the final state
-        self._update(result.text)
+        self._update(self._render(result.text))
         if line:
             from IPython.display import display
 

@@ -36,7 +36,7 @@ from .. import api
 from ..config import get_config
 from ..errors import InvalidArgumentError, MLXNotebookError
 from ..protocol import SamplingOptions, ValidationError
-from . import inside_magics, parsers, teaching
+from . import inside_magics, parsers, structured_magics, teaching
 from .interpolate import interpolate
 from .parsers import Parser, _Exit, make_parser
 
@@ -226,6 +226,7 @@ class MLXMagics(Magics):
         if args.raw and args.system:
             raise UsageError("%%mlx generate: --system has no effect with --raw")
         kwargs = self._sampling(args, "generate")
+        output = structured_magics.output_kwargs(self, args, "generate")
         prompt = self._prompt(args, cell, "generate")
         if args.dry_run:
             teaching.show_preview(prompt, model=args.model, system=args.system, raw=args.raw)
@@ -240,7 +241,8 @@ class MLXMagics(Magics):
                 self.shell.user_ns[args.output] = result
             return
         result = api.generate(prompt, model=args.model, system=args.system, raw=args.raw,
-                              show=True, format=args.format, on_interrupt="return", **kwargs)
+                              show=True, format=args.format, on_interrupt="return", **kwargs,
+                              **output)
         self._store(args, result)
 
     def _compare(self, args: argparse.Namespace, cell: str | None) -> None:
@@ -276,10 +278,11 @@ class MLXMagics(Magics):
             raise UsageError("%mlx chat: write the message in a cell below %%mlx chat "
                              "(line form: %mlx chat --reset | --history)")
         kwargs = self._sampling(args, "chat")
+        output = structured_magics.output_kwargs(self, args, "chat")
         message = self._prompt(args, cell, "chat")
         result = api.chat(message, model=args.model, system=args.system, show=True,
                           format=args.format, on_interrupt="return",
-                          drop_oldest=args.drop_oldest, **kwargs)
+                          drop_oldest=args.drop_oldest, **kwargs, **output)
         self._store(args, result)
 
 
@@ -361,6 +364,8 @@ SUBCOMMANDS: Mapping[str, Subcommand] = {c.name: c for c in (
                parsers.compare, _M._compare, cell="required"),
     Subcommand("explore", "next-token explorer widget: %mlx explore [TEXT] [-m NAME]",
                parsers.explore, _M._explore),
+    Subcommand("map", "(cell) the cell as a template over rows: %%mlx map --over DF -o out",
+               parsers.map_rows, structured_magics.map_magic, cell="required"),
     Subcommand("score", "(cell) the log-probability of every token of the cell's text",
                inside_magics.score_arguments, inside_magics.score_magic, cell="required"),
     Subcommand("choose", "(cell) rank --options \"A,B,C\" as continuations of the cell's prompt",

@@ -117,8 +117,28 @@ def config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reset", action="store_true", help="back to the built-in defaults")
 
 
+def structured(p: argparse.ArgumentParser) -> None:
+    """Structured output: the answer is constrained on the runner, ``.value`` parsed here."""
+    p.add_argument("--schema", metavar="NAME",
+                   help="a pydantic model class or JSON-schema dict from the namespace")
+    p.add_argument("--json", action="store_true", help="the answer is any JSON value")
+    p.add_argument("--choice", metavar="A,B,C", help="the answer is one of these")
+    p.add_argument("--regex", metavar="PATTERN", help="the answer fully matches PATTERN "
+                   "(Rust regex syntax: no look-around, no back-references)")
+
+
+def map_rows(p: argparse.ArgumentParser) -> None:
+    _sampling(p)
+    structured(p)
+    p.add_argument("--over", metavar="ROWS", required=True,
+                   help="a DataFrame, a list of dicts or a list of strings from the namespace")
+    p.add_argument("--concurrency", type=int, metavar="N",
+                   help="rows decoded at once (default 8, the runner's --max-batch)")
+
+
 def generate(p: argparse.ArgumentParser) -> None:
     _sampling(p)
+    structured(p)
     p.add_argument("--raw", action="store_true", help="send the prompt as is, no chat template")
     p.add_argument("--logprobs", type=int, metavar="K",
                    help="shade tokens by probability; top-K alternatives on hover (1-20)")
@@ -145,6 +165,7 @@ def explore(p: argparse.ArgumentParser) -> None:
 
 def chat(p: argparse.ArgumentParser) -> None:
     _sampling(p)
+    structured(p)
     p.add_argument("--reset", action="store_true", help="forget the conversation")
     p.add_argument("--all", action="store_true", help="with --reset: forget every conversation")
     p.add_argument("--history", action="store_true", help="show the conversation so far")
