@@ -370,6 +370,8 @@ class DetokenizeRequest:
 @dataclass(frozen=True)
 class DetokenizeResponse:
     text: str
+    # each token's own bytes as lowercase hex: a byte-level token may be part of a character
+    token_bytes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

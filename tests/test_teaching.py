@@ -9,14 +9,17 @@ from __future__ import annotations
 import html
 import json
 import math
+import random
 import re
 
 import pytest
 
 from mlx_notebook.control.client import RunnerClient
+from mlx_notebook.errors import InvalidArgumentError
 from mlx_notebook.notebook.teaching.compare import Records, _Cell, compare, grid_html, parse_list
 from mlx_notebook.notebook.teaching.explorer import (
     NextTokenExplorer,
+    candidate_labels,
     next_token_logprobs,
     transform_distribution,
 )
@@ -225,3 +228,32 @@ def test_teaching_never_imports_mlx() -> None:
             "for n in t.__all__: getattr(t, n)\n"
             "assert not {'mlx', 'mlx.core', 'mlx_lm'} & set(sys.modules), 'mlx imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_explorer_shows_a_partial_character_as_its_bytes(tiny_client: RunnerClient) -> None:
+    tok = tiny_client.tokenize("你好 👋")
+    raw = tiny_client.token_bytes(tok.tokens)
+    assert b"".join(raw) == "你好 👋".encode()  # each token's own bytes, from the runner
+    cut = [t for t, b in zip(tok.tokens, raw, strict=True) if not b.decode("utf-8", "ignore")]
+    assert cut, "the tiny byte-level vocabulary splits these characters"
+    whole = tiny_client.tokenize("Hello").tokens[0]
+    top = (TopLogprob(whole, tiny_client.detokenize([whole]), math.log(0.5)),
+           *(TopLogprob(t, "\ufffd", math.log(0.5 / len(cut))) for t in cut))
+    labels = candidate_labels(tiny_client, top)
+    assert labels[0] == top[0].text
+    assert all(label.startswith("<") and label.endswith(">") for label in labels[1:])
+    assert labels[1] == "<" + " ".join(f"{b:02X}" for b in raw[tok.tokens.index(cut[0])]) + ">"
+
+    ex = NextTokenExplorer("", model=tiny_client)
+    ex.top, ex.labels = top, labels  # as refresh() leaves them after such a text
+    ex._redraw()
+    buttons = [row.children[0] for row in ex.bars.children]
+    assert buttons[1].description == labels[1] and buttons[1].disabled
+    assert not buttons[0].disabled
+    with pytest.raises(InvalidArgumentError, match="only part of a character"):
+        ex.choose(1)
+    for seed in range(5):  # partial tokens are never drawn
+        ex.text = ""  # (a new text asks the runner again: set the candidates after it)
+        ex.top, ex.labels = top, labels
+        ex._redraw()
+        assert ex.sample(random.Random(seed)) == top[0].text

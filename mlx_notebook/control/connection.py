@@ -497,6 +497,15 @@ class RunnerConnection:
         self.touch()
         return str(data.get("text", ""))
 
+    def token_bytes(self, tokens: Sequence[int]) -> list[bytes]:
+        """Each token's own bytes (a byte-level token may hold part of a UTF-8 character);
+        [] from a runner that predates them."""
+        data = self._call("detokenize", protocol.DetokenizeRequest(tokens=list(tokens)).to_json())
+        try:
+            return [bytes.fromhex(h) for h in data.get("token_bytes", [])]
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"runner {self.name!r} sent malformed token bytes") from exc
+
     def free_memory(self) -> protocol.FreeResponse:
         """Drop the runner's reusable prompt cache and MLX's buffer cache (keeps the model)."""
         data = self._call("free", {}, timeout=REQUEST_TIMEOUT)

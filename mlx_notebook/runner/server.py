@@ -411,7 +411,8 @@ class RunnerHandler(BaseHTTPRequestHandler):
                             "tokens")
         with self.server.tokenizer_lock:
             text = tokenizer.decode(request.tokens)
-        self._send_json(200, asdict(DetokenizeResponse(text=text)))
+            raw = [_token_bytes(tokenizer, t, tokenizer.decode([t])).hex() for t in request.tokens]
+        self._send_json(200, asdict(DetokenizeResponse(text=text, token_bytes=raw)))
 
     def _handle_cancel(self, body: Any) -> None:
         request = _validated(CancelRequest.from_json, body)

@@ -23,7 +23,9 @@ import ipywidgets as widgets
 from traitlets import Float, Int, Unicode, link
 
 from ... import api
+from ...errors import InvalidArgumentError
 from ...protocol import CompletionRequest, SamplingOptions, TopLogprob
+from ..tokens import REPLACEMENT, byte_label, is_whole
 
 if TYPE_CHECKING:
     from ...control.connection import RunnerConnection
@@ -67,6 +69,18 @@ def transform_distribution(top: Sequence[TopLogprob], *, temperature: float = 1.
     return [(i, w / norm) for i, w in enumerate(weights)]
 
 
+def candidate_labels(client: RunnerConnection, top: Sequence[TopLogprob]) -> list[str]:
+    """How each candidate is shown: its text, or its bytes (``<E4 BD>``) where the token is
+    only part of a character (its text would be U+FFFD)."""
+    labels = [t.text for t in top]
+    if not any(REPLACEMENT in t.text for t in top):
+        return labels
+    raw = client.token_bytes([t.token for t in top])
+    if len(raw) != len(labels):  # a runner that predates token bytes
+        return labels
+    return [text if is_whole(b) else byte_label(b) for text, b in zip(labels, raw, strict=True)]
+
+
 def _show(text: str) -> str:
     return text.replace("\n", "↵").replace(" ", "␣") or "∅"
 
@@ -84,6 +98,7 @@ class NextTokenExplorer(widgets.VBox):
                  **kwargs: Any) -> None:
         self.client = api.get_client(model)
         self.top: tuple[TopLogprob, ...] = ()
+        self.labels: list[str] = []  # each of top as shown: text, or <bytes> of a partial char
         self.distribution: list[tuple[str, float]] = []
         self._indices: list[int] = []
         self.prompt_box = widgets.Textarea(description="text", continuous_update=False,
@@ -117,19 +132,33 @@ class NextTokenExplorer(widgets.VBox):
     def refresh(self) -> None:
         """Ask the runner for the next-token distribution after the current text."""
         self.top = next_token_logprobs(self.client, self.text) if self.text else ()
+        self.labels = candidate_labels(self.client, self.top)
         self._redraw()
 
     def choose(self, index: int) -> str:
-        """Append the ``index``-th token of :attr:`distribution` and move on; returns it."""
+        """Append the ``index``-th token of :attr:`distribution` and move on; returns it.
+
+        A token that is only part of a character cannot continue a text: refused.
+        """
+        if self._partial(index):
+            raise InvalidArgumentError(
+                f"token {self.labels[self._indices[index]]} is only part of a character: the "
+                "explorer continues a text, choose a whole one", field="index")
         token = self.distribution[index][0]
         self.text += token
         return token
 
+    def _partial(self, index: int) -> bool:
+        """The ``index``-th token of :attr:`distribution` is only part of a character."""
+        i = self._indices[index]
+        return bool(self.labels) and self.labels[i] != self.top[i].text
+
     def sample(self, rng: random.Random | None = None) -> str:
-        """Draw a token from :attr:`distribution` (as the runner would) and append it."""
-        if not self.distribution:
+        """Draw a token from :attr:`distribution` (as the runner would) and append it;
+        tokens that are only part of a character are left out (they are not text)."""
+        weights = [0.0 if self._partial(n) else p for n, (_, p) in enumerate(self.distribution)]
+        if not any(weights):
             raise ValueError("nothing to sample: the text is empty or the model would stop here")
-        weights = [p for _, p in self.distribution]
         index = (rng or random).choices(range(len(weights)), weights=weights)[0]
         return self.choose(index)
 
@@ -140,8 +169,12 @@ class NextTokenExplorer(widgets.VBox):
         self.distribution = [(self.top[i].text, p) for i, p in kept]
         bars = []
         for n, (token, p) in enumerate(self.distribution):
-            button = widgets.Button(description=_show(token), tooltip=repr(token),
-                                    layout=widgets.Layout(width="10em"))
+            partial = self._partial(n)
+            label = self.labels[self._indices[n]] if partial else _show(token)
+            button = widgets.Button(
+                description=label, disabled=partial, layout=widgets.Layout(width="10em"),
+                tooltip="only part of a character: not a text to append" if partial
+                else repr(token))
             button.on_click(lambda _b, n=n: self.choose(n))
             model_p = math.exp(self.top[self._indices[n]].logprob)
             bar = widgets.HTML(
