@@ -289,7 +289,7 @@ def machine() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer tokens and runs")
-    parser.add_argument("--sections", default="decode,concurrency,chat,kernel")
+    parser.add_argument("--sections", default="decode,concurrency,chat,kernel,structured")
     parser.add_argument("--no-markdown", action="store_true")
     parser.add_argument("--random-demo", metavar="FORMAT",
                         help="random weights of the demo's shape (q4, bfloat16, float16, "
@@ -357,6 +357,11 @@ def main() -> None:
         section("chat", lambda: report.update(chat=bench_chat(spec, demo, turns, 16)))
     if "kernel" in sections:
         section("kernel", lambda: report.update(kernel=bench_kernel(demo)))
+    if "structured" in sections:  # issue 17: constrained decode, mn.map vs sequential vs server
+        from benchmarks.structured_bench import bench_structured
+
+        section("structured", lambda: report.update(structured=bench_structured(
+            spec, demo, rows=16 if args.quick else 64, reps=2 if args.quick else 3)))
     print(json.dumps(report, indent=2))
     if not args.no_markdown:
         write_markdown(report, ROOT / "docs" / "benchmarks.md")

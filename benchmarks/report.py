@@ -72,5 +72,9 @@ def write_markdown(report: dict, path: Path) -> None:
                          f"{d['stream_seconds']} s = **{d['display_messages_per_s']}/s** "
                          f"(the final text is one more output)")
         lines.append("")
+    if "structured" in report:
+        from benchmarks.structured_bench import markdown_lines
+
+        lines += markdown_lines(report["structured"])
     lines += ["## Raw figures", "", "```json", json.dumps(report, indent=2), "```", ""]
     path.write_text("\n".join(lines))

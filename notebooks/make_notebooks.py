@@ -273,6 +273,40 @@ itself is left out). Here the count stops before it reaches 5.
          "stop"),
     code("print(repr(stopped.text))\nprint('finished because of:', stopped.finish_reason)",
          "stop_reason"),
+    md("""
+## Answers that parse: `--schema`, `--choice`
+
+`--schema NAME` takes a pydantic class (or a JSON-schema dict) from the notebook: the
+runner only lets the model write JSON that fits it, and `.value` is the parsed object.
+An answer cut by `--max-tokens` has `.value` None and `finish_reason` "length".
+"""),
+    code("""
+from pydantic import BaseModel, Field
+
+class Paper(BaseModel):
+    topic: str = Field(max_length=24)
+    year: int
+    open_access: bool
+""", "schema_class"),
+    code("%%mlx generate --schema Paper --max-tokens 48 -o paper\n"
+         "Extract as JSON: \"Attention is all you need (2017), freely on arXiv.\"", "schema"),
+    code("print(repr(paper.value) if paper.value else paper.error)", "schema_value"),
+    md("""
+## A prompt over every row of a table: `%%mlx map`
+
+`{column}` fills the template from each row; the rows go to the runner together (it
+batches them), and `-o` gets a table on the same index, ready to join.
+"""),
+    code("""
+import pandas as pd
+
+papers = pd.DataFrame({'title': ['Attention is all you need', 'Deep residual learning',
+                                 'BERT: pre-training of deep bidirectional transformers',
+                                 'ImageNet classification with deep CNNs']})
+""", "frame"),
+    code("%%mlx map --over papers --choice 'language,vision' --max-tokens 4 -o labels\n"
+         "Is the paper {title!r} about language or vision? Answer with one word.", "map"),
+    code("papers.join(labels[['value', 'finish_reason']])", "map_join"),
     code("%mlx unload --all", "unload"),
 ]
 

@@ -193,3 +193,8 @@ def test_prompt_experiments(run_notebook):
     assert run.text("system").strip()
     stopped = run.text("stop_reason")
     assert "finished because of: stop" in stopped, stopped
+    value = run.text("schema_value")
+    assert "Paper(" in value or "max_tokens" in value, value
+    assert "4/4 rows" in run.text("map"), run.text("map")
+    joined = run.text("map_join")
+    assert joined.count("language") + joined.count("vision") >= 4, joined
