@@ -283,6 +283,7 @@ An answer cut by `--max-tokens` has `.value` None and `finish_reason` "length".
     code("""
 from pydantic import BaseModel, Field
 
+
 class Paper(BaseModel):
     topic: str = Field(max_length=24)
     year: int
