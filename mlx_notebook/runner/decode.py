@@ -78,6 +78,9 @@ class DecodeLoop:
         self._solo_uid = 0  # counts down from -1: never a BatchGenerator uid
         self._removals: list[str] = []  # stopped by a stop string; leave the batch next step
         self._last_report = 0.0
+        # A single runner warms the batch only when it first batches (its empty generator):
+        # the first request is decoded alone, so a load need not wait for it.
+        self._batch_warm = False
         # Look-inside passes (score, lens, attention): one chunk between decode steps.
         self.inspecting = InspectQueue(self.stream, mailbox.forget)
 
@@ -85,6 +88,7 @@ class DecodeLoop:
 
     def warm_up(self) -> None:
         """One tiny generation so the first real request does not pay for lazy set-up."""
+        self._batch_warm = True
         (uid,) = self.generator.insert([[0, 0]], max_tokens=[1])
         for _ in range(1000):
             _, responses = self.generator.next()
@@ -215,6 +219,8 @@ class DecodeLoop:
         return prompt_cache, rest, cached
 
     def _start_batched(self, job: Job) -> None:
+        if not self._batch_warm:
+            self.warm_up()
         prompt_cache, rest, cached = self._prepare(job)
         (job.uid,) = self.generator.insert(
             [rest], max_tokens=[job.options.max_tokens], caches=[prompt_cache],
@@ -260,6 +266,8 @@ class DecodeLoop:
         self.active.pop(job.uid, None)
         if rest is None or job.finished:
             return
+        if not self._batch_warm:
+            self.warm_up()
         (job.uid,) = self.generator.insert(
             [rest.prompt], max_tokens=[rest.max_tokens], caches=[rest.cache],
             all_tokens=[rest.all_tokens], samplers=[solo.request_sampler],

@@ -158,12 +158,14 @@ class Engine:
         loop = DecodeLoop(loaded, self.mailbox, self.settings, self.distributed,
                           on_speed=self._on_speed, on_ranks=self._on_ranks)
         self.progress_message = "warming up"
-        loop.warm_up()
+        if self.distributed is not None or not self.settings.solo:
+            loop.warm_up()  # the path every request takes (for a group, a collective step)
+        else:
+            loop.warm_up_solo()  # the first request is decoded alone: warm that path
         loop.report_ranks()
         self.progress, self.progress_message = 100.0, "ready"
         self.state = "ready"
         self.ready_event.set()
-        loop.warm_up_solo()
         loop.run()
 
     def _fail(self, message: str) -> None:
