@@ -4,7 +4,10 @@ Opens notebooks/quickstart.ipynb (a copy) in a JupyterLab started on 127.0.0.1 w
 a token, runs "Restart Kernel and Run All Cells", waits for the streamed answer and
 the status widget in the DOM, checks them (a MutationObserver proves the answer grew
 while it streamed), clicks the widget's free-cache and unload buttons, and saves a screenshot for the README (docs/quickstart.png, or
-$MLX_NOTEBOOK_SCREENSHOT). Needs /usr/bin/chromium (or $MLX_NOTEBOOK_CHROMIUM):
+$MLX_NOTEBOOK_SCREENSHOT). A second notebook runs ``%mlx lens`` and ``%mlx attention``
+on the demo model and checks the lens grid and the attention maps as laid out by the
+browser (screenshot: $MLX_NOTEBOOK_INSIDE_SCREENSHOT, e.g. docs/inside.png).
+Needs /usr/bin/chromium (or $MLX_NOTEBOOK_CHROMIUM):
 `apt-get install chromium`; never let Playwright download its own browser.
 """
 
@@ -33,6 +36,17 @@ CHROMIUM = os.environ.get("MLX_NOTEBOOK_CHROMIUM", "/usr/bin/chromium")
 #   MLX_NOTEBOOK_SCREENSHOT=docs/quickstart.png python -m pytest tests/test_browser.py
 SCREENSHOT = Path(os.environ.get("MLX_NOTEBOOK_SCREENSHOT")
                   or Path(tempfile.gettempdir()) / "mlx_notebook-quickstart.png")
+# the look-inside views (issue 21), on request too:
+#   MLX_NOTEBOOK_INSIDE_SCREENSHOT=docs/inside.png python -m pytest tests/test_browser.py
+INSIDE_SCREENSHOT = Path(os.environ.get("MLX_NOTEBOOK_INSIDE_SCREENSHOT")
+                         or Path(tempfile.gettempdir()) / "mlx_notebook-inside.png")
+INSIDE_NOTEBOOK = "inside.ipynb"
+INSIDE_CELLS = [  # the demo model, as the teaching notebook's "look inside" section uses it
+    "%load_ext mlx_notebook\n%mlx load demo",
+    "%mlx lens The capital of France is --positions 6 --layers 0,6,12,18,24,-1",
+    "%mlx attention The cat sat on the mat --layer 3 --head 0",
+    "%mlx unload --all",
+]
 TOKEN = "mlx-notebook-e2e"
 CHROME_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -76,6 +90,13 @@ def lab(tmp_path_factory, demo_model_ready):
     work = root / "work"
     work.mkdir()
     shutil.copy(NOTEBOOK, work / NOTEBOOK.name)  # JupyterLab may save; never into the repo
+    _write(work / INSIDE_NOTEBOOK, {
+        "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                    "language": "python"}},
+        "cells": [{"cell_type": "code", "id": f"inside-{i}", "metadata": {}, "source": src,
+                   "outputs": [], "execution_count": None} for i, src in enumerate(INSIDE_CELLS)],
+    })
     settings = root / "settings"
     _write(settings / "@jupyterlab/apputils-extension/notification.jupyterlab-settings",
            {"fetchNews": "false", "checkForUpdates": False})
@@ -260,3 +281,79 @@ def test_quickstart_in_jupyterlab(lab, page):
     expect(panel.locator(".jp-OutputArea-output", has_text="Traceback")).to_have_count(0)
     expect(panel.locator(".jp-OutputArea-output", has_text="UsageError")).to_have_count(0)
     print(f"quickstart in JupyterLab: {time.monotonic() - t0:.1f}s; screenshot {SCREENSHOT}")
+
+
+# Every lens cell and attention map as the browser laid it out: size, data-*, tooltip.
+INSIDE_JS = """panel => ({
+  lens: [...panel.querySelectorAll('.mlxnb-lens-cell')].map(c => {
+    const r = c.getBoundingClientRect();
+    return {w: r.width, h: r.height, prob: c.dataset.prob, title: c.getAttribute('title'),
+            text: c.innerText, bg: getComputedStyle(c).backgroundColor};
+  }),
+  heads: [...panel.querySelectorAll('svg.mlxnb-attention-head')].map(s => {
+    const r = s.getBoundingClientRect();
+    return {w: r.width, h: r.height, head: s.dataset.head, rects: s.querySelectorAll('rect').length,
+            titles: s.querySelectorAll('rect > title').length};
+  }),
+})"""
+
+
+def test_lens_and_attention_in_jupyterlab(lab, page):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=90_000)
+    t0 = time.monotonic()
+    page.goto(f"{lab}/lab/tree/{INSIDE_NOTEBOOK}?token={TOKEN}&reset")
+    panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    expect(page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle")
+    cells = panel.locator(".jp-CodeCell")
+    expect(cells).to_have_count(len(INSIDE_CELLS))
+    page.evaluate("() => { window.jupyterapp.commands.execute('application:toggle-left-area'); }")
+
+    page.locator(".lm-MenuBar-item", has_text="Run").click()
+    page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
+    last_prompt = cells.nth(len(INSIDE_CELLS) - 1).locator(".jp-InputPrompt")
+    try:
+        expect(last_prompt).to_have_text(re.compile(r"\[\d+\]:"), timeout=RUN_TIMEOUT_MS)
+    except AssertionError:
+        stderr = panel.locator(
+            ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+        raise AssertionError(f"run-all did not finish; stderr: {stderr.all_inner_texts()}") from None
+    expect(panel.locator(".jp-OutputArea-output", has_text="Traceback")).to_have_count(0)
+    expect(panel.locator(".jp-OutputArea-output", has_text="UsageError")).to_have_count(0)
+
+    # the lens grid: 6 layers x every position (the 5 tokens: --positions 6 is capped), each
+    # cell laid out, shaded by its probability, with the top-k in its tooltip
+    lens_view = cells.nth(1).locator(".mlxnb-lens")
+    expect(lens_view).to_be_visible()
+    expect(lens_view).to_contain_text("Final top")
+    views = panel.evaluate(INSIDE_JS)
+    lens = views["lens"]
+    assert len(lens) >= 6 * 4 and len(lens) % 6 == 0, f"{len(lens)} lens cells"
+    assert all(c["w"] > 0 and c["h"] > 0 for c in lens), lens
+    probs = [float(c["prob"]) for c in lens]
+    assert all(0.0 <= p <= 1.0 for p in probs), probs
+    assert len(set(probs)) > 1, probs  # a real grid, not one repeated cell
+    assert all(c["title"] and c["title"].startswith("layer ") and "\n 1. " in c["title"]
+               for c in lens), [c["title"] for c in lens]
+    assert len({c["bg"] for c in lens}) > 1, "every lens cell has the same shade"
+    expect(cells.nth(1).locator(".mlxnb-lens-cell").first).to_be_visible()
+
+    # the attention maps: every head small, head 0 large with a tooltip per cell
+    expect(cells.nth(2).locator(".mlxnb-attention")).to_be_visible()
+    heads = views["heads"]
+    assert len(heads) >= 3, heads  # at least two heads as small multiples, plus the large one
+    assert all(h["w"] > 0 and h["h"] > 0 and h["rects"] > 1 for h in heads), heads
+    small, large = heads[:-1], heads[-1]
+    assert [h["head"] for h in small] == [str(i) for i in range(len(small))], small
+    assert large["head"] == "0" and large["titles"] > 0, large
+    assert large["w"] > max(h["w"] for h in small), heads
+    expect(cells.nth(2).locator("svg.mlxnb-attention-head").last).to_be_visible()
+
+    page.evaluate("() => document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) "
+                  ".jp-WindowedPanel-outer')?.scrollTo(0, 0)")
+    page.mouse.move(5, 940)
+    INSIDE_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(INSIDE_SCREENSHOT))
+    print(f"lens and attention in JupyterLab: {time.monotonic() - t0:.1f}s; "
+          f"screenshot {INSIDE_SCREENSHOT}")

@@ -137,7 +137,7 @@ def _head_svg(att: Attention, h: int, cell: float, titles: bool, labels: bool) -
                         f'font-size="{min(11, cell * 0.8):.0f}">{label}</text>')
     total = pad + size
     return (f'<svg class="mlxnb-attention-head" data-head="{h}" xmlns="http://www.w3.org/2000/svg"'
-            f' width="{total:.0f}" height="{total:.0f}" viewBox="0 0 {total:.0f} {total:.0f}">'
+            f' width="{total:.0f}" height="{total:.0f}" viewBox="0 0 {total:.0f} {total:.0f}" overflow="visible">'
             f'<rect x="{pad}" y="{pad}" width="{size:.1f}" height="{size:.1f}" fill="#fafafa" '
             f'stroke="#ccc"/>{"".join(rects)}{"".join(text)}</svg>')
 
