@@ -28,6 +28,7 @@ from .errors import GenerationError, InvalidArgumentError
 from .generation import Generation, GenerationResult
 from .inside import attention, choose, lens, score
 from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status
+from .serving import ServeInfo, openai_client, serve
 from .structured import output_spec
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ __all__ = [
     "Generation", "GenerationResult", "attention", "chat", "choose", "connect", "conversation",
     "free_memory", "generate", "lens", "load", "ps", "score",
     "reset_chat", "status", "stream", "tokenize", "unload", "use",
-    "map",
+    "map", "serve", "openai_client", "ServeInfo",
 ]
 
 REMOTE_TOKEN_ENV = "MLX_REMOTE_TOKEN"  # where connect() looks for a remote runner's token

@@ -30,6 +30,10 @@ Endpoints:
 ``POST /v1/score``        look inside the model (:mod:`mlx_notebook.inside_protocol`):
 ``POST /v1/lens``         NDJSON streams of progress lines, one ``ResultEvent``,
 ``POST /v1/attention``    then a :class:`DoneEvent` (or an :class:`ErrorEvent`)
+``POST /v1/names``        :class:`NamesRequest` -> ``{"ok": true}``
+``/v1/chat/completions``  OpenAI's API on the same batch (docs/protocol.md, "OpenAI-
+``/v1/completions``       compatible endpoints"); OpenAI's error object on these paths
+``/v1/models``
 ========================  =========================================================
 
 Errors: any rejected request gets a 4xx status and :class:`ErrorBody`
@@ -73,6 +77,8 @@ ENDPOINTS: dict[str, tuple[str, str]] = {
     "score": ("POST", "/v1/score"),
     "lens": ("POST", "/v1/lens"),
     "attention": ("POST", "/v1/attention"),
+    # The names the kernel loaded the runner as: OpenAI clients may ask for them (/v1/models).
+    "names": ("POST", "/v1/names"),
 }
 
 
@@ -375,6 +381,26 @@ class DetokenizeResponse:
 
 
 @dataclass(frozen=True)
+class NamesRequest:
+    """The names the runner answers to besides its spec (the kernel's name for it)."""
+
+    names: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"names": list(self.names)}
+
+    @classmethod
+    def from_json(cls, value: Any) -> NamesRequest:
+        data = _expect_object(value, "body")
+        _reject_unknown(data, {"names"}, "")
+        names = data.get("names")
+        if not isinstance(names, list) or len(names) > 16 or not all(
+                isinstance(n, str) and 0 < len(n) <= 256 for n in names):
+            raise ValidationError("names", "expected up to 16 non-empty strings")
+        return cls(names=tuple(names))
+
+
+@dataclass(frozen=True)
 class CancelRequest:
     request_id: str
 
@@ -462,6 +488,8 @@ class Status:
     device: str = ""
     error: str | None = None
     ranks: tuple[RankInfo, ...] = ()  # empty for a runner that is one process
+    requests: dict[str, int] = field(default_factory=dict)  # per source: notebook, openai
+    names: tuple[str, ...] = ()  # the names it answers to besides its spec (NamesRequest)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -474,6 +502,8 @@ class Status:
         rank_fields = {f.name for f in fields(RankInfo)}
         data["ranks"] = tuple(RankInfo(**{k: v for k, v in r.items() if k in rank_fields})
                               for r in data.get("ranks") or () if isinstance(r, dict) and "rank" in r)
+        data["names"] = tuple(str(n) for n in data.get("names") or ())
+        data["requests"] = {str(k): int(v) for k, v in (data.get("requests") or {}).items()}
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -415,6 +415,21 @@ class RunnerConnection:
         self.last_status = status
         return status
 
+    def tell_names(self) -> None:
+        """Tell the runner the name it is loaded as, so OpenAI clients may ask for it by that name.
+
+        Best effort: a runner that predates ``/v1/names`` still serves its spec.
+        """
+        if self.name == self.spec:
+            return
+        with contextlib.suppress(MLXNotebookError):
+            self._call("names", protocol.NamesRequest(names=(self.name,)).to_json())
+
+    @property
+    def token(self) -> str:
+        """The runner's bearer token (also its OpenAI API key); never print it into a cell."""
+        return self._token
+
     def touch(self) -> None:
         self.last_used = time.time()
 

@@ -180,6 +180,7 @@ class RunnerManager:
         if old is not None:  # loaded concurrently under the same name
             old.runner.close()
         entry.runner.touch()
+        entry.runner.tell_names()  # OpenAI clients may name the model as the notebook does
 
     def _live(self) -> list[RunnerEntry]:
         with self._lock:

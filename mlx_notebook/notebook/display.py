@@ -251,6 +251,8 @@ def status_line(status: Status) -> str:
     bits.append(f"{format_bytes(mem.active)} active (peak {format_bytes(mem.peak)})")
     if status.ranks:
         bits.append(ranks_text(status))
+    if status.requests:  # per source: the notebook's cells, OpenAI clients
+        bits.append("requests " + ", ".join(f"{k} {v}" for k, v in sorted(status.requests.items())))
     if status.error:
         bits.append(status.error)
     return " · ".join(bits)

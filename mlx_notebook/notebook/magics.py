@@ -36,7 +36,7 @@ from .. import api
 from ..config import get_config
 from ..errors import InvalidArgumentError, MLXNotebookError
 from ..protocol import SamplingOptions, ValidationError
-from . import inside_magics, parsers, structured_magics, teaching
+from . import inside_magics, parsers, serve_magics, structured_magics, teaching
 from .interpolate import interpolate
 from .parsers import Parser, _Exit, make_parser
 
@@ -376,6 +376,9 @@ SUBCOMMANDS: Mapping[str, Subcommand] = {c.name: c for c in (
     Subcommand("attention", "attention weights of one layer over TEXT, every head as a heatmap",
                inside_magics.attention_arguments, inside_magics.attention_magic, cell="optional",
                usage="%mlx attention TEXT --layer L [--head H] [-m NAME]"),
+    Subcommand("serve", "the model's OpenAI-compatible base URL for other tools (never the token)",
+               serve_magics.serve_arguments, serve_magics.serve_magic,
+               usage="%mlx serve [-m NAME] [--export] [-o VAR]"),
 )}
 
 

@@ -45,6 +45,7 @@ from ..protocol import (
     DoneEvent,
     ErrorEvent,
     FreeResponse,
+    NamesRequest,
     TokenizeRequest,
     TokenizeResponse,
     ValidationError,
@@ -64,6 +65,13 @@ _LINGER_SECONDS = 0.5  # after refusing a request: let its body arrive, so close
 _LINGER_BYTES = 1 << 20
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 _WILDCARDS = ("", "0.0.0.0", "::")
+_OWN_PATHS = frozenset(p for _, p in ENDPOINTS.values())
+
+
+def _openai_wire() -> Any:
+    from . import openai_wire  # pure and small; imported on the first request that needs it
+
+    return openai_wire
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,13 @@ class RunnerServer(ThreadingHTTPServer):
                                 self.limits.allowed_hosts)
         self._open = 0
         self._open_lock = threading.Lock()
+        self.served_names: tuple[str, ...] = ()  # the names the manager loaded it as (/v1/names)
+        self.requests: dict[str, int] = {}  # generation requests per source, for the status
+        self._requests_lock = threading.Lock()
+
+    def count_request(self, source: str) -> None:
+        with self._requests_lock:
+            self.requests[source] = self.requests.get(source, 0) + 1
 
     @property
     def open_connections(self) -> int:
@@ -248,7 +263,17 @@ class RunnerHandler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The stdlib answers unparsable requests with HTML; answer them in JSON too."""
         self.close_connection = True
-        self._send_json(code, {"error": message or HTTPStatus(code).phrase, "field": None})
+        error = HTTPError(code, message or HTTPStatus(code).phrase)
+        self._send_json(code, self._error_body(error, getattr(self, "path", "") or ""))
+
+    def _error_body(self, exc: HTTPError, path: str) -> dict[str, Any]:
+        """Ours, or OpenAI's error object on its paths (and on paths we do not serve)."""
+        path = path.split("?", 1)[0]
+        if not (_openai_wire().is_openai_path(path) or path not in _OWN_PATHS):
+            return {"error": exc.message, "field": exc.field}
+        from .openai_routes import openai_error_body
+
+        return openai_error_body(exc)
 
     def _dispatch(self, method: str) -> None:
         try:
@@ -263,6 +288,11 @@ class RunnerHandler(BaseHTTPRequestHandler):
             self.read_deadline = math.inf
             self.connection.settimeout(self.server.limits.idle_timeout)  # bounds a stuck write
             path = self.path.split("?", 1)[0]
+            if _openai_wire().is_openai_path(path):
+                from .openai_routes import handle_openai
+
+                handle_openai(self, method, path, _parse_json(raw) if method == "POST" else None)
+                return
             name = next((n for n, (_, p) in ENDPOINTS.items() if p == path), None)
             if name is None:
                 raise HTTPError(404, f"no such endpoint {path!r}")
@@ -272,15 +302,15 @@ class RunnerHandler(BaseHTTPRequestHandler):
         except HTTPError as exc:
             if exc.close:
                 self.close_connection = True
-            self._send_json(exc.status, {"error": exc.message, "field": exc.field})
+            self._send_json(exc.status, self._error_body(exc, self.path))
             if exc.close:
                 self._linger()
         except OSError:  # the client went away (reset, broken pipe, a write that timed out)
             self.close_connection = True
         except Exception as exc:  # a bug: report it in one line, keep the details on stderr
             traceback.print_exc(file=sys.stderr)
-            self._send_json(500, {"error": f"internal error: {type(exc).__name__}: {exc}",
-                                  "field": None})
+            self._send_json(500, self._error_body(
+                HTTPError(500, f"internal error: {type(exc).__name__}: {exc}"), self.path))
 
     def _check_host(self) -> None:
         """Only the runner's own names (stops DNS rebinding) and no foreign web page."""
@@ -381,7 +411,15 @@ class RunnerHandler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------ endpoints
 
     def _handle_status(self, _body: Any) -> None:
-        self._send_json(200, self.server.engine.status().to_json())
+        with self.server._requests_lock:
+            requests = dict(self.server.requests)
+        self._send_json(200, replace(self.server.engine.status(), requests=requests,
+                                     names=self.server.served_names).to_json())
+
+    def _handle_names(self, body: Any) -> None:
+        request = _validated(NamesRequest.from_json, body)
+        self.server.served_names = request.names
+        self._send_json(200, {"ok": True})
 
     def _handle_tokenize(self, body: Any) -> None:
         _, loaded = self._require_ready()
@@ -448,6 +486,7 @@ class RunnerHandler(BaseHTTPRequestHandler):
     def _handle_completion(self, body: Any) -> None:
         engine, loaded = self._require_ready()
         request = _validated(CompletionRequest.from_json, body)
+        self.server.count_request("notebook")
         tokenizer = loaded.tokenizer
         with self.server.tokenizer_lock:
             if request.messages is not None:
@@ -530,7 +569,8 @@ class RunnerHandler(BaseHTTPRequestHandler):
             if not ended:  # whatever broke the response, nobody reads this job any more
                 engine.cancel(job.request_id)
 
-    def _on_silence(self, engine: Engine, silent_since: float | None) -> float:
+    def _on_silence(self, engine: Engine, silent_since: float | None,
+                    keepalive: bytes = KEEPALIVE_LINE) -> float:
         """No event for a wait slice: is the client still there, is a keep-alive due?
 
         A keep-alive goes out only if the worker came back between MLX calls since the
@@ -543,7 +583,7 @@ class RunnerHandler(BaseHTTPRequestHandler):
             return now - _WAIT_SLICE
         if now - silent_since >= self.server.limits.keepalive_interval \
                 and engine.heartbeat > silent_since:
-            self._write_chunk(KEEPALIVE_LINE)
+            self._write_chunk(keepalive)
             return now
         return silent_since
 
