@@ -29,12 +29,14 @@ if TYPE_CHECKING:
         Generation,
         GenerationResult,
         ServeInfo,
+        TrainResult,
         attention,
         chat,
         choose,
         connect,
         conversation,
         free_memory,
+        fuse,
         generate,
         lens,
         load,
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
         status,
         stream,
         tokenize,
+        train,
         unload,
         use,
     )
@@ -55,12 +58,14 @@ __all__ = [
     "Generation",
     "GenerationResult",
     "ServeInfo",
+    "TrainResult",
     "attention",
     "chat",
     "choose",
     "connect",
     "conversation",
     "free_memory",
+    "fuse",
     "generate",
     "lens",
     "load",
@@ -74,6 +79,7 @@ __all__ = [
     "status",
     "stream",
     "tokenize",
+    "train",
     "unload",
     "unload_ipython_extension",
     "use",
@@ -122,8 +128,14 @@ def _map_view(progress: Any) -> _views.MapView:
     return MapProgressView(progress)
 
 
+def _train_view(label: str) -> _views.TrainView:
+    from .notebook.train_view import TrainProgressView
+
+    return TrainProgressView(label)
+
+
 _views.register(_views.Views(stream=_stream_view, load=_load_view, html=_inside_html,
-                             map_progress=_map_view))
+                             map_progress=_map_view, train=_train_view))
 
 
 def load_ipython_extension(shell: Any) -> None:

@@ -30,6 +30,7 @@ from .inside import attention, choose, lens, score
 from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status
 from .serving import ServeInfo, openai_client, serve
 from .structured import output_spec
+from .training import TrainResult, fuse, train
 
 if TYPE_CHECKING:
     from .control.connection import RunnerConnection
@@ -41,6 +42,7 @@ __all__ = [
     "free_memory", "generate", "lens", "load", "ps", "score",
     "reset_chat", "status", "stream", "tokenize", "unload", "use",
     "map", "serve", "openai_client", "ServeInfo",
+    "train", "fuse", "TrainResult",
 ]
 
 REMOTE_TOKEN_ENV = "MLX_REMOTE_TOKEN"  # where connect() looks for a remote runner's token
@@ -168,20 +170,37 @@ def check_unload_args(*, name: str | None = None, all: bool = False,  # noqa: A0
 def load(model: str = "demo", *, name: str | None = None, context_length: int | None = None,
          force: bool = False, show: bool = False, ranks: int = 1, shard: str = "tensor",
          hosts: str | None = None, backend: str | None = None,
-         on_progress: Callable[[Status], None] | None = None) -> RunnerConnection:
+         on_progress: Callable[[Status], None] | None = None,
+         adapter: str | os.PathLike[str] | None = None) -> RunnerConnection:
     """Start a runner for ``model`` (``demo``, a Hugging Face id, a folder or a .gguf file).
 
     ``show=True`` draws a progress bar (text in a terminal) while it loads; ``ranks=2``
     shards the model over two local processes, ``hosts="hosts.json"`` (an mlx.launch
     hostfile, or IPs separated by commas) over those machines (``shard``: tensor or
-    pipeline; see docs/distributed.md). Arguments that cannot go together raise
+    pipeline; see docs/distributed.md). ``adapter`` applies a fine-tuned adapter folder
+    (``mn.train``'s, or ``mlx_lm.lora``'s) on top. Arguments that cannot go together raise
     :class:`~mlx_notebook.errors.InvalidArgumentError` before anything starts.
     """
     check_load_args(context_length=context_length, ranks=ranks, hosts=hosts, backend=backend)
+    adapter_dir = None if adapter is None else _check_adapter(adapter, ranks, hosts)
     manager = _manager()
     return _with_progress(name or model, show, on_progress, lambda report, say: manager.load(
         model, name, context_length=context_length, force=force, on_progress=report,
-        on_message=say, ranks=ranks, shard=shard, hosts=hosts, backend=backend))
+        on_message=say, ranks=ranks, shard=shard, hosts=hosts, backend=backend,
+        adapter=adapter_dir))
+
+
+def _check_adapter(adapter: str | os.PathLike[str], ranks: int, hosts: str | None) -> str:
+    folder = os.path.abspath(os.path.expanduser(os.fspath(adapter)))
+    if ranks > 1 or hosts:
+        raise InvalidArgumentError("an adapter cannot be applied to a sharded model yet "
+                                   "(drop ranks/hosts, or fuse it first: mn.fuse)",
+                                   field="adapter")
+    for need in ("adapter_config.json", "adapters.safetensors"):
+        if not os.path.isfile(os.path.join(folder, need)):
+            raise InvalidArgumentError(f"adapter folder {folder} has no {need}",
+                                       field="adapter")
+    return folder
 
 
 def connect(url: str, *, token_env: str = REMOTE_TOKEN_ENV, name: str | None = None,

@@ -16,7 +16,9 @@
      ├── HostsError                a hostfile or a runner group's hosts are unusable
      ├── ConfigError               an unknown setting or a value of the wrong type (.key)
      ├── InterpolationError        a ``{name}`` of a prompt cannot be filled (.name)
+     ├── TrainingError             a training runner failed or died (.adapter_path: what was saved)
      └── InvalidArgumentError      an argument of an API call or a magic is wrong (.field)
+          └── TrainingDataError    a row of training data is unusable (.row, .split)
 
 Every error keeps what code needs as fields, so no code matches message text:
 ``status`` is the HTTP status of the runner's answer and ``url`` the runner's
@@ -46,6 +48,8 @@ __all__ = [
     "ConfigError",
     "InterpolationError",
     "InvalidArgumentError",
+    "TrainingError",
+    "TrainingDataError",
 ]
 
 # Messages used in more than one place.
@@ -166,3 +170,22 @@ class InvalidArgumentError(MLXNotebookError, ValueError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class TrainingError(MLXNotebookError):
+    """Training failed in its runner, or the runner died; ``adapter_path`` is the adapter
+    saved before that, if any (None: nothing usable was saved)."""
+
+    def __init__(self, message: str, *, adapter_path: str | None = None) -> None:
+        super().__init__(message)
+        self.adapter_path = adapter_path
+
+
+class TrainingDataError(InvalidArgumentError):
+    """A row of training data is unusable, found before anything starts; ``row`` is its index
+    (in ``split``: "train" or "valid")."""
+
+    def __init__(self, message: str, *, row: int | None = None, split: str = "train") -> None:
+        super().__init__(message, field="data")
+        self.row = row
+        self.split = split

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from .generation import GenerationResult
     from .protocol import Status
+    from .train_protocol import TrainEvent
+    from .training import TrainResult
 
-__all__ = ["LoadView", "MapProgress", "MapView", "StreamView", "TextMapView", "Views", "current", "register"]
+__all__ = ["LoadView", "MapProgress", "MapView", "StreamView", "TextMapView", "TextTrainView", "TrainView", "Views", "current", "register"]
 
 
 class StreamView(Protocol):
@@ -70,6 +72,48 @@ class TextMapView:
         print(self.progress.line(), flush=True)
 
 
+class TrainView(Protocol):
+    """``mn.train``'s progress: ``note`` lines, each event, ``pump`` (UI events such as a stop
+    button, between events), ``stop_clicked``, and ``finish`` with the result."""
+
+    stop_clicked: bool
+
+    def note(self, text: str) -> None: ...
+    def loading(self, status: Status) -> None: ...
+    def event(self, event: TrainEvent) -> None: ...
+    def pump(self) -> None: ...
+    def finish(self, result: TrainResult | None, error: str | None = None) -> None: ...
+
+
+class TextTrainView:
+    """A line every few seconds in a terminal or script (no stop button: Ctrl-C stops)."""
+
+    stop_clicked = False
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.every, self._last = every, 0.0
+
+    def note(self, text: str) -> None:
+        print(text, flush=True)
+
+    def loading(self, status: Status) -> None:
+        pass
+
+    def event(self, event: TrainEvent) -> None:
+        import time
+
+        if event.kind == "train" and time.monotonic() - self._last >= self.every:
+            self._last = time.monotonic()
+            print(f"iteration {event.iteration}/{event.iters} loss {event.train_loss:.3f}",
+                  flush=True)
+
+    def pump(self) -> None:
+        pass
+
+    def finish(self, result: TrainResult | None, error: str | None = None) -> None:
+        print(error if result is None else result.summary(), flush=True)
+
+
 @dataclass(frozen=True)
 class Views:
     """Factories: ``stream(format, rate, footer)`` and ``load(label)``; ``html(result)`` draws a
@@ -79,6 +123,7 @@ class Views:
     load: Callable[[str], LoadView]
     html: Callable[[object], str | None] = lambda _result: None
     map_progress: Callable[[MapProgress], MapView] = TextMapView  # mn.map's progress
+    train: Callable[[str], TrainView] = lambda _label: TextTrainView()  # mn.train's progress
 
 
 _views: Views | None = None

@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -108,7 +108,8 @@ class RunnerManager:
     def load(self, spec: str, name: str | None = None, *, context_length: int | None = None,
              force: bool = False, on_progress: Callable[[Status], None] | None = None,
              on_message: Notify | None = None, ranks: int = 1, shard: str = "tensor",
-             hosts: str | HostPlan | None = None, backend: str | None = None) -> RunnerConnection:
+             hosts: str | HostPlan | None = None, backend: str | None = None,
+             adapter: str | None = None) -> RunnerConnection:
         """Start a runner for ``spec`` under ``name`` (replacing one of that name) and wait for it.
 
         ``ranks > 1`` shards the model over that many local processes, ``hosts`` (an
@@ -117,7 +118,7 @@ class RunnerManager:
         unloading idle runners, least recently used first) with
         :class:`InsufficientMemoryError`, unless ``force``.
         """
-        args = LoadArgs(spec, context_length, ranks, shard, hosts, backend)
+        args = LoadArgs(spec, context_length, ranks, shard, hosts, backend, adapter)
         return self._load(args, name or default_name(spec), force=force, on_progress=on_progress,
                           say=on_message or self.on_message)
 
@@ -141,6 +142,7 @@ class RunnerManager:
         else:
             runner = RunnerClient(args.spec, name=name, python=self.python,
                                   context_length=args.context_length, env=self.env,
+                                  extra_args=["--adapter", args.adapter] if args.adapter else (),
                                   runner_module=self.runner_module, registry=self.registry)
         entry = RunnerEntry(runner, args, need, state="loading")
         with self._lock:
@@ -222,6 +224,20 @@ class RunnerManager:
             say(f"warning: {message}; loading anyway because of force")
             return
         raise InsufficientMemoryError(message, required=required, available=available)
+
+    @contextlib.contextmanager
+    def tracking(self, runner: RunnerConnection) -> Iterator[None]:
+        """List ``runner`` (a training runner: nothing is served from it) in ``%mlx ps``
+        while the block runs."""
+        entry = RunnerEntry(runner, None, state="loading")
+        with self._lock:
+            self._loading.append(entry)
+        self.notify("loading", runner.name)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._loading.remove(entry)
 
     def _least_recently_used_idle(self) -> RunnerConnection | None:
         idle = [e.runner for e in self._live()

@@ -71,6 +71,7 @@ class LoadArgs:
     shard: str = "tensor"
     hosts: str | HostPlan | None = None
     backend: str | None = None
+    adapter: str | None = None  # a fine-tuned adapter folder the runner applies
 
 
 @dataclass

@@ -39,6 +39,7 @@ from ..protocol import SamplingOptions, ValidationError
 from . import inside_magics, parsers, serve_magics, structured_magics, teaching
 from .interpolate import interpolate
 from .parsers import Parser, _Exit, make_parser
+from .train_magics import fuse_arguments, fuse_magic, train_arguments, train_magic
 
 __all__ = ["SUBCOMMANDS", "MLXMagics", "Subcommand", "load_ipython_extension", "overview",
            "unload_ipython_extension"]
@@ -149,7 +150,7 @@ class MLXMagics(Magics):
                                 backend=args.backend, names=FLAGS)
             api.load(args.model, name=args.name, context_length=args.context, force=args.force,
                      show=True, ranks=args.ranks, shard=args.shard, hosts=args.hosts,
-                     backend=args.backend)
+                     backend=args.backend, adapter=args.adapter)
 
     def _connect(self, args: argparse.Namespace, cell: str | None) -> None:
         with _usage("%mlx connect"):
@@ -376,6 +377,12 @@ SUBCOMMANDS: Mapping[str, Subcommand] = {c.name: c for c in (
     Subcommand("attention", "attention weights of one layer over TEXT, every head as a heatmap",
                inside_magics.attention_arguments, inside_magics.attention_magic, cell="optional",
                usage="%mlx attention TEXT --layer L [--head H] [-m NAME]"),
+    Subcommand("train", "fine-tune a model (LoRA) in a runner, live loss plot: --data VAR --as NAME",
+               train_arguments, train_magic,
+               usage="%mlx train MODEL --data VAR_OR_PATH --iters N [options] --as NAME"),
+    Subcommand("fuse", "write a model folder with a fine-tuned adapter fused into its weights",
+               fuse_arguments, fuse_magic,
+               usage="%mlx fuse MODEL --adapter PATH --out FOLDER"),
     Subcommand("serve", "the model's OpenAI-compatible base URL for other tools (never the token)",
                serve_magics.serve_arguments, serve_magics.serve_magic,
                usage="%mlx serve [-m NAME] [--export] [-o VAR]"),

@@ -80,6 +80,8 @@ def load(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", metavar="NAME", help="MLX distributed backend (ring)")
     p.add_argument("--shard", choices=("tensor", "pipeline"), default="tensor",
                    help="how to split it over the ranks (default: tensor)")
+    p.add_argument("--adapter", metavar="PATH",
+                   help="apply a fine-tuned adapter folder (from %%mlx train or mlx_lm.lora)")
 
 
 def connect(p: argparse.ArgumentParser) -> None:

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-auth", action="store_true",
                         help=f"serve without a token (only when {TOKEN_ENV} is unset; loopback only)")
     parser.add_argument("--context", type=int, default=None, help="cap the context length")
+    parser.add_argument("--adapter", default=None, metavar="DIR",
+                        help="apply a fine-tuned adapter folder (adapter_config.json + "
+                             "adapters.safetensors, as mlx_lm.lora writes)")
     parser.add_argument("--dtype", default="auto",
                         help="weights: auto (float32 on a CPU with OpenBLAS, else the model's "
                              "own), native, float32, bfloat16, float16")
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(args.model, dtype=args.dtype, context_length=args.context,
                     max_batch=args.max_batch, prompt_cache_bytes=args.prompt_cache_bytes,
                     distributed=dist, batch_only=args.batch_only,
-                    prefill_step=max(1, args.prefill_step))
+                    prefill_step=max(1, args.prefill_step), adapter=args.adapter)
     if engine.follower:
         return _follow(engine, args)
     try:

@@ -36,8 +36,9 @@ class Engine:
     def __init__(self, spec: str, *, dtype: str | None = None, context_length: int | None = None,
                  max_batch: int = 8, prompt_cache_bytes: int | None = None,
                  prefill_step: int = 512, distributed: Distributed | None = None,
-                 batch_only: bool = False) -> None:
+                 batch_only: bool = False, adapter: str | None = None) -> None:
         self.spec = spec
+        self.adapter = adapter  # a fine-tuned adapter folder applied after loading
         self.dtype = dtype
         self.requested_context = context_length
         self.distributed = distributed
@@ -142,7 +143,8 @@ class Engine:
             dtype = resolve_dtype(self.dtype, mx.default_device().type.name.lower(),
                                   openblas_preloaded())
             self.loaded = load_model(self.spec, progress=self._on_load_progress, dtype=dtype,
-                                     prepare=dist.prepare if dist is not None else None)
+                                     prepare=dist.prepare if dist is not None else None,
+                                     adapter=self.adapter)
         except Exception as exc:  # the load error is reported, not raised: the process exits
             self._fail(" ".join(str(exc).split()) or type(exc).__name__)
             return

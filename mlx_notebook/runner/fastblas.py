@@ -24,8 +24,8 @@ def openblas_preloaded() -> bool:
     return "openblas" in os.environ.get("LD_PRELOAD", "")
 
 
-def reexec_with_openblas(argv: list[str]) -> None:
-    """Replace this process by itself with OpenBLAS preloaded, when one is available."""
+def reexec_with_openblas(argv: list[str], module: str = "mlx_notebook.runner") -> None:
+    """Replace this process (``python -m module``) by itself with OpenBLAS preloaded, if any."""
     if openblas_preloaded() or os.environ.get(REEXEC_ENV):
         return
     library = find_openblas()
@@ -35,7 +35,7 @@ def reexec_with_openblas(argv: list[str]) -> None:
     env["LD_PRELOAD"] = ":".join(p for p in (library, env.get("LD_PRELOAD", "")) if p)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "mlx_notebook.runner", *argv], env)
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
 
 
 def auto_dtype(device_type: str, openblas: bool | None = None) -> str | None:

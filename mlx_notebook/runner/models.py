@@ -29,7 +29,8 @@ from .progress import Progress, one_line, scaled
 
 Prepare = Callable[[Any], None]  # changes a lazily loaded model in place (e.g. shards it)
 
-__all__ = ["LoadedModel", "ModelLoadError", "Progress", "load_model", "prefetch", "check_folder"]
+__all__ = ["LoadedModel", "ModelLoadError", "Progress", "load_model", "prefetch", "check_folder",
+           "apply_adapter"]
 
 
 @dataclass
@@ -194,6 +195,35 @@ def prefetch(spec: str, progress: Progress | None = None) -> Path:
 
 
 def load_model(
+    spec: str, *, progress: Progress | None = None, dtype: str | None = None,
+    prepare: Prepare | None = None, adapter: str | None = None,
+) -> LoadedModel:
+    """:func:`_load_model`, then a fine-tuned adapter (mlx-lm's adapter folder) applied on top."""
+    loaded = _load_model(spec, progress=progress, dtype=dtype, prepare=prepare)
+    if adapter is not None:
+        apply_adapter(loaded, adapter)
+    return loaded
+
+
+def apply_adapter(loaded: LoadedModel, adapter: str) -> None:
+    """Apply the LoRA/DoRA layers (or full weights) of ``adapter`` with mlx-lm's loader."""
+    from mlx_lm.tuner.utils import load_adapters
+
+    folder = Path(adapter).expanduser()
+    for need in ("adapter_config.json", "adapters.safetensors"):
+        if not (folder / need).is_file():
+            raise ModelLoadError(f"adapter folder {folder} has no {need}")
+    try:
+        load_adapters(loaded.model, str(folder))
+    except Exception as exc:  # a mismatched adapter: one line, the model named
+        raise ModelLoadError(f"cannot apply adapter {folder} to {loaded.name}: "
+                             f"{one_line(exc)}") from exc
+    loaded.model.eval()
+    loaded.weights_format += f" + adapter {folder.name}"
+    loaded.source += f" + {folder}"
+
+
+def _load_model(
     spec: str, *, progress: Progress | None = None, dtype: str | None = None,
     prepare: Prepare | None = None,
 ) -> LoadedModel:
