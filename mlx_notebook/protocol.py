@@ -213,12 +213,44 @@ class ChatMessage:
     @classmethod
     def from_json(cls, value: Any, name: str) -> ChatMessage:
         data = _expect_object(value, name)
-        _reject_unknown(data, {"role", "content"}, name + ".")
+        _reject_unknown(data, {"role", "content", "tool_calls", "name", "tool_call_id"}, name + ".")
         role = _string(data, "role", name + ".", required=True)
-        if role not in ("system", "user", "assistant"):
-            raise ValidationError(name + ".role", f"must be system, user or assistant, got {role!r}")
+        if role not in CHAT_ROLES:
+            raise ValidationError(name + ".role",
+                                  f"must be system, user, assistant or tool, got {role!r}")
         content = _string(data, "content", name + ".", required=True)
-        return cls(role=role, content=content or "")
+        calls = data.get("tool_calls") or []
+        if not isinstance(calls, list) or (calls and role != "assistant"):
+            raise ValidationError(name + ".tool_calls", "an array, on assistant messages only")
+        return cls(role=role, content=content or "",
+                   tool_calls=tuple(ToolCall.from_json(c, f"{name}.tool_calls[{i}]")
+                                    for i, c in enumerate(calls)),
+                   name=_string(data, "name", name + ".", max_len=256),
+                   tool_call_id=_string(data, "tool_call_id", name + ".", max_len=256))
+
+
+MAX_TOOLS = 128
+
+
+def _tools_from_json(value: Any, name: str = "tools") -> tuple[dict[str, Any], ...] | None:
+    """Tool descriptions as chat templates take them: ``{"type": "function", "function":
+    {"name", "description", "parameters"}}`` (a JSON schema of the arguments)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_TOOLS:
+        raise ValidationError(name, f"expected an array of at most {MAX_TOOLS} tool objects")
+    for i, tool in enumerate(value):
+        fn = _expect_object(tool, f"{name}[{i}]").get("function")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise ValidationError(f"{name}[{i}].function.name", "each tool needs a function name")
+    return tuple(value)
+
+
+def _think(data: dict[str, Any]) -> bool | None:
+    value = data.get("think")
+    if value is not None and not isinstance(value, bool):
+        raise ValidationError("think", f"expected a boolean or null, got {_kind(value)}")
+    return value
 
 
 def _messages_from_json(value: Any, name: str = "messages") -> tuple[ChatMessage, ...]:
@@ -237,6 +269,19 @@ class Constraint:
     """What the answer must be: valid under a JSON ``schema``, any JSON, a full match of
     ``pattern``, or one of ``choices``. The runner compiles it (llguidance) or answers 400."""
 
+    tool_calls: tuple[ToolCall, ...] = field(default=(), repr=False)
+    name: str | None = field(default=None, repr=False)
+    tool_call_id: str | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            data["tool_calls"] = [c.to_json() for c in self.tool_calls]
+        if self.name is not None:
+            data["name"] = self.name
+        if self.tool_call_id is not None:
+            data["tool_call_id"] = self.tool_call_id
+        return data
     kind: ConstraintKind
     schema: dict[str, Any] | None = None  # kind "json_schema"
     pattern: str | None = None  # kind "regex" (the grammar engine's dialect: no look-around)
@@ -296,7 +341,11 @@ class CompletionRequest:
         if self.prompt is not None:
             data["prompt"] = self.prompt
         if self.messages is not None:
-            data["messages"] = [asdict(m) for m in self.messages]
+            data["messages"] = [m.to_json() for m in self.messages]
+        if self.think is not None:
+            data["think"] = self.think
+        if self.tools is not None:
+            data["tools"] = list(self.tools)
         if self.request_id is not None:
             data["request_id"] = self.request_id
         if self.constraint is not None:
@@ -306,7 +355,8 @@ class CompletionRequest:
     @classmethod
     def from_json(cls, value: Any) -> CompletionRequest:
         data = _expect_object(value, "body")
-        _reject_unknown(data, {"prompt", "messages", "options", "request_id", "constraint"}, "")
+        _reject_unknown(data, {"prompt", "messages", "options", "request_id", "constraint",
+                               "think", "tools"}, "")
         prompt = _string(data, "prompt", "")
         messages = _messages_from_json(data["messages"]) if "messages" in data else None
         if (prompt is None) == (messages is None):
@@ -318,7 +368,11 @@ class CompletionRequest:
             if data.get("constraint") is not None else None
         return cls(prompt=prompt, messages=messages,
                    options=SamplingOptions.from_json(data.get("options")), request_id=request_id,
-                   constraint=constraint)
+    # Chat only: ``enable_thinking`` for the template (None: the template's default) and
+    # the tools it describes to the model (the runner parses the model's calls).
+    think: bool | None = None
+    tools: tuple[dict[str, Any], ...] | None = None
+                   constraint=constraint, think=_think(data), tools=tools)
 
 
 @dataclass(frozen=True)
@@ -330,20 +384,30 @@ class TokenizeRequest:
 
     def to_json(self) -> dict[str, Any]:
         if self.messages is not None:
-            return {"messages": [asdict(m) for m in self.messages]}
+            data: dict[str, Any] = {"messages": [m.to_json() for m in self.messages]}
+            if self.think is not None:
+                data["think"] = self.think
+            if self.tools is not None:
+                data["tools"] = list(self.tools)
+            return data
         return {"text": self.text}
 
     @classmethod
     def from_json(cls, value: Any) -> TokenizeRequest:
         data = _expect_object(value, "body")
-        _reject_unknown(data, {"text", "messages"}, "")
+        _reject_unknown(data, {"text", "messages", "think", "tools"}, "")
         text = _string(data, "text", "")
         messages = _messages_from_json(data["messages"]) if "messages" in data else None
         if (text is None) == (messages is None):
             raise ValidationError("text", "give exactly one of text or messages")
-        return cls(text=text, messages=messages)
+        return cls(text=text, messages=messages, think=_think(data),
+                   tools=_tools_from_json(data.get("tools")))
 
 
+        tools = _tools_from_json(data.get("tools"))
+        if messages is None and (tools is not None or data.get("think") is not None):
+            raise ValidationError("tools" if tools is not None else "think",
+                                  "only with messages (the chat template uses it)")
 @dataclass(frozen=True)
 class TokenizeResponse:
     tokens: list[int]
@@ -355,6 +419,8 @@ class TokenizeResponse:
 
 
 @dataclass(frozen=True)
+    think: bool | None = None  # as CompletionRequest's, for messages
+    tools: tuple[dict[str, Any], ...] | None = None
 class DetokenizeRequest:
     tokens: list[int]
 
@@ -563,6 +629,7 @@ class ProgressEvent:
 
 
 @dataclass(frozen=True)
+    thinking: bool = False  # the model's thinking (between its think tags), not the answer
 class ErrorEvent:
     """Sent instead of (never after) a DoneEvent when a request fails mid-stream."""
 
@@ -578,6 +645,8 @@ class KeepAliveEvent:
 
     type: Literal["keepalive"] = "keepalive"
 
+    thinking_tokens: int = 0  # of completion_tokens, those spent thinking
+    in_thinking: bool = False  # it ended inside the thinking (e.g. max_tokens ran out there)
 
 Event = ChunkEvent | DoneEvent | ErrorEvent | ProgressEvent | KeepAliveEvent
 KEEPALIVE_LINE = b'{"type":"keepalive"}\n'
@@ -591,7 +660,7 @@ def encode_event(event: Event) -> bytes:
     return (json.dumps(asdict(event), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
-_CHUNK_LINE = b'{"content":%s,"tokens":[%s],"logprobs":[],"type":"chunk"}\n'
+_CHUNK_LINE = b'{"content":%s,"tokens":[%s],"logprobs":[],"thinking":%s,"type":"chunk"}\n'
 
 
 def merge_chunks(events: list[Event]) -> list[Event]:
@@ -601,9 +670,9 @@ def merge_chunks(events: list[Event]) -> list[Event]:
     for event in events:
         last = merged[-1] if merged else None
         if (type(event) is ChunkEvent and not event.logprobs and type(last) is ChunkEvent
-                and not last.logprobs):
+                and not last.logprobs and last.thinking == event.thinking):
             merged[-1] = ChunkEvent(content=last.content + event.content,
-                                    tokens=last.tokens + event.tokens)
+                                    tokens=last.tokens + event.tokens, thinking=event.thinking)
         else:
             merged.append(event)
     return merged
@@ -623,7 +692,7 @@ def decode_event(line: bytes | str) -> Event:
             for lp in raw
         ) if raw else ()
         return ChunkEvent(content=data["content"], tokens=tuple(data.get("tokens", ())),
-                          logprobs=logprobs)
+                          logprobs=logprobs, thinking=data.get("thinking") is True)
     if kind == "done":
         known = {f.name for f in fields(DoneEvent)}
         return DoneEvent(**{k: v for k, v in data.items() if k in known})
@@ -654,3 +723,9 @@ class Handshake:
             raise ValueError(f"not a runner handshake: {line[:200]!r}")
         return cls(port=int(data["port"]), pid=int(data["pid"]), protocol=int(data["protocol"]),
                    host=str(data.get("host", "127.0.0.1")))
+    if kind == "tool_call":
+        arguments = data.get("arguments") or {}
+        return ToolCallEvent(name=str(data.get("name", "")),
+                             arguments=arguments if isinstance(arguments, dict) else {},
+                             id=str(data.get("id", "")), error=str(data.get("error", "")),
+                             raw=str(data.get("raw", "")))

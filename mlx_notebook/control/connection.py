@@ -491,13 +491,17 @@ class RunnerConnection:
         return astream_events(self, _as_request(request), on_done)
 
     def tokenize(self, text: str | None = None, *,
-                 messages: Sequence[protocol.ChatMessage | dict[str, str]] | None = None,
+                 messages: Sequence[protocol.ChatMessage | dict[str, Any]] | None = None,
+                 think: bool | None = None, tools: Sequence[dict[str, Any]] | None = None,
                  ) -> protocol.TokenizeResponse:
         msgs = None
         if messages is not None:
-            msgs = tuple(m if isinstance(m, protocol.ChatMessage) else protocol.ChatMessage(**m)
-                         for m in messages)
-        data = self._call("tokenize", protocol.TokenizeRequest(text=text, messages=msgs).to_json())
+            msgs = tuple(m if isinstance(m, protocol.ChatMessage)
+                         else protocol.ChatMessage.from_json(m, f"messages[{i}]")
+                         for i, m in enumerate(messages))
+        request = protocol.TokenizeRequest(text=text, messages=msgs, think=think,
+                                           tools=tuple(tools) if tools is not None else None)
+        data = self._call("tokenize", request.to_json())
         self.touch()
         try:
             return protocol.TokenizeResponse(tokens=list(data["tokens"]),

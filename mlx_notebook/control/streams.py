@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
 
@@ -35,6 +35,7 @@ from ..protocol import (
     Event,
     KeepAliveEvent,
     ProgressEvent,
+    ToolCallEvent,
     decode_event,
 )
 
@@ -76,6 +77,8 @@ class StreamState:
     prefill: tuple[int, int] | None = None  # (tokens read, prompt tokens) of a long prompt
     result: DoneEvent | None = None
     on_prefill: Callable[[int, int], None] | None = None
+    thinking: str = ""  # the model's thinking, apart from ``text`` (the answer)
+    tool_calls: list[ToolCallEvent] = field(default_factory=list)  # as the runner parsed them
 
 
 def ndjson_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -110,8 +113,14 @@ def fold_event(state: StreamState, event: Event) -> ChunkEvent | None:
     or a done event that says "error", raises :class:`GenerationError`.
     """
     if isinstance(event, ChunkEvent):
-        state.text += event.content
+        if event.thinking:
+            state.thinking += event.content
+        else:
+            state.text += event.content
         return event
+    if isinstance(event, ToolCallEvent):  # handed on as well: the kernel runs the tool
+        state.tool_calls.append(event)
+        return None
     if isinstance(event, KeepAliveEvent):  # the runner's worker is alive; nothing to show
         return None
     if isinstance(event, ProgressEvent):

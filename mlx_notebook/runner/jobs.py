@@ -40,6 +40,10 @@ class Job:
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     raw: bool = False  # a raw prompt's continuation: its text keeps a leading space
     constraint: Any = None  # a runner.constraints.CompiledConstraint: masks every step
+    # A chat answer of a model that thinks or calls tools: its text split by state
+    # (runner/reasoning.py), tool calls parsed by ``parse_tools`` (text -> events).
+    splitter: Any = None
+    parse_tools: Any = None
     # Worker-side state.
     uid: int = -1
     detokenizer: Any = None  # mlx-lm's streaming detokenizer, one per request
@@ -49,6 +53,8 @@ class Job:
     completion_tokens: int = 0
     cached_tokens: int = 0
     finished: bool = False
+    thinking_tokens: int = 0
+    tool_text: str = ""  # the tool call being read (its tags stripped)
 
 
 def start_job(job: Job, detokenizer: Any, cached_tokens: int) -> None:
@@ -93,6 +99,8 @@ def record_token(job: Job, token: int, finish_reason: str | None, *, is_eos: boo
         job.detokenizer.finalize()
     text = job.stop_filter.feed(job.detokenizer.last_segment)
     logprobs = (logprob,) if logprob is not None else ()
+    if job.splitter is not None:
+        return _record_split(job, text, token, finish_reason, is_eos=is_eos, logprobs=logprobs)
     if text or logprobs:
         job.events.put(ChunkEvent(content=text, tokens=() if is_eos else (token,),
                                   logprobs=logprobs))
@@ -103,6 +111,51 @@ def record_token(job: Job, token: int, finish_reason: str | None, *, is_eos: boo
     if tail:
         job.events.put(ChunkEvent(content=tail))
     return "stop" if stopped or finish_reason == "stop" else "length"
+
+
+def _record_split(job: Job, text: str, token: int, finish_reason: str | None, *, is_eos: bool,
+                  logprobs: tuple[TokenLogprob, ...]) -> DoneReason | None:
+    """:func:`record_token` for a split answer: thinking and answer chunks apart, tool calls
+    as events when their text ends; the token goes with the token's last piece of text."""
+    splitter = job.splitter
+    segments = splitter.feed(text)
+    assert job.stop_filter is not None
+    stopped = job.stop_filter.stopped
+    if finish_reason is not None:
+        tail = "" if stopped else job.stop_filter.flush()
+        if tail:
+            segments += splitter.feed(tail)
+        segments.append(splitter.flush())
+    if not is_eos and (splitter.state == "reasoning"
+                       or any(s == "reasoning" and t for s, t in segments)):
+        job.thinking_tokens += 1
+    tokens = () if is_eos else (token,)
+    last = max((i for i, (s, t) in enumerate(segments) if t and s != "tool"), default=-1)
+    for i, (state, piece) in enumerate(segments):
+        if state == "tool":
+            job.tool_text += piece
+            continue
+        if job.tool_text:  # the call's text ended: parse it now, before what follows
+            _emit_tools(job)
+        if piece:
+            job.events.put(ChunkEvent(content=piece, tokens=tokens if i == last else (),
+                                      logprobs=logprobs if i == last else (),
+                                      thinking=state == "reasoning"))
+    if finish_reason is not None and job.tool_text:
+        _emit_tools(job)  # a call cut by the end: parse what came (the parser says if it fails)
+    if last < 0 and logprobs:
+        job.events.put(ChunkEvent(content="", tokens=tokens, logprobs=logprobs,
+                                  thinking=splitter.state == "reasoning"))
+    if finish_reason is None:
+        return "stop" if stopped else None
+    return "stop" if stopped or finish_reason == "stop" else "length"
+
+
+def _emit_tools(job: Job) -> None:
+    text, job.tool_text = job.tool_text, ""
+    if text.strip() and job.parse_tools is not None:
+        for event in job.parse_tools(text):
+            job.events.put(event)
 
 
 def finish_job(job: Job, reason: DoneReason, *, peak_memory: int,
@@ -121,7 +174,9 @@ def finish_job(job: Job, reason: DoneReason, *, peak_memory: int,
         prompt_duration=max(0.0, first - (job.started or job.arrived)),
         eval_duration=eval_duration,
         time_to_first_token=max(0.0, first - job.arrived) if job.first_token_at else 0.0,
-        peak_memory=peak_memory, request_id=job.request_id, error=error))
+        peak_memory=peak_memory, request_id=job.request_id, error=error,
+        thinking_tokens=job.thinking_tokens,
+        in_thinking=job.splitter is not None and job.splitter.state == "reasoning"))
     if job.completion_tokens > 1 and eval_duration > 0:
         return (job.completion_tokens - 1) / eval_duration  # the first token is the prefill's
     return None

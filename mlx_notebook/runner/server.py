@@ -15,6 +15,7 @@ the body.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import io
 import json
@@ -58,6 +59,7 @@ from .mailbox import DuplicateRequestId
 from .models import LoadedModel
 from .templates import render_messages
 
+from .tool_calls import tool_call_events, tool_support_error
 __all__ = ["HTTPError", "RunnerHandler", "RunnerServer", "ServerLimits"]
 
 _WAIT_SLICE = 0.05  # how often a streaming handler checks for a vanished client
@@ -427,7 +429,7 @@ class RunnerHandler(BaseHTTPRequestHandler):
         tokenizer = loaded.tokenizer
         with self.server.tokenizer_lock:
             if request.messages is not None:
-                text = render_messages(tokenizer, request.messages)
+                text = _render_chat(tokenizer, loaded, request)
                 tokens = tokenizer.encode(text, add_special_tokens=False)
             else:
                 text = request.text or ""
