@@ -52,6 +52,7 @@ class TrainResult:
     seconds: float = 0.0
     data_note: str = ""
     loaded: bool = False  # the adapter is served under ``name``
+    stop_at: int | None = None  # the last finished step when the runner got the stop request
 
     @property
     def first_loss(self) -> float | None:
@@ -216,7 +217,7 @@ def _follow(run: Any, view: views.TrainView, result: TrainResult) -> None:
                 view.pump()
                 if view.stop_clicked and not stop_sent:
                     stop_sent = True
-                    run.stop()
+                    result.stop_at = run.stop()
                 if event.final:
                     return
         except KeyboardInterrupt:
@@ -226,7 +227,7 @@ def _follow(run: Any, view: views.TrainView, result: TrainResult) -> None:
                     adapter_path=None) from None
             stop_sent = True
             view.note("stopping after the current step (interrupt again to abandon it)")
-            run.stop()
+            result.stop_at = run.stop()
 
 
 def fuse(model: str = "demo", *, adapter: str | os.PathLike[str],

@@ -157,7 +157,10 @@ def test_stop_ends_after_the_current_step_and_keeps_the_adapter(
         tiny_model_dir: Path, scripted: _ScriptedView, no_models: None) -> None:
     result = _train_tiny(tiny_model_dir, "tiny-stop")
     assert result.stopped and result.loaded
-    assert 3 <= result.iterations <= 4, result.iterations  # within one step of the click
+    # The tiny model's steps take milliseconds: the runner may be a few steps past the event
+    # that clicked; it stops within one step of receiving the request.
+    assert result.stop_at is not None and 3 <= result.stop_at <= result.iterations
+    assert result.iterations <= result.stop_at + 1, (result.stop_at, result.iterations)
     adapter = Path(result.adapter_path)
     assert (adapter / "adapters.safetensors").is_file()
     config = json.loads((adapter / "adapter_config.json").read_text())
@@ -179,7 +182,8 @@ def test_a_kernel_interrupt_stops_training_too(shell: InteractiveShell, tiny_mod
     shell.run_line_magic("mlx", f"train {tiny_model_dir} --data rows --iters 200 --batch-size 2 "
                                 "--learning-rate 1e-3 --lora-layers 2 --as tiny-int -o res")
     result = shell.user_ns["res"]
-    assert result.stopped and 2 <= result.iterations <= 3
+    assert result.stopped and result.stop_at is not None and result.stop_at >= 2
+    assert result.iterations <= result.stop_at + 1, (result.stop_at, result.iterations)
     assert "tiny-int" in {r.name for r in mn.ps()}
     assert mn.generate("Q?", model="tiny-int", max_tokens=2, temperature=0).completion_tokens > 0
 
@@ -246,7 +250,7 @@ def test_the_demo_learns_a_made_up_fact(demo_model_ready: Path, no_models: None)
     started = time.monotonic()
     result = mn.train("demo", data=_rows(16), iters=16, name="tuned", learning_rate=5e-4,
                       lora_layers=4, val_batches=1)
-    assert result.iterations == 30 and not result.stopped
+    assert result.iterations == 16 and not result.stopped
     assert result.first_loss is not None and result.final_loss is not None
     assert result.final_loss < 0.3 * result.first_loss, result.train_loss
     assert result.val_loss and result.val_loss[-1][1] < result.val_loss[0][1]

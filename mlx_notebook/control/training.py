@@ -181,12 +181,14 @@ class TrainingRun:
             raise self._failed(exc) from exc
         raise self._failed(None)
 
-    def stop(self) -> None:
-        """Ask the trainer to stop after its current step (it then saves and says done)."""
+    def stop(self) -> int:
+        """Ask the trainer to stop after its current step (it then saves and says done);
+        returns the last iteration it had finished when the request arrived."""
         http = self.conn.require_http()
         with self.conn.translating("asking training to stop"):
-            self.conn.check_response(http.post(TRAIN_ENDPOINTS["stop"][1], timeout=5.0),
-                                     "the stop request")
+            response = http.post(TRAIN_ENDPOINTS["stop"][1], timeout=5.0)
+            self.conn.check_response(response, "the stop request")
+            return int(response.json().get("iteration", 0))
 
     def _saved(self) -> str | None:
         path = self.adapter_path
