@@ -134,8 +134,15 @@ def _train_view(label: str) -> _views.TrainView:
     return TrainProgressView(label)
 
 
+def _tool_call_view(name: str, arguments: dict, result: str, error: bool) -> None:
+    from .notebook.display import show_tool_call
+
+    show_tool_call(name, arguments, result, error)
+
+
 _views.register(_views.Views(stream=_stream_view, load=_load_view, html=_inside_html,
-                             map_progress=_map_view, train=_train_view))
+                             map_progress=_map_view, train=_train_view,
+                             tool_call=_tool_call_view))
 
 
 def load_ipython_extension(shell: Any) -> None:

@@ -27,7 +27,7 @@ from .data_map import map  # noqa: A004 - mn.map; it calls back into this module
 from .errors import GenerationError, InvalidArgumentError
 from .generation import Generation, GenerationResult
 from .inside import attention, choose, lens, score
-from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status
+from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status, ToolCall
 from .serving import ServeInfo, openai_client, serve
 from .structured import output_spec
 from .training import TrainResult, fuse, train
@@ -269,7 +269,8 @@ def stream(prompt: str, *, model: str | None = None, system: str | None = None,
            top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
            seed: int | None = None, stop: Sequence[str] | None = None,
            repeat_penalty: float | None = None, schema: Any = None, json: bool = False,
-           choices: Sequence[str] | str | None = None, regex: str | None = None) -> Generation:
+           choices: Sequence[str] | str | None = None, regex: str | None = None,
+           think: bool | None = None, tools: Sequence[dict[str, Any]] | None = None) -> Generation:
     """Start a generation and return it; iterate it for the text as it is made.
 
     The chat template is applied unless ``raw=True`` (then ``prompt`` goes as is).
@@ -288,6 +289,11 @@ def stream(prompt: str, *, model: str | None = None, system: str | None = None,
     request = completion_request(prompt, opts, system=system, raw=raw, messages=messages)
     if output is not None:
         request = dataclasses.replace(request, constraint=output.constraint)
+    if think is not None or tools:  # a thinking model's enable_thinking; tool schemas
+        if request.messages is None:
+            raise InvalidArgumentError("think and tools need the chat template (not raw=True)",
+                                       field="think" if think is not None else "tools")
+        request = dataclasses.replace(request, think=think, tools=tuple(tools) if tools else None)
 
     def ended(_result: GenerationResult) -> None:
         with contextlib.suppress(Exception):  # bookkeeping must never hide the answer
@@ -321,6 +327,7 @@ def _run(gen: Generation, *, show: bool, format: str | None,  # noqa: A002
         view = views.current().stream(format or cfg.format, cfg.updates_per_second, cfg.footer)
         view.start()
         gen.on_prefill = view.prefill
+        gen.on_thinking = getattr(view, "think", None)  # a thinking model's block
     interrupted = False
     try:
         with gen:
@@ -408,8 +415,15 @@ def _warn_next_turn(name: str, result: GenerationResult, context: int, show: boo
 def chat(message: str, *, model: str | None = None, system: str | None = None,
          show: bool = False, format: str | None = None,  # noqa: A002
          on_interrupt: Literal["raise", "return"] = "raise", drop_oldest: bool = False,
+         tools: Sequence[Callable[..., Any]] | None = None, max_tool_rounds: int = 5,
+         confirm: bool | Callable[[ToolCall], bool] = False,
          **kwargs: Any) -> GenerationResult:
     """One turn of the conversation kept for ``model``; ``system`` sets its system prompt.
+
+    ``tools``: Python functions the model may call (schemas from their signatures); each
+    call runs here with validated arguments, its result (or its error) goes back to the
+    model, until it answers or ``max_tool_rounds`` rounds were made; ``confirm=True`` asks
+    before each call. ``think=False`` turns a thinking model's thinking off.
 
     A stopped answer is kept (it is what you saw); a failed turn is not recorded.
     Before a turn that would outgrow the model's context, a line says so (a warning
@@ -420,6 +434,13 @@ def chat(message: str, *, model: str | None = None, system: str | None = None,
     history = get_history()
     max_tokens = kwargs.get("max_tokens") or get_config().options().max_tokens
     msgs, context = _fit_context(name, message, sys_text, max_tokens, drop_oldest, show)
+    if tools:
+        from .tool_loop import chat_with_tools
+
+        return chat_with_tools(stream, _run, message, name=name, messages=msgs, tools=tools,
+                               max_tool_rounds=max_tool_rounds, confirm=confirm, show=show,
+                               format=format, on_interrupt=on_interrupt, sys_text=sys_text,
+                               **kwargs)
     gen = stream(message, model=name, messages=msgs, **kwargs)
     try:
         result = _run(gen, show=show, format=format, on_interrupt=on_interrupt)

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import MLXNotebookError
-from .protocol import ChunkEvent, CompletionRequest, DoneEvent, SamplingOptions
+from .protocol import (
+    ChatMessage,
+    ChunkEvent,
+    CompletionRequest,
+    DoneEvent,
+    SamplingOptions,
+    ToolCall,
+)
 
 if TYPE_CHECKING:
     from .control.connection import RunnerConnection
@@ -57,6 +64,15 @@ class GenerationResult:
     # (a pydantic instance for a model class); None with ``error`` saying why (a cut answer).
     value: Any = None
     error: str = ""  # why there is no value, or why the request failed (a row of mn.map)
+    # A model that thinks: its thinking apart from ``text`` (the answer only).
+    thinking: str = ""
+    thinking_tokens: int = 0
+    stopped_thinking: bool = False  # the budget ran out inside the thinking
+    # Tool calls (mn.chat(tools=...)): this answer's calls, and the whole turn's messages
+    # (assistant calls, tool results, the final answer) with every round's result.
+    tool_calls: tuple[ToolCall, ...] = ()
+    transcript: tuple[ChatMessage, ...] = ()
+    tool_rounds: int = 0
 
     def __str__(self) -> str:
         return self.text
@@ -76,6 +92,9 @@ class GenerationResult:
     def footer(self) -> str:
         """``12 tokens · prompt 9 · TTFT 0.31 s · 9.8 tok/s · 1.6 s · stop``."""
         parts = [f"{self.completion_tokens} tokens", f"prompt {self.prompt_tokens}"]
+        if self.thinking_tokens:
+            parts[0] = (f"{self.thinking_tokens} thinking + "
+                        f"{self.completion_tokens - self.thinking_tokens} answer tokens")
         if self.cached_tokens:
             parts[-1] += f" ({self.cached_tokens} cached)"
         parts += [f"TTFT {self.time_to_first_token:.2f} s",
@@ -83,6 +102,10 @@ class GenerationResult:
                   self.finish_reason]
         if self.seed is not None:
             parts.append(f"seed {self.seed}")
+        if self.stopped_thinking:
+            parts.append("stopped while thinking")
+        if self.tool_rounds:
+            parts.append(f"{self.tool_rounds} tool round{'s' if self.tool_rounds > 1 else ''}")
         line = " · ".join(parts)
         return f"[stopped] {line}" if self.stopped else line
 
@@ -103,6 +126,8 @@ class Generation:
         self.result: GenerationResult | None = None
         # Called with (tokens read, prompt tokens) while the runner reads a long prompt.
         self.on_prefill: Callable[[int, int], None] | None = None
+        # Called with each piece of the model's thinking (iterating yields the answer only).
+        self.on_thinking: Callable[[str], None] | None = None
         self._chunks: list[ChunkEvent] = []  # every chunk read: its text and its tokens
         self._t0 = time.perf_counter()
         self._first: float | None = None
@@ -116,7 +141,18 @@ class Generation:
 
     @property
     def text(self) -> str:
-        return "".join(c.content for c in self._chunks)
+        """The answer so far (a thinking model's answer starts after its think block)."""
+        text = "".join(c.content for c in self._chunks if not c.thinking)
+        return text.lstrip() if self.thinking else text
+
+    @property
+    def thinking(self) -> str:
+        return "".join(c.content for c in self._chunks if c.thinking).strip()
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The calls the runner parsed so far (a call it could not parse is not here)."""
+        return tuple(e.call for e in self._stream.tool_calls if not e.error)
 
     def _prefill(self, processed: int, total: int) -> None:
         if self.on_prefill is not None:
@@ -130,7 +166,10 @@ class Generation:
                 if self._first is None:
                     self._first = time.perf_counter() - self._t0
                 self._chunks.append(event)
-                if event.content:
+                if event.thinking:
+                    if event.content and self.on_thinking is not None:
+                        self.on_thinking(event.content)
+                elif event.content:
                     yield event.content
         except (KeyboardInterrupt, GeneratorExit):
             self.cancel()
@@ -212,5 +251,8 @@ class Generation:
             request_id=(done.request_id if done else "") or self._stream.request_id,
             prompt=request.prompt if request.prompt is not None
             else request.messages[-1].content if request.messages else "",
-            value=value, error=error,
+            value=value, error=error, thinking=self.thinking,
+            thinking_tokens=done.thinking_tokens if done else 0,
+            stopped_thinking=bool(done and done.in_thinking and reason == "length"),
+            tool_calls=self.tool_calls,
         )

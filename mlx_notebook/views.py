@@ -123,6 +123,8 @@ class Views:
     load: Callable[[str], LoadView]
     html: Callable[[object], str | None] = lambda _result: None
     map_progress: Callable[[MapProgress], MapView] = TextMapView  # mn.map's progress
+    # One tool call shown as it happens: (name, arguments, result, error); None: printed.
+    tool_call: Callable[[str, dict, str, bool], None] | None = None
     train: Callable[[str], TrainView] = lambda _label: TextTrainView()  # mn.train's progress
 
 

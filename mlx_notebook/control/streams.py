@@ -173,6 +173,11 @@ class CompletionStream:
         return self._state.result
 
     @property
+    def tool_calls(self) -> list[ToolCallEvent]:
+        """The tool calls the runner parsed (and any it could not: ``error`` set)."""
+        return self._state.tool_calls
+
+    @property
     def prefill(self) -> tuple[int, int] | None:
         return self._state.prefill
 

@@ -79,6 +79,7 @@ class StreamView:
         self.updates = 0  # display updates sent while streaming (not counting the final one)
         self._shown: str | None = ""  # the text last sent; None makes the next update go out
         self._handle: Any = None
+        self.thinking = ""  # a thinking model's thinking, shown above the answer
 
     def start(self) -> None:
         if self.mode == "display":
@@ -87,6 +88,8 @@ class StreamView:
             self._handle = display(_bundle(PLACEHOLDER, self.format), raw=True, display_id=True)
 
     def append(self, piece: str) -> None:
+        if self.mode == "print" and self.thinking and not self.text:
+            sys.stdout.write("\n\n")  # the answer below the thinking
         self.text += piece
         if self.mode == "print":
             sys.stdout.write(piece)
@@ -94,6 +97,30 @@ class StreamView:
         elif self.throttle.ready():
             self._update(self._render(self.text))
             self.updates += 1
+
+    def think(self, piece: str) -> None:
+        """A piece of the model's thinking (notebook/thinking_view.py draws it)."""
+        if self.mode == "print":
+            sys.stdout.write(("[thinking] " if not self.thinking else "") + piece)
+            sys.stdout.flush()
+            self.thinking += piece
+            return
+        self.thinking += piece
+        if self.throttle.ready():
+            self._update(self.text)
+            self.updates += 1
+
+    def tool_call(self, name: str, arguments: dict[str, Any], result: str, error: bool) -> None:
+        """A call the model made and what it got, below this answer."""
+        from .thinking_view import tool_call_bundle
+
+        bundle = tool_call_bundle(name, arguments, result, error=error)
+        if self.mode == "print":
+            print(bundle["text/plain"], flush=True)
+        else:
+            from IPython.display import display
+
+            display(bundle, raw=True)
 
     def prefill(self, processed: int, total: int) -> None:
         """Until the first piece: how far the runner has read a long prompt."""
@@ -109,6 +136,15 @@ class StreamView:
         return text
 
     def _update(self, text: str) -> None:
+        if self.thinking:
+            from .thinking_view import thinking_bundle
+
+            key = self.thinking + "\0" + text
+            if self._handle is not None and key != self._shown:
+                self._handle.update(thinking_bundle(self.thinking, text.lstrip(),
+                                                    open_=not text.strip()), raw=True)
+                self._shown = key
+            return
         if self._handle is not None and text != self._shown:
             self._handle.update(_bundle(text, self.format), raw=True)
             self._shown = text
@@ -116,6 +152,7 @@ class StreamView:
     def finish(self, result: GenerationResult, footer: bool = True) -> None:
         """Show the final text (``result.text``) and the footer line."""
         line = footer_line(result) if footer and self.show_footer else ""
+        self.thinking = result.thinking or self.thinking
         if self.mode == "print":
             sys.stdout.write("\n")
             if line:
@@ -132,9 +169,18 @@ class StreamView:
                     raw=True)
 
 
+def show_tool_call(name: str, arguments: dict[str, Any], result: str, error: bool) -> None:
+    """One tool call, collapsible in a kernel, a line in a terminal."""
+    StreamView(mode="display" if in_kernel() else "print").tool_call(name, arguments, result,
+                                                                     error)
+
+
 def footer_line(result: GenerationResult) -> str:
     """``12 tokens · prompt 9 · TTFT 0.31 s · 9.8 tok/s · 1.6 s · stop``."""
     parts = [f"{result.completion_tokens} tokens", f"prompt {result.prompt_tokens}"]
+    if result.thinking_tokens:  # a thinking model: thinking and answer counted apart
+        parts[0] = (f"{result.thinking_tokens} thinking + "
+                    f"{result.completion_tokens - result.thinking_tokens} answer tokens")
     if result.cached_tokens:
         parts[-1] += f" ({result.cached_tokens} cached)"
     parts += [f"TTFT {result.time_to_first_token:.2f} s",
@@ -142,6 +188,8 @@ def footer_line(result: GenerationResult) -> str:
               result.finish_reason]
     if result.seed is not None:
         parts.append(f"seed {result.seed}")
+    if result.stopped_thinking:
+        parts.append("stopped while thinking")
     line = " · ".join(parts)
     return f"[stopped] {line}" if result.stopped else line
 

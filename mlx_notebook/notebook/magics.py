@@ -36,7 +36,7 @@ from .. import api
 from ..config import get_config
 from ..errors import InvalidArgumentError, MLXNotebookError
 from ..protocol import SamplingOptions, ValidationError
-from . import inside_magics, parsers, serve_magics, structured_magics, teaching
+from . import inside_magics, parsers, serve_magics, structured_magics, teaching, tool_magics
 from .interpolate import interpolate
 from .parsers import Parser, _Exit, make_parser
 from .train_magics import fuse_arguments, fuse_magic, train_arguments, train_magic
@@ -241,6 +241,8 @@ class MLXMagics(Magics):
             if args.output:
                 self.shell.user_ns[args.output] = result
             return
+        if args.think is not None:
+            kwargs["think"] = args.think
         result = api.generate(prompt, model=args.model, system=args.system, raw=args.raw,
                               show=True, format=args.format, on_interrupt="return", **kwargs,
                               **output)
@@ -281,6 +283,9 @@ class MLXMagics(Magics):
         kwargs = self._sampling(args, "chat")
         output = structured_magics.output_kwargs(self, args, "chat")
         message = self._prompt(args, cell, "chat")
+        if args.think is not None:
+            kwargs["think"] = args.think
+        kwargs.update(tool_magics.tool_kwargs(self.shell.user_ns, args))
         result = api.chat(message, model=args.model, system=args.system, show=True,
                           format=args.format, on_interrupt="return",
                           drop_oldest=args.drop_oldest, **kwargs, **output)

@@ -138,9 +138,19 @@ def map_rows(p: argparse.ArgumentParser) -> None:
                    help="rows decoded at once (default 8, the runner's --max-batch)")
 
 
+def thinking(p: argparse.ArgumentParser) -> None:
+    """--think / --no-think: a thinking model's enable_thinking (default: the template's)."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--think", dest="think", action="store_const", const=True, default=None,
+                       help="let a thinking model think first (its template's enable_thinking)")
+    group.add_argument("--no-think", dest="think", action="store_const", const=False,
+                       help="answer without thinking")
+
+
 def generate(p: argparse.ArgumentParser) -> None:
     _sampling(p)
     structured(p)
+    thinking(p)
     p.add_argument("--raw", action="store_true", help="send the prompt as is, no chat template")
     p.add_argument("--logprobs", type=int, metavar="K",
                    help="shade tokens by probability; top-K alternatives on hover (1-20)")
@@ -168,6 +178,12 @@ def explore(p: argparse.ArgumentParser) -> None:
 def chat(p: argparse.ArgumentParser) -> None:
     _sampling(p)
     structured(p)
+    thinking(p)
+    p.add_argument("--tools", metavar="F,G", help="functions (by name, from the namespace) the "
+                                                  "model may call")
+    p.add_argument("--confirm", action="store_true", help="with --tools: ask before each call")
+    p.add_argument("--max-tool-rounds", type=int, default=5, metavar="N",
+                   help="with --tools: most rounds of calls before the answer (default 5)")
     p.add_argument("--reset", action="store_true", help="forget the conversation")
     p.add_argument("--all", action="store_true", help="with --reset: forget every conversation")
     p.add_argument("--history", action="store_true", help="show the conversation so far")
