@@ -206,9 +206,50 @@ class SamplingOptions:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A call the model asked for: a function ``name`` and its ``arguments`` (a JSON object)."""
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    id: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "arguments": self.arguments, "id": self.id}
+
+    @classmethod
+    def from_json(cls, value: Any, name: str = "tool_call") -> ToolCall:
+        data = _expect_object(value, name)
+        _reject_unknown(data, {"name", "arguments", "id"}, name + ".")
+        arguments = data.get("arguments", {})
+        if not isinstance(arguments, dict):
+            raise ValidationError(name + ".arguments", f"expected an object, got {_kind(arguments)}")
+        return cls(name=_string(data, "name", name + ".", required=True) or "",
+                   arguments=arguments, id=_string(data, "id", name + ".") or "")
+
+
+CHAT_ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True)
 class ChatMessage:
+    """One message; an assistant's may carry ``tool_calls``, a ``tool`` message answers one
+    (``name``: the function, ``tool_call_id``: the call's id)."""
+
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = field(default=(), repr=False)
+    name: str | None = field(default=None, repr=False)
+    tool_call_id: str | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            data["tool_calls"] = [c.to_json() for c in self.tool_calls]
+        if self.name is not None:
+            data["name"] = self.name
+        if self.tool_call_id is not None:
+            data["tool_call_id"] = self.tool_call_id
+        return data
 
     @classmethod
     def from_json(cls, value: Any, name: str) -> ChatMessage:
@@ -269,19 +310,6 @@ class Constraint:
     """What the answer must be: valid under a JSON ``schema``, any JSON, a full match of
     ``pattern``, or one of ``choices``. The runner compiles it (llguidance) or answers 400."""
 
-    tool_calls: tuple[ToolCall, ...] = field(default=(), repr=False)
-    name: str | None = field(default=None, repr=False)
-    tool_call_id: str | None = field(default=None, repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"role": self.role, "content": self.content}
-        if self.tool_calls:
-            data["tool_calls"] = [c.to_json() for c in self.tool_calls]
-        if self.name is not None:
-            data["name"] = self.name
-        if self.tool_call_id is not None:
-            data["tool_call_id"] = self.tool_call_id
-        return data
     kind: ConstraintKind
     schema: dict[str, Any] | None = None  # kind "json_schema"
     pattern: str | None = None  # kind "regex" (the grammar engine's dialect: no look-around)
@@ -335,6 +363,10 @@ class CompletionRequest:
     options: SamplingOptions = field(default_factory=SamplingOptions)
     request_id: str | None = None
     constraint: Constraint | None = None
+    # Chat only: ``enable_thinking`` for the template (None: the template's default) and
+    # the tools it describes to the model (the runner parses the model's calls).
+    think: bool | None = None
+    tools: tuple[dict[str, Any], ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"options": self.options.to_json()}
@@ -366,12 +398,12 @@ class CompletionRequest:
         request_id = _request_id(data, required=False)
         constraint = Constraint.from_json(data["constraint"]) \
             if data.get("constraint") is not None else None
+        tools = _tools_from_json(data.get("tools"))
+        if messages is None and (tools is not None or data.get("think") is not None):
+            raise ValidationError("tools" if tools is not None else "think",
+                                  "only with messages (the chat template uses it)")
         return cls(prompt=prompt, messages=messages,
                    options=SamplingOptions.from_json(data.get("options")), request_id=request_id,
-    # Chat only: ``enable_thinking`` for the template (None: the template's default) and
-    # the tools it describes to the model (the runner parses the model's calls).
-    think: bool | None = None
-    tools: tuple[dict[str, Any], ...] | None = None
                    constraint=constraint, think=_think(data), tools=tools)
 
 
@@ -381,6 +413,8 @@ class TokenizeRequest:
 
     text: str | None = None
     messages: tuple[ChatMessage, ...] | None = None
+    think: bool | None = None  # as CompletionRequest's, for messages
+    tools: tuple[dict[str, Any], ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         if self.messages is not None:
@@ -404,10 +438,6 @@ class TokenizeRequest:
                    tools=_tools_from_json(data.get("tools")))
 
 
-        tools = _tools_from_json(data.get("tools"))
-        if messages is None and (tools is not None or data.get("think") is not None):
-            raise ValidationError("tools" if tools is not None else "think",
-                                  "only with messages (the chat template uses it)")
 @dataclass(frozen=True)
 class TokenizeResponse:
     tokens: list[int]
@@ -419,8 +449,6 @@ class TokenizeResponse:
 
 
 @dataclass(frozen=True)
-    think: bool | None = None  # as CompletionRequest's, for messages
-    tools: tuple[dict[str, Any], ...] | None = None
 class DetokenizeRequest:
     tokens: list[int]
 
@@ -601,6 +629,7 @@ class ChunkEvent:
     content: str
     tokens: tuple[int, ...] = ()
     logprobs: tuple[TokenLogprob, ...] = ()
+    thinking: bool = False  # the model's thinking (between its think tags), not the answer
     type: Literal["chunk"] = "chunk"
 
 
@@ -616,6 +645,8 @@ class DoneEvent:
     peak_memory: int = 0
     request_id: str = ""
     error: str | None = None
+    thinking_tokens: int = 0  # of completion_tokens, those spent thinking
+    in_thinking: bool = False  # it ended inside the thinking (e.g. max_tokens ran out there)
     type: Literal["done"] = "done"
 
 
@@ -629,7 +660,6 @@ class ProgressEvent:
 
 
 @dataclass(frozen=True)
-    thinking: bool = False  # the model's thinking (between its think tags), not the answer
 class ErrorEvent:
     """Sent instead of (never after) a DoneEvent when a request fails mid-stream."""
 
@@ -639,16 +669,32 @@ class ErrorEvent:
 
 
 @dataclass(frozen=True)
+class ToolCallEvent:
+    """A tool call the model made, parsed by the runner (mlx-lm's parser for the model's
+    family), sent when the call's text ends; ``error`` (with the ``raw`` text) when it
+    could not be parsed. The answer's chunks never contain the call's text."""
+
+    name: str = ""
+    arguments: dict[str, Any] = field(default_factory=dict)
+    id: str = ""
+    error: str = ""
+    raw: str = ""
+    type: Literal["tool_call"] = "tool_call"
+
+    @property
+    def call(self) -> ToolCall:
+        return ToolCall(name=self.name, arguments=self.arguments, id=self.id)
+
+
+@dataclass(frozen=True)
 class KeepAliveEvent:
     """Sent only during silence (no other event for a while), and only while the runner's
     worker thread is seen making progress: a stream that stays silent means a dead runner."""
 
     type: Literal["keepalive"] = "keepalive"
 
-    thinking_tokens: int = 0  # of completion_tokens, those spent thinking
-    in_thinking: bool = False  # it ended inside the thinking (e.g. max_tokens ran out there)
 
-Event = ChunkEvent | DoneEvent | ErrorEvent | ProgressEvent | KeepAliveEvent
+Event = ChunkEvent | DoneEvent | ErrorEvent | ProgressEvent | KeepAliveEvent | ToolCallEvent
 KEEPALIVE_LINE = b'{"type":"keepalive"}\n'
 
 
@@ -656,7 +702,8 @@ def encode_event(event: Event) -> bytes:
     """One NDJSON line."""
     if type(event) is ChunkEvent and not event.logprobs:  # the per-token case: no asdict
         return _CHUNK_LINE % (json.dumps(event.content, ensure_ascii=False).encode(),
-                              ",".join(map(str, event.tokens)).encode())
+                              ",".join(map(str, event.tokens)).encode(),
+                              b"true" if event.thinking else b"false")
     return (json.dumps(asdict(event), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
@@ -702,6 +749,12 @@ def decode_event(line: bytes | str) -> Event:
         return ProgressEvent(processed=int(data["processed"]), total=int(data["total"]))
     if kind == "keepalive":
         return KeepAliveEvent()
+    if kind == "tool_call":
+        arguments = data.get("arguments") or {}
+        return ToolCallEvent(name=str(data.get("name", "")),
+                             arguments=arguments if isinstance(arguments, dict) else {},
+                             id=str(data.get("id", "")), error=str(data.get("error", "")),
+                             raw=str(data.get("raw", "")))
     raise ValueError(f"unknown event type {kind!r}")
 
 
@@ -723,9 +776,3 @@ class Handshake:
             raise ValueError(f"not a runner handshake: {line[:200]!r}")
         return cls(port=int(data["port"]), pid=int(data["pid"]), protocol=int(data["protocol"]),
                    host=str(data.get("host", "127.0.0.1")))
-    if kind == "tool_call":
-        arguments = data.get("arguments") or {}
-        return ToolCallEvent(name=str(data.get("name", "")),
-                             arguments=arguments if isinstance(arguments, dict) else {},
-                             id=str(data.get("id", "")), error=str(data.get("error", "")),
-                             raw=str(data.get("raw", "")))

@@ -57,9 +57,10 @@ from .engine import Engine
 from .jobs import Job
 from .mailbox import DuplicateRequestId
 from .models import LoadedModel
+from .reasoning import make_splitter
 from .templates import render_messages
-
 from .tool_calls import tool_call_events, tool_support_error
+
 __all__ = ["HTTPError", "RunnerHandler", "RunnerServer", "ServerLimits"]
 
 _WAIT_SLICE = 0.05  # how often a streaming handler checks for a vanished client
@@ -492,7 +493,7 @@ class RunnerHandler(BaseHTTPRequestHandler):
         tokenizer = loaded.tokenizer
         with self.server.tokenizer_lock:
             if request.messages is not None:
-                tokens = tokenizer.encode(render_messages(tokenizer, request.messages),
+                tokens = tokenizer.encode(_render_chat(tokenizer, loaded, request),
                                           add_special_tokens=False)
             else:
                 tokens = tokenizer.encode(request.prompt or "")
@@ -513,6 +514,11 @@ class RunnerHandler(BaseHTTPRequestHandler):
         job = Job(request_id=request_id, prompt_tokens=tokens, options=options,
                   raw=request.messages is None,  # a continuation keeps its leading space
                   constraint=compiled)
+        if request.messages is not None:  # thinking and tool calls apart (runner/reasoning.py)
+            job.splitter = make_splitter(tokenizer, tokens)
+            if request.tools:
+                job.parse_tools = functools.partial(tool_call_events, tokenizer,
+                                                    tools=request.tools)
         try:
             engine.submit(job)
         except DuplicateRequestId:
@@ -588,6 +594,18 @@ class RunnerHandler(BaseHTTPRequestHandler):
             self._write_chunk(keepalive)
             return now
         return silent_since
+
+
+def _render_chat(tokenizer: Any, loaded: LoadedModel,
+                 request: CompletionRequest | TokenizeRequest) -> str:
+    """The chat prompt with ``enable_thinking`` and ``tools``; a 400 for tools the model
+    cannot call (runner/tool_calls.py says why)."""
+    assert request.messages is not None
+    if request.tools:
+        problem = tool_support_error(tokenizer, loaded.name)
+        if problem:
+            raise HTTPError(400, problem, "tools")
+    return render_messages(tokenizer, request.messages, think=request.think, tools=request.tools)
 
 
 def _parse_json(raw: bytes) -> Any:
