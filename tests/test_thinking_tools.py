@@ -20,7 +20,7 @@ from tests.tiny_thinker import (
     WEATHER_RESULT,
     WEATHER_THOUGHT,
     WEATHER_TOOL,
-    make_tiny_thinker,
+    build_tiny_thinker,
 )
 
 
@@ -28,7 +28,7 @@ from tests.tiny_thinker import (
 def thinker(tmp_path_factory: pytest.TempPathFactory) -> str:
     os.environ["HF_HUB_OFFLINE"] = "1"
     prebuilt = os.environ.get("MLX_NOTEBOOK_TINY_THINKER")  # a folder made earlier, to iterate
-    path = Path(prebuilt) if prebuilt else make_tiny_thinker(tmp_path_factory.mktemp("thinker"))
+    path = Path(prebuilt) if prebuilt else build_tiny_thinker(tmp_path_factory.mktemp("thinker"))
     mn.load(str(path), name="thinker")
     yield "thinker"
     mn.unload(all=True)

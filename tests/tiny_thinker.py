@@ -4,7 +4,7 @@ Its tokenizer has ``<think>``, ``</think>``, ``<tool_call>``, ``</tool_call>`` a
 vocabulary tokens and a Qwen3-style chat template (a tools section, ``enable_thinking``,
 tool calls as ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``), so mlx-lm
 recognises its think tags and picks its ``json_tools`` parser. The weights are trained
-(Adam, a few hundred steps on a handful of conversations rendered by that very template)
+(Adam, about a hundred steps on a handful of conversations rendered by that very template)
 until greedy decoding says them back: a ``<think>`` block, then a tool call or an answer.
 The runner's split and parser and the kernel's tool loop then run on a real model.
 """
@@ -114,8 +114,26 @@ def _build_tokenizer(path: Path, texts: list[str]) -> int:
     return tok.get_vocab_size()
 
 
-def make_tiny_thinker(path: Path, *, steps: int = 300, seed: int = 0) -> Path:
-    """Write the trained model into ``path`` and return it (a few seconds on a CPU)."""
+def build_tiny_thinker(path: Path, *, steps: int = 120) -> Path:
+    """:func:`make_tiny_thinker` in a fresh process with the OpenBLAS the runner preloads:
+    training on MLX's bundled reference BLAS takes minutes, with OpenBLAS seconds."""
+    import os
+    import subprocess
+    import sys
+
+    from mlx_notebook.weight_format import find_openblas
+
+    env = dict(os.environ)
+    library = find_openblas()
+    if library:
+        env["LD_PRELOAD"] = ":".join(p for p in (library, env.get("LD_PRELOAD", "")) if p)
+    subprocess.run([sys.executable, "-m", "tests.tiny_thinker", str(path), str(steps)], env=env,
+                   cwd=Path(__file__).resolve().parent.parent, check=True, timeout=600)
+    return Path(path)
+
+
+def make_tiny_thinker(path: Path, *, steps: int = 120, seed: int = 0) -> Path:
+    """Write the trained model into ``path`` and return it (seconds on a CPU with OpenBLAS: see build_tiny_thinker)."""
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
@@ -175,3 +193,9 @@ def make_tiny_thinker(path: Path, *, steps: int = 300, seed: int = 0) -> Path:
     mx.save_safetensors(str(path / "model.safetensors"), flat, metadata={"format": "mlx"})
     (path / "train_loss.txt").write_text(f"{float(loss):.4f}\n")
     return path
+
+
+if __name__ == "__main__":  # python -m tests.tiny_thinker PATH [STEPS]: what build_tiny_thinker runs
+    import sys
+
+    make_tiny_thinker(Path(sys.argv[1]), steps=int(sys.argv[2]) if len(sys.argv) > 2 else 120)
