@@ -270,9 +270,11 @@ class RunnerHandler(BaseHTTPRequestHandler):
         self._send_json(code, self._error_body(error, getattr(self, "path", "") or ""))
 
     def _error_body(self, exc: HTTPError, path: str) -> dict[str, Any]:
-        """Ours, or OpenAI's error object on its paths (and on paths we do not serve)."""
+        """Ours, or OpenAI's error object on its paths and on ``/v1/`` paths we do not serve
+        (an OpenAI client asking for, say, ``/v1/embeddings``); ours anywhere else."""
         path = path.split("?", 1)[0]
-        if not (_openai_wire().is_openai_path(path) or path not in _OWN_PATHS):
+        unserved_v1 = path.startswith("/v1/") and path not in _OWN_PATHS
+        if not (_openai_wire().is_openai_path(path) or unserved_v1):
             return {"error": exc.message, "field": exc.field}
         from .openai_routes import openai_error_body
 
