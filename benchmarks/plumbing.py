@@ -209,7 +209,8 @@ def write_section(report: dict, path: Path) -> None:
                f"{report['paths']['runner']['reps']} runs each (the kernel path: "
                f"{report['paths'].get('kernel', {}).get('reps', 0)} cells, against in-process runs "
                "taken just before and after its notebook). A step of this model "
-               "costs microseconds, so what is left is what each path adds per token.\n\n"
+               "is about a millisecond on this CPU, a small share of it the model, so the "
+               "differences are what each path adds per token.\n\n"
                + "\n".join(rows) + "\n")
     text = path.read_text() if path.exists() else ""
     pattern = re.compile(r"## Plumbing: per-token overhead\n.*?(?=\n## |\Z)", re.S)
