@@ -1,4 +1,4 @@
-"""Per-token overhead of our path: a tiny model whose step is far under a millisecond.
+"""Per-token overhead of our path: a tiny model whose step costs about a millisecond.
 
     python benchmarks/plumbing.py [--tokens 400] [--reps 9] [--kernel-reps 3] [--no-markdown]
 
