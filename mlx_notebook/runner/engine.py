@@ -159,15 +159,18 @@ class Engine:
     def _serve(self, loaded: LoadedModel) -> None:
         loop = DecodeLoop(loaded, self.mailbox, self.settings, self.distributed,
                           on_speed=self._on_speed, on_ranks=self._on_ranks)
-        self.progress_message = "warming up"
-        if self.distributed is not None or not self.settings.solo:
+        single = self.distributed is None and self.settings.solo
+        if not single:
+            self.progress_message = "warming up"
             loop.warm_up()  # the path every request takes (for a group, a collective step)
-        else:
-            loop.warm_up_solo()  # the first request is decoded alone: warm that path
         loop.report_ranks()
         self.progress, self.progress_message = 100.0, "ready"
         self.state = "ready"
         self.ready_event.set()
+        if single:
+            # Warm the solo path while the user types the first prompt: a load returns as
+            # soon as the weights are in; a request sent at once waits for this, no longer.
+            loop.warm_up_solo()
         loop.run()
 
     def _fail(self, message: str) -> None:
