@@ -176,22 +176,8 @@ def show_tool_call(name: str, arguments: dict[str, Any], result: str, error: boo
 
 
 def footer_line(result: GenerationResult) -> str:
-    """``12 tokens · prompt 9 · TTFT 0.31 s · 9.8 tok/s · 1.6 s · stop``."""
-    parts = [f"{result.completion_tokens} tokens", f"prompt {result.prompt_tokens}"]
-    if result.thinking_tokens:  # a thinking model: thinking and answer counted apart
-        parts[0] = (f"{result.thinking_tokens} thinking + "
-                    f"{result.completion_tokens - result.thinking_tokens} answer tokens")
-    if result.cached_tokens:
-        parts[-1] += f" ({result.cached_tokens} cached)"
-    parts += [f"TTFT {result.time_to_first_token:.2f} s",
-              f"{result.tokens_per_second:.1f} tok/s", f"{result.duration:.1f} s",
-              result.finish_reason]
-    if result.seed is not None:
-        parts.append(f"seed {result.seed}")
-    if result.stopped_thinking:
-        parts.append("stopped while thinking")
-    line = " · ".join(parts)
-    return f"[stopped] {line}" if result.stopped else line
+    """``12 tokens · prompt 9 · TTFT 0.31 s · 9.8 tok/s · 1.6 s · stop``: the result's own."""
+    return result.footer()
 
 
 def _duration(seconds: float) -> str:
