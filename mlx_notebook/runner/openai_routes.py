@@ -9,6 +9,7 @@ or one JSON body, and OpenAI's error object for every failure (server.py asks
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import time
@@ -22,6 +23,7 @@ from ..protocol import (
     DoneEvent,
     ErrorEvent,
     TokenLogprob,
+    ToolCallEvent,
     merge_chunks,
 )
 from .jobs import Job
@@ -37,8 +39,10 @@ from .openai_wire import (
     parse_chat,
     parse_completion,
 )
+from .reasoning import make_splitter
 from .server import _WAIT_SLICE, HTTPError, _peer_closed
 from .templates import render_messages
+from .tool_calls import tool_call_events, tool_support_error
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -108,9 +112,14 @@ def _unknown_model(name: str, names: list[str]) -> OpenAIError:
 def _serve(handler: RunnerHandler, request: OpenAIRequest) -> None:
     engine, loaded = handler._require_ready()
     tokenizer = loaded.tokenizer
+    if request.tools:
+        problem = tool_support_error(tokenizer, request.model)
+        if problem:
+            raise OpenAIError(400, problem, "tools", code="tools_not_supported")
     with handler.server.tokenizer_lock:
         if request.messages is not None:
-            tokens = tokenizer.encode(render_messages(tokenizer, request.messages),
+            tokens = tokenizer.encode(render_messages(tokenizer, request.messages,
+                                                      think=request.think, tools=request.tools),
                                       add_special_tokens=False)
         else:
             tokens = tokenizer.encode(request.prompt or "")
@@ -134,6 +143,10 @@ def _serve(handler: RunnerHandler, request: OpenAIRequest) -> None:
             raise OpenAIError(400, exc.message, "response_format") from None
     job = Job(request_id=uuid.uuid4().hex, prompt_tokens=tokens, options=options,
               raw=request.messages is None, constraint=compiled)
+    if request.messages is not None:  # thinking and tool calls apart, as /v1/completion
+        job.splitter = make_splitter(tokenizer, tokens)
+        if request.tools:
+            job.parse_tools = functools.partial(tool_call_events, tokenizer, tools=request.tools)
     try:
         engine.submit(job)
     except DuplicateRequestId:  # a fresh uuid: cannot happen, but never a traceback
@@ -175,6 +188,8 @@ def _stream(handler: RunnerHandler, engine: Engine, job: Job, encoder: Encoder) 
             for e in merge_chunks(events):
                 if type(e) is ChunkEvent:
                     out.append(encoder.event(e))
+                elif isinstance(e, ToolCallEvent):
+                    out.append(encoder.tool_call(e))
                 elif isinstance(e, DoneEvent):
                     ended = True
                     out.append(_sse_error(e.error) if e.error else encoder.done(e))
@@ -200,6 +215,8 @@ def _sse_error(message: str) -> bytes:
 def _whole(handler: RunnerHandler, engine: Engine, job: Job, encoder: Encoder) -> None:
     """Collect the job, then one JSON body; a client that leaves cancels it."""
     parts: list[str] = []
+    thinking: list[str] = []
+    calls: list[ToolCallEvent] = []
     entries: list[TokenLogprob] = []
     done: DoneEvent | None = None
     try:
@@ -212,8 +229,19 @@ def _whole(handler: RunnerHandler, engine: Engine, job: Job, encoder: Encoder) -
                     return
                 continue
             if type(event) is ChunkEvent:
-                parts.append(event.content)
-                entries.extend(own_logprobs(event))
+                if event.thinking:
+                    thinking.append(event.content)
+                    if event.content:  # as the stream's encoder does
+                        encoder.thought()
+                else:
+                    answer = encoder.answer(event)
+                    parts.append(answer.content)
+                    entries.extend(own_logprobs(answer))
+            elif isinstance(event, ToolCallEvent):
+                if event.error:  # what the model wrote stays in the answer
+                    parts.append(event.raw)
+                else:
+                    calls.append(event)
             elif isinstance(event, ErrorEvent):
                 raise OpenAIError(500, event.error)
             elif isinstance(event, DoneEvent):
@@ -223,4 +251,5 @@ def _whole(handler: RunnerHandler, engine: Engine, job: Job, encoder: Encoder) -
     finally:
         if done is None:
             engine.cancel(job.request_id)
-    handler._send_json(200, encoder.whole("".join(parts), entries, done))
+    handler._send_json(200, encoder.whole("".join(parts), entries, done,
+                                          thinking="".join(thinking), calls=calls))

@@ -4,7 +4,8 @@ Pure functions (no MLX, no sockets), so the conformance table below is the one
 place that says what each OpenAI request field does here, and a test walks it.
 Field support, by OpenAI's API reference (chat.completions.create, completions.create):
 
-- ``supported``: mapped onto :class:`~mlx_notebook.protocol.SamplingOptions` or a constraint;
+- ``supported``: mapped onto :class:`~mlx_notebook.protocol.SamplingOptions`, a constraint,
+  or what the chat template gets (tools, enable_thinking);
 - ``refused``: a value other than the field's neutral one is a 400 naming the field;
 - ``ignored``: meaningful only to OpenAI's service (metadata, store, user...), accepted and
   dropped, as the reference allows;
@@ -13,6 +14,7 @@ Field support, by OpenAI's API reference (chat.completions.create, completions.c
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -23,12 +25,15 @@ from typing import Any, Literal
 from ..protocol import (
     MAX_LOGPROBS,
     MAX_STOP_STRINGS,
+    MAX_TOOLS,
     ChatMessage,
     ChunkEvent,
     Constraint,
     DoneEvent,
     SamplingOptions,
     TokenLogprob,
+    ToolCall,
+    ToolCallEvent,
 )
 
 __all__ = ["CHAT_FIELDS", "COMPLETION_FIELDS", "OPENAI_PATHS", "OpenAIRequest", "WireError",
@@ -75,22 +80,28 @@ _COMMON: dict[str, tuple[Support, str]] = {
 
 CHAT_FIELDS: dict[str, tuple[Support, str]] = {
     **_COMMON,
-    "messages": ("supported", "system/developer/user/assistant; text parts of content arrays"),
+    "messages": ("supported", "system/developer/user/assistant/tool; text parts of content "
+                              "arrays; assistant tool_calls and tool messages (tool_call_id)"),
     "max_completion_tokens": ("supported", "as max_tokens"),
     "logprobs": ("supported", "true: choices[].logprobs.content"),
     "top_logprobs": ("supported", f"0-{MAX_LOGPROBS}, with logprobs"),
     "response_format": ("supported", "text, json_object, json_schema (constrained decoding)"),
-    "tools": ("refused", "tool calls are not supported on this endpoint yet"),
-    "tool_choice": ("refused", "\"none\" only (no tools yet)"),
-    "parallel_tool_calls": ("ignored", "no tools"),
-    "functions": ("refused", "deprecated by OpenAI; no tools yet"),
-    "function_call": ("refused", "deprecated by OpenAI; no tools yet"),
+    "tools": ("supported", f"type function, up to {MAX_TOOLS}; calls parsed by mlx-lm's parser "
+                           "for the model's family; a model without tool support is a 400"),
+    "tool_choice": ("supported", "\"auto\" or \"none\" (the tools are left out of the prompt); "
+                                "\"required\" and a named function are a 400"),
+    "parallel_tool_calls": ("ignored", "every call the model makes is returned; false is not "
+                                       "enforced"),
+    "functions": ("refused", "deprecated by OpenAI: use tools"),
+    "function_call": ("refused", "deprecated by OpenAI: use tool_choice"),
     "modalities": ("refused", "[\"text\"] only"),
     "audio": ("refused", "text only"),
     "prediction": ("refused", "no predicted outputs"),
     "reasoning_effort": ("refused", "no reasoning controls yet"),
     "verbosity": ("refused", "no verbosity control"),
     "web_search_options": ("refused", "no web search"),
+    # mlx-lm's and vLLM's extension (extra_body): what the chat template gets.
+    "chat_template_kwargs": ("supported", "extension: {\"enable_thinking\": bool} only"),
 }
 
 COMPLETION_FIELDS: dict[str, tuple[Support, str]] = {
@@ -107,7 +118,7 @@ COMPLETION_FIELDS: dict[str, tuple[Support, str]] = {
 # A refused field's neutral values: sending one of these is not asking for anything.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": (0, 0.0, None), "logit_bias": ({}, None), "n": (1, None),
-    "tools": ([], None), "tool_choice": ("none", None), "functions": ([], None),
+    "functions": ([], None),
     "function_call": ("none", None), "modalities": (["text"], None), "audio": (None,),
     "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,),
     "web_search_options": (None,), "echo": (False, None), "suffix": (None, ""),
@@ -138,6 +149,8 @@ class OpenAIRequest:
     include_usage: bool = False
     logprobs: bool = False  # log-probabilities asked for
     top_logprobs: int = 0  # alternatives per token shown (options.logprobs is at least 1)
+    tools: tuple[dict[str, Any], ...] | None = None  # for the template; None: no tools
+    think: bool | None = None  # enable_thinking for the template; None: its default
 
 
 # ---------------------------------------------------------------- requests
@@ -232,7 +245,9 @@ def _replace(options: SamplingOptions, **changes: Any) -> SamplingOptions:
     return replace(options, **changes)
 
 
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
+          "tool": "tool"}
+MAX_ID = 256  # a tool call's id (as protocol.ChatMessage's tool_call_id)
 
 
 def _content(value: Any, where: str) -> str:
@@ -251,24 +266,115 @@ def _content(value: Any, where: str) -> str:
     raise WireError(f"{where} must be a string or an array of text parts", where)
 
 
+def _tool_calls(value: Any, where: str) -> tuple[ToolCall, ...]:
+    """An assistant message's ``tool_calls`` (OpenAI's shape: arguments as a JSON string)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise WireError(f"{where}.tool_calls must be an array", "messages")
+    calls = []
+    for i, call in enumerate(value):
+        at = f"{where}.tool_calls[{i}]"
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or call.get("type", "function") != "function" \
+                or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise WireError(f"{at} must be {{\"type\": \"function\", \"function\": "
+                            "{\"name\", \"arguments\"}}", "messages")
+        arguments = fn.get("arguments") or "{}"
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                raise WireError(f"{at}.function.arguments is not valid JSON", "messages") from None
+        if not isinstance(arguments, dict):
+            raise WireError(f"{at}.function.arguments must be a JSON object", "messages")
+        call_id = call.get("id") or ""
+        if not isinstance(call_id, str) or len(call_id) > MAX_ID:
+            raise WireError(f"{at}.id must be a string of at most {MAX_ID} characters",
+                            "messages")
+        calls.append(ToolCall(name=fn["name"], arguments=arguments, id=call_id))
+    return tuple(calls)
+
+
 def _messages(value: Any) -> tuple[ChatMessage, ...]:
     if not isinstance(value, list) or not value:
         raise WireError("messages must be a non-empty array", "messages")
     out = []
+    names: dict[str, str] = {}  # a call's id -> its function, for the tool message's name
     for i, message in enumerate(value):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise WireError(f"{where} must be an object", "messages")
         role = message.get("role")
-        if role in ("tool", "function") or message.get("tool_calls"):
-            raise WireError(f"{where}: tool messages are not supported on this endpoint yet",
-                            "messages")
+        if role == "function":
+            raise WireError(f"{where}: function messages are deprecated by OpenAI; send tool "
+                            "messages (role \"tool\", tool_call_id)", "messages")
         if role not in _ROLES:
-            raise WireError(f"{where}.role must be system, developer, user or assistant, got "
-                            f"{json.dumps(role)[:40]}", "messages")
-        out.append(ChatMessage(role=_ROLES[role], content=_content(message.get("content"),
-                                                                   f"{where}.content")))
+            raise WireError(f"{where}.role must be system, developer, user, assistant or tool, "
+                            f"got {json.dumps(role)[:40]}", "messages")
+        content = _content(message.get("content"), f"{where}.content")
+        if role == "assistant":
+            calls = _tool_calls(message.get("tool_calls"), where)
+            names.update((c.id, c.name) for c in calls if c.id)
+            out.append(ChatMessage(role="assistant", content=content, tool_calls=calls))
+        elif role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id or len(call_id) > MAX_ID:
+                raise WireError(f"{where}.tool_call_id must be the id of the call it answers",
+                                "messages")
+            name = message.get("name") if isinstance(message.get("name"), str) else None
+            out.append(ChatMessage(role="tool", content=content, tool_call_id=call_id,
+                                   name=name or names.get(call_id)))
+        else:
+            if message.get("tool_calls"):
+                raise WireError(f"{where}: only assistant messages carry tool_calls", "messages")
+            out.append(ChatMessage(role=_ROLES[role], content=content))
     return tuple(out)
+
+
+def _tools(value: Any) -> tuple[dict[str, Any], ...] | None:
+    """``tools`` as chat templates take them (OpenAI's shape, which they read)."""
+    if value is None or value == []:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_TOOLS:
+        raise WireError(f"tools must be an array of at most {MAX_TOOLS} tools", "tools")
+    for i, tool in enumerate(value):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind != "function":
+            raise WireError(f"tools[{i}].type must be \"function\" (custom tools are not "
+                            f"supported), got {json.dumps(kind)[:40]}", "tools")
+        fn = tool.get("function")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise WireError(f"tools[{i}].function.name is required", "tools")
+        if not isinstance(fn.get("parameters", {}), dict):
+            raise WireError(f"tools[{i}].function.parameters must be a JSON schema object",
+                            "tools")
+    return tuple(value)
+
+
+def _tool_choice(value: Any, tools: tuple[dict[str, Any], ...] | None) -> \
+        tuple[dict[str, Any], ...] | None:
+    """The tools the prompt gets: ``"none"`` leaves them out (the model answers in text)."""
+    if value is None or value == "auto":
+        return tools
+    if value == "none":
+        return None
+    if value == "required" or isinstance(value, dict):
+        raise WireError("tool_choice: only \"auto\" and \"none\" are supported (the model "
+                        "decides whether to call a tool; \"required\" and a named function "
+                        "would need constrained decoding of the call)", "tool_choice")
+    raise WireError(f"tool_choice must be \"auto\" or \"none\", got {json.dumps(value)[:40]}",
+                    "tool_choice")
+
+
+def _think(value: Any) -> bool | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not set(value) <= {"enable_thinking"} \
+            or not isinstance(value.get("enable_thinking", False), bool):
+        raise WireError("chat_template_kwargs takes {\"enable_thinking\": true|false} only",
+                        "chat_template_kwargs")
+    return value.get("enable_thinking")
 
 
 def _response_format(value: Any) -> Constraint | None:
@@ -305,10 +411,12 @@ def parse_chat(body: Any) -> OpenAIRequest:
     top = top or 0
     if logprobs:
         options = _replace(options, logprobs=max(1, top))
+    tools = _tool_choice(body.get("tool_choice"), _tools(body.get("tools")))
     return OpenAIRequest(kind="chat", model=_model(body), options=options, messages=messages,
                          constraint=_response_format(body.get("response_format")),
                          stream=stream, include_usage=include_usage, logprobs=logprobs,
-                         top_logprobs=top)
+                         top_logprobs=top, tools=tools,
+                         think=_think(body.get("chat_template_kwargs")))
 
 
 def parse_completion(body: Any) -> OpenAIRequest:
@@ -356,7 +464,30 @@ FINISH = {"stop": "stop", "length": "length", "cancel": "stop", "error": "stop"}
 def usage(done: DoneEvent) -> dict[str, Any]:
     return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
             "total_tokens": done.prompt_tokens + done.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": done.cached_tokens}}
+            "prompt_tokens_details": {"cached_tokens": done.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": done.thinking_tokens}}
+
+
+# The thinking goes in both names OpenAI-compatible servers use for it: ``reasoning_content``
+# (DeepSeek's API, vLLM, LiteLLM, LangChain's readers) and ``reasoning`` (mlx-lm's server,
+# OpenRouter, vLLM since 0.10); never in ``content``.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def tool_call_body(event: ToolCallEvent, index: int | None = None) -> dict[str, Any]:
+    """One call in OpenAI's shape: ``function.arguments`` is a JSON string; a stream's
+    delta has the call's ``index`` too (each call comes whole, in one delta)."""
+    body: dict[str, Any] = {"id": event.id, "type": "function",
+                            "function": {"name": event.name,
+                                         "arguments": json.dumps(event.arguments,
+                                                                 ensure_ascii=False)}}
+    return body if index is None else {"index": index, **body}
+
+
+def finish_reason(done: DoneEvent, called: bool) -> str:
+    """OpenAI's finish_reason: ``tool_calls`` when the model ended after calling tools."""
+    finish = FINISH[done.done_reason]
+    return "tool_calls" if called and finish == "stop" else finish
 
 
 def _bytes(text: str) -> list[int]:
@@ -386,6 +517,10 @@ def own_logprobs(event: ChunkEvent) -> tuple[TokenLogprob, ...]:
     return event.logprobs if event.tokens else ()
 
 
+def _strip_blank(entries: Sequence[TokenLogprob]) -> tuple[TokenLogprob, ...]:
+    return tuple(itertools.dropwhile(lambda e: not e.text.strip(), entries))
+
+
 class Encoder:
     """One response's bodies; the per-token SSE line is a format string filled with the text."""
 
@@ -400,13 +535,19 @@ class Encoder:
                 "created": self.created, "model": model}
         self._head = json.dumps(head, ensure_ascii=False)[:-1]  # without the closing brace
         tail = ',"usage":null' if request.include_usage else ""
+        prefix = self._head.replace("%", "%%")  # the lines below are %-format strings
         if self.chat:
-            self._plain = (f'data: {self._head},"choices":[{{"index":0,"delta":{{"content":%s}},'
+            self._plain = (f'data: {prefix},"choices":[{{"index":0,"delta":{{"content":%s}},'
                            f'"logprobs":null,"finish_reason":null}}]{tail}}}\n\n')
+            self._reasoning = (f'data: {prefix},"choices":[{{"index":0,"delta":{{'
+                               + ",".join(f'"{k}":%(t)s' for k in REASONING_FIELDS)
+                               + f'}},"logprobs":null,"finish_reason":null}}]{tail}}}\n\n')
         else:
-            self._plain = (f'data: {self._head},"choices":[{{"index":0,"text":%s,'
+            self._plain = (f'data: {prefix},"choices":[{{"index":0,"text":%s,'
                            f'"logprobs":null,"finish_reason":null}}]{tail}}}\n\n')
         self.text_offset = 0
+        self.calls = 0  # tool calls sent so far (the next one's index)
+        self._after_thinking = False  # the answer's start after the thinking: strip it
 
     def _line(self, payload: dict[str, Any]) -> bytes:
         return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
@@ -427,6 +568,13 @@ class Encoder:
                             "logprobs": None, "finish_reason": None})
 
     def event(self, event: ChunkEvent) -> bytes:
+        if event.thinking:  # OpenAI has no log-probabilities for reasoning
+            if not event.content:
+                return b""
+            self.thought()
+            return (self._reasoning % {"t": json.dumps(event.content, ensure_ascii=False)}
+                    ).encode()
+        event = self.answer(event)
         entries = own_logprobs(event) if self.request.logprobs else ()
         if not entries:
             if not event.content:
@@ -444,8 +592,33 @@ class Encoder:
         self.text_offset += len(event.content)
         return self._chunk(choice)
 
+    def thought(self) -> None:
+        """A piece of thinking went out: the answer's start is stripped (:meth:`answer`)."""
+        self._after_thinking = True
+
+    def answer(self, event: ChunkEvent) -> ChunkEvent:
+        """An answer chunk as it goes out: right after the thinking, without the closing
+        tag's token and the blank lines templates put after it (Qwen3's ``</think>\\n\\n``),
+        log-probabilities included, so the answer starts at its first character."""
+        if not self._after_thinking:
+            return event
+        content = event.content.lstrip()
+        self._after_thinking = not content
+        return replace(event, content=content,
+                       logprobs=_strip_blank(event.logprobs) if content else ())
+
+    def tool_call(self, event: ToolCallEvent) -> bytes:
+        """A parsed call as ``delta.tool_calls``; one that did not parse comes back as the
+        answer's text (what the model wrote), so nothing it said is lost."""
+        if event.error:
+            return self.event(ChunkEvent(content=event.raw))
+        self._after_thinking = False
+        self.calls += 1
+        return self._chunk({"index": 0, "delta": {"tool_calls": [
+            tool_call_body(event, self.calls - 1)]}, "logprobs": None, "finish_reason": None})
+
     def done(self, done: DoneEvent) -> bytes:
-        finish = FINISH[done.done_reason]
+        finish = finish_reason(done, self.calls > 0)
         if self.chat:
             choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}
         else:
@@ -455,13 +628,21 @@ class Encoder:
             out += self._chunk({}, usage(done))
         return out + b"data: [DONE]\n\n"
 
-    def whole(self, text: str, entries: Sequence[TokenLogprob], done: DoneEvent) -> dict[str, Any]:
-        """The non-streaming body."""
-        finish = FINISH[done.done_reason]
+    def whole(self, text: str, entries: Sequence[TokenLogprob], done: DoneEvent, *,
+              thinking: str = "", calls: Sequence[ToolCallEvent] = ()) -> dict[str, Any]:
+        """The non-streaming body (``calls``: the parsed tool calls, in order)."""
+        finish = finish_reason(done, bool(calls))
         top = self.request.top_logprobs
         if self.chat:
+            message: dict[str, Any] = {"role": "assistant",
+                                       "content": None if calls and not text else text,
+                                       "refusal": None}
+            if thinking:
+                message.update(dict.fromkeys(REASONING_FIELDS, thinking))
+            if calls:
+                message["tool_calls"] = [tool_call_body(c) for c in calls]
             choice: dict[str, Any] = {
-                "index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                "index": 0, "message": message,
                 "logprobs": {"content": chat_logprobs(entries, top)} if self.request.logprobs
                 else None, "finish_reason": finish}
         else:
