@@ -308,6 +308,27 @@ papers = pd.DataFrame({'title': ['Attention is all you need', 'Deep residual lea
     code("%%mlx map --over papers --choice 'language,vision' --max-tokens 4 -o labels\n"
          "Is the paper {title!r} about language or vision? Answer with one word.", "map"),
     code("papers.join(labels[['value', 'finish_reason']])", "map_join"),
+    md("""
+## Thinking and tools
+
+A model whose chat template declares thinking (Qwen3, DeepSeek-R1 distills, SmolLM3)
+shows its thinking in a collapsed block above the answer (`--think` / `--no-think`,
+`think=`); `%%mlx chat --tools get_weather` lets a tool-calling model call functions
+from the notebook, each call shown with its arguments and result.
+**The demo model neither thinks nor calls tools**, so here `--tools` is refused with one
+clear line (load such a model to see both; the README's "Thinking and tools" says which):
+"""),
+    code("""
+def get_weather(city: str) -> str:
+    \"\"\"The weather in a city.\"\"\"
+    return 'sunny, 21 C'
+
+
+try:  # %%mlx chat --tools get_weather would show the same line in red
+    mn.chat('What is the weather in Paris?', tools=[get_weather], max_tokens=16)
+except mn.errors.MLXNotebookError as exc:
+    print(f'{type(exc).__name__}: {exc}')
+""", "tools_demo"),
     code("%mlx unload --all", "unload"),
 ]
 

@@ -21,3 +21,18 @@ def demo_model_ready() -> Path:
     from mlx_notebook.runner.models import prefetch
 
     return prefetch("demo")
+
+
+@pytest.fixture(scope="session")
+def tiny_thinker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny llama trained to think and call ``get_weather`` (tests/tiny_thinker.py),
+    built once per session (~30 s); ``MLX_NOTEBOOK_TINY_THINKER`` names a folder made
+    earlier (``python -m tests.tiny_thinker PATH``) to skip the training."""
+    import os
+
+    from tests.tiny_thinker import build_tiny_thinker
+
+    prebuilt = os.environ.get("MLX_NOTEBOOK_TINY_THINKER")
+    if prebuilt:
+        return Path(prebuilt)
+    return build_tiny_thinker(tmp_path_factory.mktemp("tiny-thinker") / "thinker")

@@ -6,7 +6,9 @@ the status widget in the DOM, checks them (a MutationObserver proves the answer 
 while it streamed), clicks the widget's free-cache and unload buttons, and saves a screenshot for the README (docs/quickstart.png, or
 $MLX_NOTEBOOK_SCREENSHOT). A second notebook runs ``%mlx lens`` and ``%mlx attention``
 on the demo model and checks the lens grid and the attention maps as laid out by the
-browser (screenshot: $MLX_NOTEBOOK_INSIDE_SCREENSHOT, e.g. docs/inside.png).
+browser (screenshot: $MLX_NOTEBOOK_INSIDE_SCREENSHOT, e.g. docs/inside.png). A third
+runs ``%%mlx chat --tools get_weather`` on the tiny thinker (tests/tiny_thinker.py) and
+checks the collapsed thinking block and the tool call block.
 Needs /usr/bin/chromium (or $MLX_NOTEBOOK_CHROMIUM):
 `apt-get install chromium`; never let Playwright download its own browser.
 """
@@ -17,6 +19,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -357,3 +360,103 @@ def test_lens_and_attention_in_jupyterlab(lab, page):
     page.screenshot(path=str(INSIDE_SCREENSHOT))
     print(f"lens and attention in JupyterLab: {time.monotonic() - t0:.1f}s; "
           f"screenshot {INSIDE_SCREENSHOT}")
+
+
+# A thinking model that calls a tool (issue 18): the tiny thinker, trained for the tests.
+THINKING_NOTEBOOK = "thinking.ipynb"
+THINKING_SCREENSHOT = Path(os.environ.get("MLX_NOTEBOOK_THINKING_SCREENSHOT")
+                           or Path(tempfile.gettempdir()) / "mlx_notebook-thinking.png")
+# Every thinking block and tool call block, as the browser shows it.
+THINKING_JS = """panel => ({
+  thinking: [...panel.querySelectorAll('details.mlx-thinking')].map(d => ({
+    open: d.open, summary: d.querySelector('summary').innerText,
+    after: d.nextElementSibling ? d.nextElementSibling.innerText : ''})),
+  calls: [...panel.querySelectorAll('details.mlx-tool-call')].map(d => ({
+    open: d.open, tool: d.dataset.tool, summary: d.querySelector('summary').innerText})),
+})"""
+
+
+def _put_notebook(base: str, name: str, cells: list[str]) -> None:
+    """A notebook into the lab's work folder, through the contents API."""
+    nb = {"nbformat": 4, "nbformat_minor": 5,
+          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                      "language": "python"}},
+          "cells": [{"cell_type": "code", "id": f"c{i}", "metadata": {}, "source": src,
+                     "outputs": [], "execution_count": None} for i, src in enumerate(cells)]}
+    req = urllib.request.Request(f"{base}/api/contents/{name}?token={TOKEN}", method="PUT",
+                                 data=json.dumps({"type": "notebook", "format": "json",
+                                                  "content": nb}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10):
+        pass
+
+
+def test_thinking_and_tool_call_in_jupyterlab(lab, page, tiny_thinker_dir):
+    from playwright.sync_api import expect
+
+    from tests.tiny_thinker import WEATHER_ANSWER, WEATHER_QUESTION, WEATHER_RESULT
+
+    expect.set_options(timeout=90_000)
+    cells_src = [
+        f"%load_ext mlx_notebook\n%mlx load {shlex.quote(str(tiny_thinker_dir))} --as thinker",
+        f'def get_weather(city: str) -> str:\n    """The weather in a city."""\n'
+        f"    return {WEATHER_RESULT!r}",
+        f"%%mlx chat --tools get_weather --max-tokens 60\n{WEATHER_QUESTION}",
+        "%mlx unload --all",
+    ]
+    _put_notebook(lab, THINKING_NOTEBOOK, cells_src)
+    t0 = time.monotonic()
+    page.goto(f"{lab}/lab/tree/{THINKING_NOTEBOOK}?token={TOKEN}&reset")
+    panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    expect(page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle")
+    cells = panel.locator(".jp-CodeCell")
+    expect(cells).to_have_count(len(cells_src))
+    page.evaluate("() => { window.jupyterapp.commands.execute('application:toggle-left-area'); }")
+    page.evaluate("""() => { window.__openSeen = 0;  // a thinking block shown open while it streamed
+      new MutationObserver(() => { window.__openSeen += document.querySelectorAll(
+        'details.mlx-thinking[open]').length; }).observe(document.body,
+        {subtree: true, childList: true}); }""")
+
+    page.locator(".lm-MenuBar-item", has_text="Run").click()
+    page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
+    last_prompt = cells.nth(len(cells_src) - 1).locator(".jp-InputPrompt")
+    try:
+        expect(last_prompt).to_have_text(re.compile(r"\[\d+\]:"), timeout=RUN_TIMEOUT_MS)
+    except AssertionError:
+        stderr = panel.locator(
+            ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+        raise AssertionError(f"run-all did not finish; stderr: {stderr.all_inner_texts()}") from None
+    expect(panel.locator(".jp-OutputArea-output", has_text="Traceback")).to_have_count(0)
+    expect(panel.locator(".jp-OutputArea-output", has_text="UsageError")).to_have_count(0)
+
+    chat_out = cells.nth(2).locator(".jp-OutputArea")
+    expect(chat_out).to_contain_text(WEATHER_ANSWER)
+    views = panel.evaluate(THINKING_JS)
+    # the answer's thinking: collapsed above the answer, its text not shown until opened
+    answered = [t for t in views["thinking"] if WEATHER_ANSWER in t["after"]]
+    assert len(answered) == 1, views
+    assert not answered[0]["open"] and answered[0]["summary"].startswith("Thought ("), views
+    # the tool round's thinking (no answer text: the call was its answer) is closed too, once done
+    assert [t["open"] for t in views["thinking"]] == [False, False], views
+    thought = chat_out.locator("details.mlx-thinking:not([open])").last
+    expect(thought).to_be_visible()
+    expect(thought.locator("div")).to_be_hidden()
+    # the tool call: function, arguments and result in one collapsible line
+    (call,) = views["calls"]
+    assert call["tool"] == "get_weather" and not call["open"], views
+    assert f'get_weather({{"city": "Paris"}}) -> {WEATHER_RESULT}' in call["summary"], views
+    block = chat_out.locator("details.mlx-tool-call")
+    expect(block).to_be_visible()
+    block.locator("summary").click()  # opened by a click, it shows the arguments and result
+    expect(block.locator("pre")).to_be_visible()
+    expect(block.locator("pre")).to_contain_text(f"result: {WEATHER_RESULT}")
+    # the call comes before the answer that used its result
+    text = chat_out.inner_text()
+    assert 0 <= text.find("get_weather(") < text.rfind(WEATHER_ANSWER), text
+
+    page.mouse.move(5, 940)
+    THINKING_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(THINKING_SCREENSHOT))
+    print(f"thinking and tool call in JupyterLab: {time.monotonic() - t0:.1f}s; "
+          f"open thinking seen while streaming: {page.evaluate('() => window.__openSeen')}; "
+          f"screenshot {THINKING_SCREENSHOT}")

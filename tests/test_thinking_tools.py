@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
-import os
 from pathlib import Path
 
 import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 
 import mlx_notebook as mn
 from mlx_notebook import api
 from mlx_notebook.protocol import ChatMessage, CompletionRequest, SamplingOptions
+from mlx_notebook.tool_loop import DECLINED
 from mlx_notebook.tools import tool_schema
+from tests import frontend_helpers
 from tests.tiny_thinker import (
     GREETING,
     GREETING_ANSWER,
@@ -20,18 +24,17 @@ from tests.tiny_thinker import (
     WEATHER_RESULT,
     WEATHER_THOUGHT,
     WEATHER_TOOL,
-    build_tiny_thinker,
 )
 
 
 @pytest.fixture(scope="module")
-def thinker(tmp_path_factory: pytest.TempPathFactory) -> str:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    prebuilt = os.environ.get("MLX_NOTEBOOK_TINY_THINKER")  # a folder made earlier, to iterate
-    path = Path(prebuilt) if prebuilt else build_tiny_thinker(tmp_path_factory.mktemp("thinker"))
-    mn.load(str(path), name="thinker")
+def thinker(tiny_thinker_dir: Path) -> str:
+    mn.load(str(tiny_thinker_dir), name="thinker")
     yield "thinker"
     mn.unload(all=True)
+
+
+shell = frontend_helpers.shell  # a fresh InteractiveShell with the extension loaded
 
 
 def _noop() -> str:
@@ -131,3 +134,94 @@ def test_tools_on_a_model_without_tool_support_is_a_clear_error(thinker: str,
     finally:
         mn.unload("plain")
         mn.use("thinker")
+
+
+# ---------------------------------------------------------------- the magics, in a fresh shell
+
+
+def _weather_in(shell: InteractiveShell) -> list[str]:
+    """``get_weather`` defined in the notebook's namespace; the cities it was called with."""
+    seen: list[str] = []
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        seen.append(city)
+        return WEATHER_RESULT
+
+    shell.user_ns["get_weather"] = get_weather
+    return seen
+
+
+@pytest.mark.parametrize("flag", ["--think", "--no-think"])
+def test_generate_think_flags(thinker: str, shell: InteractiveShell, flag: str,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    shell.run_cell_magic("mlx", f"generate {flag} --max-tokens 40 -o r", GREETING)
+    result = shell.user_ns["r"]
+    out = capsys.readouterr().out
+    assert result.text == GREETING_ANSWER and GREETING_ANSWER in out
+    if flag == "--think":
+        assert result.thinking.strip() and result.thinking_tokens > 0
+        assert "[thinking]" in out and "thinking + " in out  # the footer counts them apart
+    else:
+        assert result.thinking == "" and result.thinking_tokens == 0 and "[thinking]" not in out
+
+
+def test_chat_tools_from_the_namespace(thinker: str, shell: InteractiveShell,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    seen = _weather_in(shell)
+    shell.run_cell_magic("mlx", "chat --tools get_weather --max-tokens 60 -o r", WEATHER_QUESTION)
+    result = shell.user_ns["r"]
+    assert seen == ["Paris"]
+    assert result.text == WEATHER_ANSWER and result.tool_rounds == 1
+    assert [m.role for m in result.transcript] == ["user", "assistant", "tool", "assistant"]
+    out = capsys.readouterr().out
+    assert f'[tool] get_weather({{"city": "Paris"}}) -> {WEATHER_RESULT}' in out
+    assert out.index("[tool]") < out.rindex(WEATHER_ANSWER)  # the call, then the answer
+
+
+@pytest.mark.parametrize("answer", ["n", "y"])
+def test_chat_confirm_asks_before_each_call(thinker: str, shell: InteractiveShell,
+                                            monkeypatch: pytest.MonkeyPatch, answer: str) -> None:
+    seen = _weather_in(shell)
+    asked: list[str] = []
+    monkeypatch.setattr(builtins, "input", lambda prompt="": asked.append(prompt) or answer)
+    shell.run_cell_magic("mlx", "chat --tools get_weather --confirm --max-tool-rounds 1 "
+                                "--max-tokens 60 -o r", WEATHER_QUESTION)
+    result = shell.user_ns["r"]
+    assert len(asked) == 1 and "get_weather" in asked[0] and "Paris" in asked[0]
+    tool_msgs = [m for m in result.transcript if m.role == "tool"]
+    assert len(tool_msgs) == 1
+    if answer == "n":  # not called, and the model is told so in the tool message
+        assert seen == [] and tool_msgs[0].content == DECLINED
+        assert result.tool_rounds == 1  # the model got the refusal and answered again
+    else:
+        assert seen == ["Paris"] and tool_msgs[0].content == WEATHER_RESULT
+        assert result.text == WEATHER_ANSWER
+
+
+def test_chat_max_tool_rounds(thinker: str, shell: InteractiveShell,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    seen = _weather_in(shell)
+    shell.run_cell_magic("mlx", "chat --tools get_weather --max-tool-rounds 0 --max-tokens 60 "
+                                "-o r", WEATHER_QUESTION)
+    result = shell.user_ns["r"]
+    assert seen == [] and result.tool_rounds == 0 and len(result.tool_calls) == 1
+    assert "max_tool_rounds" in result.error
+    assert "[tools] the model still asked for tools after 0 rounds" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="--max-tool-rounds must be >= 0"):
+        shell.run_cell_magic("mlx", "chat --tools get_weather --max-tool-rounds -1",
+                             WEATHER_QUESTION)
+
+
+@pytest.mark.parametrize(("line", "match"), [
+    ("chat --tools get_weather,nope", "--tools: 'nope' is not a function in the notebook"),
+    ("chat --tools WEATHER_RESULT", "'WEATHER_RESULT' is not a function"),
+    ("chat --confirm", "--confirm goes with --tools"),
+])
+def test_chat_tools_bad_names_are_one_line_usage_errors(thinker: str, shell: InteractiveShell,
+                                                        line: str, match: str) -> None:
+    seen = _weather_in(shell)
+    shell.user_ns["WEATHER_RESULT"] = WEATHER_RESULT  # a name, but not a function
+    with pytest.raises(UsageError, match=match) as info:
+        shell.run_cell_magic("mlx", line, WEATHER_QUESTION)
+    assert "\n" not in str(info.value) and seen == []

@@ -142,7 +142,7 @@ class StreamView:
             key = self.thinking + "\0" + text
             if self._handle is not None and key != self._shown:
                 self._handle.update(thinking_bundle(self.thinking, text.lstrip(),
-                                                    open_=not text.strip()), raw=True)
+                                                    open_=not text.strip() and self._shown is not None), raw=True)
                 self._shown = key
             return
         if self._handle is not None and text != self._shown:
