@@ -24,7 +24,6 @@ from ..protocol import (
     ErrorEvent,
     TokenLogprob,
     ToolCallEvent,
-    merge_chunks,
 )
 from .jobs import Job
 from .mailbox import DuplicateRequestId
@@ -161,31 +160,13 @@ def _serve(handler: RunnerHandler, request: OpenAIRequest) -> None:
 def _stream(handler: RunnerHandler, engine: Engine, job: Job, encoder: Encoder) -> None:
     ended = False
     try:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        handler.send_header("Transfer-Encoding", "chunked")
-        handler.send_header("Cache-Control", "no-store")
-        handler.send_header("X-Request-Id", job.request_id)
-        handler.end_headers()
+        handler.start_stream("text/event-stream; charset=utf-8", job.request_id)
         opening = encoder.first()
         if opening:  # an empty chunk would end the stream
             handler._write_chunk(opening)
-        silent_since: float | None = None
-        while not ended:
-            try:
-                event = job.events.get(timeout=_WAIT_SLICE)
-            except queue.Empty:
-                silent_since = handler._on_silence(engine, silent_since, SSE_KEEPALIVE)
-                continue
-            silent_since = None
-            events = [event]
-            while not isinstance(events[-1], (DoneEvent, ErrorEvent)):
-                try:
-                    events.append(job.events.get_nowait())
-                except queue.Empty:
-                    break
+        for events in handler.waiting_events(engine, job, SSE_KEEPALIVE):
             out = []
-            for e in merge_chunks(events):
+            for e in events:
                 if type(e) is ChunkEvent:
                     out.append(encoder.event(e))
                 elif isinstance(e, ToolCallEvent):

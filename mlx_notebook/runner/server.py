@@ -28,6 +28,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,6 +46,7 @@ from ..protocol import (
     DetokenizeResponse,
     DoneEvent,
     ErrorEvent,
+    Event,
     FreeResponse,
     NamesRequest,
     TokenizeRequest,
@@ -546,38 +548,50 @@ class RunnerHandler(BaseHTTPRequestHandler):
     def _stream_job(self, engine: Engine, job: Job) -> None:
         ended = False
         try:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-ndjson")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Request-Id", job.request_id)
-            self.end_headers()
-            silent_since: float | None = None  # set on the first empty wait, never per token
-            while True:
-                try:
-                    event = job.events.get(timeout=_WAIT_SLICE)
-                except queue.Empty:
-                    silent_since = self._on_silence(engine, silent_since)
-                    continue
-                silent_since = None
-                # Whatever else is already waiting goes in the same write: when tokens come
-                # faster than one write each, the stream catches up instead of lagging.
-                events = [event]
-                while not isinstance(events[-1], (DoneEvent, ErrorEvent)):
-                    try:
-                        events.append(job.events.get_nowait())
-                    except queue.Empty:
-                        break
-                self._write_chunk(b"".join(encode_event(e) for e in merge_chunks(events)))
-                if isinstance(events[-1], (DoneEvent, ErrorEvent)):
-                    ended = True
-                    break
+            self.start_stream("application/x-ndjson", job.request_id)
+            for events in self.waiting_events(engine, job):
+                self._write_chunk(b"".join(encode_event(e) for e in events))
+                ended = isinstance(events[-1], (DoneEvent, ErrorEvent))
             self._write_chunk(b"")
         except OSError:  # the client went away, or stopped reading for the idle timeout
             self.close_connection = True
         finally:
             if not ended:  # whatever broke the response, nobody reads this job any more
                 engine.cancel(job.request_id)
+
+    def start_stream(self, content_type: str, request_id: str) -> None:
+        """A 200 whose chunked, never-cached body is a stream of events."""
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Request-Id", request_id)
+        self.end_headers()
+
+    def waiting_events(self, engine: Engine, job: Job,
+                       keepalive: bytes = KEEPALIVE_LINE) -> Iterator[list[Event]]:
+        """The job's events, everything already waiting at once (plain chunks merged), up
+        to its end event; during a silence, a ``keepalive`` while the worker lives.
+
+        Batching what waits means a stream that falls behind catches up instead of lagging.
+        """
+        silent_since: float | None = None  # set on the first empty wait, never per token
+        while True:
+            try:
+                event = job.events.get(timeout=_WAIT_SLICE)
+            except queue.Empty:
+                silent_since = self._on_silence(engine, silent_since, keepalive)
+                continue
+            silent_since = None
+            events = [event]
+            while not isinstance(events[-1], (DoneEvent, ErrorEvent)):
+                try:
+                    events.append(job.events.get_nowait())
+                except queue.Empty:
+                    break
+            yield merge_chunks(events)
+            if isinstance(events[-1], (DoneEvent, ErrorEvent)):
+                return
 
     def _on_silence(self, engine: Engine, silent_since: float | None,
                     keepalive: bytes = KEEPALIVE_LINE) -> float:
