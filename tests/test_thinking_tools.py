@@ -136,6 +136,30 @@ def test_tools_on_a_model_without_tool_support_is_a_clear_error(thinker: str,
         mn.use("thinker")
 
 
+def test_a_template_that_takes_tools_in_a_format_no_parser_knows_is_named(
+        thinker: str, tmp_path: Path) -> None:
+    import json
+
+    from tests.tiny_model import make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "odd-tools")
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = (  # reads `tools`, but calls look like nothing mlx-lm parses
+        "{% if tools %}Tools: {{ tools | tojson }}. Call one as <<call NAME ARGS>>.\n{% endif %}"
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}")
+    config_path.write_text(json.dumps(config))
+    mn.load(str(folder), name="odd")
+    try:
+        with pytest.raises(mn.errors.MLXNotebookError, match="knows no parser") as info:
+            mn.chat("hi", model="odd", tools=[_noop], max_tokens=2)
+        assert "odd-tools" in str(info.value)  # the message names the model
+    finally:
+        mn.unload("odd")
+        mn.use("thinker")
+
+
 # ---------------------------------------------------------------- the magics, in a fresh shell
 
 
