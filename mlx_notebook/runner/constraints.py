@@ -132,6 +132,9 @@ class ConstraintProcessor:
         return np.unpackbits(self.mask.view(np.uint8), bitorder="little")
 
     def __call__(self, context: mx.array, logits: mx.array) -> mx.array:
+        # The mask needs the last token's value (a sync): start this step's forward pass
+        # first, so the device computes it while the matcher works out the mask.
+        mx.async_eval(logits)
         length = int(context.shape[-1])
         if self._seen is None:
             self._seen = length  # the prompt (and the token fed with it): not ours to consume
