@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,6 +68,18 @@ def runner_manager(tmp_path: Path) -> Iterator[RunnerManager]:
         yield manager
     finally:
         manager.close()
+
+
+def serving(spec: str | Path, name: str) -> Iterator[Any]:
+    """Load ``spec`` as ``name`` in the per-process manager and yield its ``mn.serve()``
+    (the OpenAI endpoint's base URL and token); everything unloaded after."""
+    import mlx_notebook as mn
+
+    mn.load(str(spec), name=name)
+    try:
+        yield mn.serve(name)
+    finally:
+        mn.unload(all=True)
 
 
 def _empty_process_manager() -> None:

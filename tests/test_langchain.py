@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import mlx_notebook as mn
+from tests.fixtures_runner import serving
 
 langchain_openai = pytest.importorskip("langchain_openai")
 
@@ -18,11 +19,7 @@ NAME = "tiny-langchain"
 
 @pytest.fixture(scope="module")
 def served(tiny_model_dir: Path) -> Iterator[mn.ServeInfo]:
-    mn.load(str(tiny_model_dir), name=NAME)
-    try:
-        yield mn.serve(NAME)
-    finally:
-        mn.unload(all=True)
+    yield from serving(tiny_model_dir, NAME)
 
 
 def test_chat_openai_invoke_and_stream_match_the_notebook(served: mn.ServeInfo) -> None:

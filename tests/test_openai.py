@@ -19,6 +19,7 @@ import pytest
 
 import mlx_notebook as mn
 from mlx_notebook.runner.openai_wire import CHAT_FIELDS, COMPLETION_FIELDS
+from tests.fixtures_runner import serving
 
 from .frontend_helpers import shell  # noqa: F401 - fixture
 
@@ -51,11 +52,7 @@ NEEDS_TOOL_MODEL = {"tools"}
 
 @pytest.fixture(scope="module")
 def served(tiny_model_dir: Path) -> Iterator[mn.ServeInfo]:
-    mn.load(str(tiny_model_dir), name=NAME)
-    try:
-        yield mn.serve(NAME)
-    finally:
-        mn.unload(all=True)
+    yield from serving(tiny_model_dir, NAME)
 
 
 @pytest.fixture(scope="module")

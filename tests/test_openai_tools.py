@@ -19,6 +19,7 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 
 import mlx_notebook as mn
 from mlx_notebook.runner.openai_wire import CHAT_FIELDS, WireError, parse_chat
+from tests.fixtures_runner import serving
 from tests.tiny_thinker import (
     AFTER_TOOL_THOUGHT,
     GREETING,
@@ -38,23 +39,8 @@ TOOLS: list[Any] = [WEATHER_TOOL]
 
 
 @pytest.fixture(scope="module")
-def thinker_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's tiny thinker (tests/fixtures_models.py), or one built here without it."""
-    try:
-        return Path(request.getfixturevalue("tiny_thinker_dir"))
-    except pytest.FixtureLookupError:
-        from tests.tiny_thinker import build_tiny_thinker
-
-        return build_tiny_thinker(tmp_path_factory.mktemp("thinker-oai") / "thinker")
-
-
-@pytest.fixture(scope="module")
-def served(thinker_dir: Path) -> Iterator[mn.ServeInfo]:
-    mn.load(str(thinker_dir), name=NAME)
-    try:
-        yield mn.serve(NAME)
-    finally:
-        mn.unload(all=True)
+def served(tiny_thinker_dir: Path) -> Iterator[mn.ServeInfo]:
+    yield from serving(tiny_thinker_dir, NAME)
 
 
 @pytest.fixture(scope="module")
