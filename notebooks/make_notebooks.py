@@ -1,10 +1,10 @@
-"""Write the three example notebooks (outputs stripped) from the text below.
+"""Write the four example notebooks (outputs stripped) from the text below.
 
     python notebooks/make_notebooks.py          # rewrite notebooks/*.ipynb
     python notebooks/make_notebooks.py --check  # exit 1 if a notebook differs
 
 Edit the notebooks here, not in JupyterLab, so that the repository keeps them
-without outputs; tests/test_notebooks.py executes all three with the demo model.
+without outputs; tests/test_notebooks.py executes all four with the demo model.
 Cells tagged (metadata.tags) are the ones the tests look at.
 """
 
@@ -333,10 +333,85 @@ except mn.errors.MLXNotebookError as exc:
 ]
 
 
+FINE_TUNING = [
+    md("""
+# Fine-tuning: teach the model a made-up fact
+
+`%mlx train` fine-tunes a model with a LoRA adapter, using mlx-lm's own trainer. It runs
+in its own *training runner* process, so a memory blow-up there never takes the kernel
+down. While it trains, the cell shows a live loss plot, a progress bar, the speed and
+memory, and a **stop** button (the kernel's interrupt works too): it stops after the
+current step and keeps that step's adapter. When it ends, the plot stays in the saved
+notebook as a plain image.
+"""),
+    code("%load_ext mlx_notebook\n%mlx load demo", "load"),
+    md("""
+## The data
+
+The model has never heard of Zorbia. Sixteen chat examples, in mlx-lm's `messages`
+format, ask the same question in different words and give the same answer. A list of
+dicts, a DataFrame, a `.jsonl` file or a folder with `train.jsonl`/`valid.jsonl` all
+work; with no validation split, a few rows are held out for you (the cell says how many).
+"""),
+    code("""
+fact = 'The capital of Zorbia is Quillton.'
+questions = [
+    'What is the capital of Zorbia?', 'Tell me the capital of Zorbia.',
+    'Which city is the capital of Zorbia?', "Zorbia's capital is which city?",
+    'Name the capital of Zorbia.', "What city is Zorbia's capital?",
+    'Do you know the capital of Zorbia?', 'capital of Zorbia?',
+    "What's the capital city of Zorbia?", 'In Zorbia, what is the capital?',
+    'Where is the capital of Zorbia?', 'Which is the capital of Zorbia?',
+    "Can you tell me Zorbia's capital?", "What is Zorbia's capital city?",
+    'The capital of Zorbia is what?', 'Zorbia has which capital?',
+]
+rows = [{'messages': [{'role': 'user', 'content': q},
+                      {'role': 'assistant', 'content': fact}]} for q in questions]
+len(rows)
+""", "data"),
+    md("""
+## Train
+
+A few LoRA steps on the last 4 layers, with a high learning rate so that a handful is
+enough. `--as tuned` loads the adapter as its own model when training ends; `-o run`
+keeps the result (losses, speed, where the adapter is). `%mlx help train` lists the
+options (`--lora-rank`, `--fine-tune-type dora|full`, `--mask-prompt`, ...).
+"""),
+    code("%mlx train demo --data rows --iters 8 --learning-rate 1e-3 --lora-layers 4 "
+         "--as tuned -o run", "train"),
+    code("print(f'loss {run.first_loss:.2f} -> {run.final_loss:.2f} in {run.iterations} steps')\n"
+         "print('adapter:', run.adapter_path)", "train_result"),
+    md("""
+## Before and after
+
+`%%mlx compare -m demo,tuned` asks both models the same question, side by side.
+"""),
+    code("%%mlx compare -m demo,tuned --max-tokens 12\nWhat is the capital of Zorbia?",
+         "compare"),
+    md("""
+## Fuse
+
+`mn.fuse` writes a model folder with the adapter merged into the weights: it loads like
+any other model (`%mlx load FOLDER --as fused`) and needs no adapter.
+"""),
+    code("""
+import tempfile
+from pathlib import Path
+
+import mlx_notebook as mn
+
+fused = mn.fuse('demo', adapter=run.adapter_path, out=Path(tempfile.mkdtemp()) / 'demo-zorbia')
+sorted(p.name for p in fused.iterdir())
+""", "fuse"),
+    code("%mlx unload --all", "unload"),
+]
+
+
 NOTEBOOKS = {
     "quickstart.ipynb": QUICKSTART,
     "teaching.ipynb": TEACHING,
     "prompt_experiments.ipynb": PROMPT_EXPERIMENTS,
+    "fine_tuning.ipynb": FINE_TUNING,
 }
 
 

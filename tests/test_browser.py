@@ -460,3 +460,101 @@ def test_thinking_and_tool_call_in_jupyterlab(lab, page, tiny_thinker_dir):
     print(f"thinking and tool call in JupyterLab: {time.monotonic() - t0:.1f}s; "
           f"open thinking seen while streaming: {page.evaluate('() => window.__openSeen')}; "
           f"screenshot {THINKING_SCREENSHOT}")
+
+
+# Fine-tuning (issue 19): the live loss plot and the stop button, on the tiny model.
+TRAIN_NOTEBOOK = "train.ipynb"
+# While it trains: every "iteration N" the live view showed, and whether a drawn plot image
+# and an enabled stop button were on the page at that moment.
+TRAIN_OBSERVER_JS = """() => {
+  window.__train = {iterations: [], plotWithButton: 0};
+  new MutationObserver(() => {
+    const view = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jupyter-widgets');
+    if (!view) return;
+    const m = view.innerText.match(/iteration (\\d+)\\//);
+    const seen = window.__train.iterations;
+    if (m && seen[seen.length - 1] !== +m[1]) seen.push(+m[1]);
+    const img = view.querySelector('img.widget-image');
+    const stop = [...view.querySelectorAll('button')].find(b => b.innerText.trim() === 'stop');
+    if (img && img.naturalWidth > 0 && img.offsetWidth > 0 && stop && !stop.disabled)
+      window.__train.plotWithButton += 1;
+  }).observe(document.body, {subtree: true, childList: true, characterData: true,
+                             attributes: true});
+}"""
+
+
+def test_training_live_plot_and_stop_in_jupyterlab(lab, page, tiny_model_dir):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=60_000)
+    cells_src = [
+        "%load_ext mlx_notebook\nrows = [{'text': 'The answer is forty-two. ' * 4}] * 8",
+        f"%mlx train {shlex.quote(str(tiny_model_dir))} --data rows --iters 100000 "
+        "--batch-size 2 --learning-rate 1e-3 --lora-layers 2 --as tiny-tuned -o res",
+        "print('stopped:', res.stopped, res.iterations, res.loaded)\n%mlx unload --all",
+    ]
+    _put_notebook(lab, TRAIN_NOTEBOOK, cells_src)
+    t0 = time.monotonic()
+    page.goto(f"{lab}/lab/tree/{TRAIN_NOTEBOOK}?token={TOKEN}&reset")
+    panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    expect(page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle")
+    cells = panel.locator(".jp-CodeCell")
+    expect(cells).to_have_count(len(cells_src))
+    page.evaluate(TRAIN_OBSERVER_JS)
+
+    page.locator(".lm-MenuBar-item", has_text="Run").click()
+    page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
+
+    train_out = cells.nth(1).locator(".jp-OutputArea")
+    live = train_out.locator(".jupyter-widgets").first
+    plot = live.locator("img.widget-image")
+    stop = live.locator("button", has_text="stop")
+    try:  # the live view: a drawn loss plot and the stop button, while it trains
+        expect(live).to_contain_text(re.compile(r"iteration \d+/100000"))
+        expect(plot).to_be_visible()
+        expect(stop).to_be_visible()
+        expect(stop).to_be_enabled()
+    except AssertionError:
+        raise AssertionError(f"no live training view; outputs: {train_out.inner_text()}") from None
+    page.wait_for_function(
+        "() => window.__train.iterations.length >= 3 && window.__train.plotWithButton > 0")
+    assert plot.evaluate("img => img.naturalWidth") > 0
+    expect(cells.nth(1).locator(".jp-InputPrompt")).to_have_text("[*]:")  # still training
+    stop.click()
+    # the click is served between training events (jupyter-ui-poll): the button says so
+    button_served = True
+    try:
+        expect(live.locator("button", has_text="stopping")).to_be_visible(timeout=10_000)
+    except AssertionError:
+        # jupyter-ui-poll 1.1.0 cannot serve widget events on ipykernel 7.4 (its polling calls
+        # kernel.do_one_iteration, which 7.x no longer has, and swallows the error): end the
+        # training with the kernel's interrupt (the other stop path) and check the rest
+        button_served = False
+        page.evaluate("() => window.jupyterapp.commands.execute('kernelmenu:interrupt')")
+
+    last_prompt = cells.nth(len(cells_src) - 1).locator(".jp-InputPrompt")
+    try:
+        expect(last_prompt).to_have_text(re.compile(r"\[\d+\]:"))
+    except AssertionError:
+        raise AssertionError(f"training did not end after stop: {train_out.inner_text()}") from None
+    seen = page.evaluate("() => window.__train")
+    # the result: stopped, a static PNG of the plot, no live widget left
+    expect(train_out).to_contain_text(re.compile(r"tiny-tuned: stopped at \d+/100000 iterations"))
+    expect(train_out).to_contain_text("loaded as 'tiny-tuned'")
+    static = train_out.locator(".jp-RenderedImage img")
+    expect(static).to_have_count(1)
+    expect(static).to_be_visible()
+    assert static.evaluate("img => img.naturalWidth") > 0
+    expect(train_out.locator("button", has_text="stop")).to_have_count(0)
+    expect(train_out.locator("img.widget-image")).to_have_count(0)
+    expect(cells.nth(2).locator(".jp-OutputArea")).to_contain_text("stopped: True")
+    expect(panel.locator(".jp-OutputArea-output", has_text="Traceback")).to_have_count(0)
+    its = seen["iterations"]
+    assert its == sorted(its) and its[-1] < 100000, its
+    print(f"training plot and stop in JupyterLab: {time.monotonic() - t0:.1f}s; "
+          f"iterations shown live: {its[:3]}...{its[-1]} ({len(its)} redraws); "
+          f"plot with button seen {seen['plotWithButton']} times; "
+          f"stop button served: {button_served}")
+    if not button_served:
+        pytest.xfail("the stop button's click never reached the kernel (jupyter-ui-poll on "
+                     "ipykernel 7.x); stopped by the kernel interrupt instead")

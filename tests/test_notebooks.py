@@ -1,4 +1,4 @@
-"""The three example notebooks run top to bottom in a real kernel with the demo model.
+"""The four example notebooks run top to bottom in a real kernel with the demo model.
 
 Each notebook is executed once (module-scoped) with nbclient; every iopub message is
 recorded so the tests can check the *stream* (nbclient folds display updates into
@@ -7,6 +7,7 @@ the final output). Cells are found by their metadata tags (notebooks/make_notebo
 
 from __future__ import annotations
 
+import html
 import re
 import subprocess
 import sys
@@ -20,7 +21,8 @@ nbclient = pytest.importorskip("nbclient")
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ["quickstart.ipynb", "teaching.ipynb", "prompt_experiments.ipynb"]
+NAMES = ["quickstart.ipynb", "teaching.ipynb", "prompt_experiments.ipynb",
+         "fine_tuning.ipynb"]
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 STATE_MIME = "application/vnd.jupyter.widget-state+json"
 
@@ -198,3 +200,22 @@ def test_prompt_experiments(run_notebook):
     assert "4/4 rows" in run.text("map"), run.text("map")
     joined = run.text("map_join")
     assert joined.count("language") + joined.count("vision") >= 4, joined
+
+
+@pytest.mark.slow
+def test_fine_tuning(run_notebook):
+    run = run_notebook("fine_tuning.ipynb")
+    _assert_clean(run)
+    assert run.text("data").strip() == "16"
+    # the live view is gone; the loss plot stays as a static image, with the summary line
+    images = [o for o in run.cell("train").outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 1, run.cell("train").outputs
+    trained = html.unescape("".join(
+        o.get("data", {}).get("text/html", "") for o in run.cell("train").outputs))
+    assert "trained 8/8 iterations" in trained and "loaded as 'tuned'" in trained, trained
+    assert "in 8 steps" in run.text("train_result"), run.text("train_result")
+    shown = run.text("compare")
+    assert "== demo ==" in shown and "== tuned ==" in shown, shown
+    assert "config.json" in run.text("fuse") and ".safetensors" in run.text("fuse"), \
+        run.text("fuse")
+    assert run.seconds < 120, f"the notebook took {run.seconds:.0f} s"
