@@ -301,21 +301,25 @@ INSIDE_JS = """panel => ({
 })"""
 
 
-def test_lens_and_attention_in_jupyterlab(lab, page):
+def _run_all(page, lab: str, notebook: str, n_cells: int, before_run: str | None = None):  # noqa: ANN202
+    """Open ``notebook`` in the lab, Run All, wait for its last cell: (panel, cells).
+
+    Fails with the notebook's stderr if the run does not finish, or if any output is a
+    traceback or a UsageError. ``before_run``: JS evaluated in the page just before.
+    """
     from playwright.sync_api import expect
 
-    expect.set_options(timeout=90_000)
-    t0 = time.monotonic()
-    page.goto(f"{lab}/lab/tree/{INSIDE_NOTEBOOK}?token={TOKEN}&reset")
+    page.goto(f"{lab}/lab/tree/{notebook}?token={TOKEN}&reset")
     panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
     expect(page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle")
     cells = panel.locator(".jp-CodeCell")
-    expect(cells).to_have_count(len(INSIDE_CELLS))
+    expect(cells).to_have_count(n_cells)
     page.evaluate("() => { window.jupyterapp.commands.execute('application:toggle-left-area'); }")
-
+    if before_run:
+        page.evaluate(before_run)
     page.locator(".lm-MenuBar-item", has_text="Run").click()
     page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
-    last_prompt = cells.nth(len(INSIDE_CELLS) - 1).locator(".jp-InputPrompt")
+    last_prompt = cells.nth(n_cells - 1).locator(".jp-InputPrompt")
     try:
         expect(last_prompt).to_have_text(re.compile(r"\[\d+\]:"), timeout=RUN_TIMEOUT_MS)
     except AssertionError:
@@ -324,6 +328,15 @@ def test_lens_and_attention_in_jupyterlab(lab, page):
         raise AssertionError(f"run-all did not finish; stderr: {stderr.all_inner_texts()}") from None
     expect(panel.locator(".jp-OutputArea-output", has_text="Traceback")).to_have_count(0)
     expect(panel.locator(".jp-OutputArea-output", has_text="UsageError")).to_have_count(0)
+    return panel, cells
+
+
+def test_lens_and_attention_in_jupyterlab(lab, page):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=90_000)
+    t0 = time.monotonic()
+    panel, cells = _run_all(page, lab, INSIDE_NOTEBOOK, len(INSIDE_CELLS))
 
     # the lens grid: 6 layers x every position (the 5 tokens: --positions 6 is capped), each
     # cell laid out, shaded by its probability, with the top-k in its tooltip
@@ -406,28 +419,11 @@ def test_thinking_and_tool_call_in_jupyterlab(lab, page, tiny_thinker_dir):
     ]
     _put_notebook(lab, THINKING_NOTEBOOK, cells_src)
     t0 = time.monotonic()
-    page.goto(f"{lab}/lab/tree/{THINKING_NOTEBOOK}?token={TOKEN}&reset")
-    panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
-    expect(page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle")
-    cells = panel.locator(".jp-CodeCell")
-    expect(cells).to_have_count(len(cells_src))
-    page.evaluate("() => { window.jupyterapp.commands.execute('application:toggle-left-area'); }")
-    page.evaluate("""() => { window.__openSeen = 0;  // a thinking block shown open while it streamed
+    panel, cells = _run_all(page, lab, THINKING_NOTEBOOK, len(cells_src), before_run="""() => {
+      window.__openSeen = 0;  // a thinking block shown open while it streamed
       new MutationObserver(() => { window.__openSeen += document.querySelectorAll(
         'details.mlx-thinking[open]').length; }).observe(document.body,
         {subtree: true, childList: true}); }""")
-
-    page.locator(".lm-MenuBar-item", has_text="Run").click()
-    page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
-    last_prompt = cells.nth(len(cells_src) - 1).locator(".jp-InputPrompt")
-    try:
-        expect(last_prompt).to_have_text(re.compile(r"\[\d+\]:"), timeout=RUN_TIMEOUT_MS)
-    except AssertionError:
-        stderr = panel.locator(
-            ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
-        raise AssertionError(f"run-all did not finish; stderr: {stderr.all_inner_texts()}") from None
-    expect(panel.locator(".jp-OutputArea-output", has_text="Traceback")).to_have_count(0)
-    expect(panel.locator(".jp-OutputArea-output", has_text="UsageError")).to_have_count(0)
 
     chat_out = cells.nth(2).locator(".jp-OutputArea")
     expect(chat_out).to_contain_text(WEATHER_ANSWER)
