@@ -14,6 +14,7 @@ themselves as HTML/SVG that survives saving (notebook/teaching/inside_views.py).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,8 +27,10 @@ from .inside_protocol import (
     MAX_TEXTS,
     MAX_TOP_K,
     AttentionRequest,
+    AttentionResult,
     Candidate,
     LensRequest,
+    LensResult,
     ScoredToken,
     ScoreRequest,
 )
@@ -231,18 +234,12 @@ class Choice:
 
 
 @dataclass(frozen=True)
-class Lens:
+class Lens(LensResult):
     """``grid[i][j]``: the top candidates when the residual stream after layer ``layers[i]``
     (0: the embeddings) at token ``positions[j]`` is read out through the final norm and the
     unembedding: what the model would predict next if it stopped there."""
 
-    text: str
-    tokens: tuple[int, ...]
-    pieces: tuple[str, ...]
-    positions: tuple[int, ...]
-    layers: tuple[int, ...]
-    num_layers: int
-    grid: tuple[tuple[tuple[Candidate, ...], ...], ...]
+    text: str = ""  # the text read (the wire result's fields come from LensResult)
 
     @property
     def final_top(self) -> str:
@@ -275,17 +272,11 @@ class Lens:
 
 
 @dataclass(frozen=True)
-class Attention:
+class Attention(AttentionResult):
     """Block ``layer``'s attention weights: ``weights[h][i][j]`` from token ``i`` to ``j <= i``
     (rows of ``i + 1``; each sums to 1). ``head`` is the one shown large (None: all alike)."""
 
-    text: str
-    tokens: tuple[int, ...]
-    pieces: tuple[str, ...]
-    layer: int
-    num_layers: int
-    heads: int
-    weights: tuple[tuple[tuple[float, ...], ...], ...]
+    text: str = ""  # the text read (the wire result's fields come from AttentionResult)
     head_shown: int | None = None
 
     def head(self, h: int) -> list[list[float]]:
@@ -362,8 +353,7 @@ def lens(text: str, *, positions: int | Sequence[int] | None = None,
     result = client.lens(LensRequest(text=text, positions=listed, last=last,
                                      layers=None if layers is None else tuple(layers),
                                      top_k=top_k))
-    return Lens(text=text, tokens=result.tokens, pieces=result.pieces, positions=result.positions,
-                layers=result.layers, num_layers=result.num_layers, grid=result.grid)
+    return Lens(**_fields_of(result), text=text)
 
 
 def attention(text: str, *, layer: int, head: int | None = None,
@@ -376,6 +366,9 @@ def attention(text: str, *, layer: int, head: int | None = None,
     if head is not None and head >= result.heads:
         raise InvalidArgumentError(f"head {head} is out of range: layer {result.layer} has "
                                    f"{result.heads} heads (0..{result.heads - 1})", field="head")
-    return Attention(text=text, tokens=result.tokens, pieces=result.pieces, layer=result.layer,
-                     num_layers=result.num_layers, heads=result.heads, weights=result.weights,
-                     head_shown=head)
+    return Attention(**_fields_of(result), text=text, head_shown=head)
+
+
+def _fields_of(result: Any) -> dict[str, Any]:
+    """A wire result's fields as they are (not deep-copied into dicts, as asdict would)."""
+    return {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}

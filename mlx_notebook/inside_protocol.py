@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from .protocol import (
+    TopLogprob,
     ValidationError,
     _expect_object,
     _integer,
@@ -137,13 +138,9 @@ class AttentionRequest:
 # ---------------------------------------------------------------- results
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A token the model could have put at a place, with its log-probability."""
-
-    token: int
-    text: str
-    logprob: float
+# A token the model could have put at a place, with its log-probability: the same triple as
+# a generation's top alternatives.
+Candidate = TopLogprob
 
 
 @dataclass(frozen=True)
