@@ -33,6 +33,16 @@ def stop_client(client: RunnerClient) -> None:
         os.killpg(client.pid, signal.SIGKILL)
 
 
+def running(client: RunnerClient, timeout: float = 120) -> Iterator[RunnerClient]:
+    """Start ``client``, yield it once ready, and stop it (by pid if need be) at the end."""
+    try:
+        client.start()
+        client.wait_until_ready(timeout=timeout)
+        yield client
+    finally:
+        stop_client(client)
+
+
 @pytest.fixture(scope="session")
 def test_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     """A registry folder of the test session's own, not the user's cache."""
@@ -41,24 +51,12 @@ def test_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
 
 @pytest.fixture(scope="session")
 def tiny_client(tiny_model_dir: Path, test_registry: Registry) -> Iterator[RunnerClient]:
-    client = RunnerClient(str(tiny_model_dir), name="tiny", registry=test_registry)
-    try:
-        client.start()
-        client.wait_until_ready(timeout=120)
-        yield client
-    finally:
-        stop_client(client)
+    yield from running(RunnerClient(str(tiny_model_dir), name="tiny", registry=test_registry))
 
 
 @pytest.fixture(scope="session")
 def demo_client(demo_model_ready: Path, test_registry: Registry) -> Iterator[RunnerClient]:
-    client = RunnerClient("demo", name="demo", registry=test_registry)
-    try:
-        client.start()
-        client.wait_until_ready(timeout=300)
-        yield client
-    finally:
-        stop_client(client)
+    yield from running(RunnerClient("demo", name="demo", registry=test_registry), timeout=300)
 
 
 @pytest.fixture

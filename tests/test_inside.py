@@ -22,7 +22,7 @@ from mlx_notebook.inside import Score
 from mlx_notebook.inside_protocol import LensRequest
 from mlx_notebook.protocol import CompletionRequest, SamplingOptions
 from tests import frontend_helpers
-from tests.fixtures_runner import stop_client
+from tests.fixtures_runner import running
 
 shell = frontend_helpers.shell  # fixture
 
@@ -32,14 +32,8 @@ PROMPT = "The capital of France is"
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir, test_registry):
     """The tiny model with 8-token prefill chunks: a short text is already many chunks."""
-    client = RunnerClient(str(tiny_model_dir), name="tiny-inside", registry=test_registry,
-                          extra_args=["--prefill-step", "8"])
-    try:
-        client.start()
-        client.wait_until_ready(timeout=120)
-        yield client
-    finally:
-        stop_client(client)
+    yield from running(RunnerClient(str(tiny_model_dir), name="tiny-inside",
+                                    registry=test_registry, extra_args=["--prefill-step", "8"]))
 
 
 def _greedy(client, prompt, *, max_tokens, logprobs):
