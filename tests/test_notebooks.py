@@ -218,4 +218,3 @@ def test_fine_tuning(run_notebook):
     assert "== demo ==" in shown and "== tuned ==" in shown, shown
     assert "config.json" in run.text("fuse") and ".safetensors" in run.text("fuse"), \
         run.text("fuse")
-    assert run.seconds < 120, f"the notebook took {run.seconds:.0f} s"

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -247,7 +246,6 @@ def test_the_demo_learns_a_made_up_fact(demo_model_ready: Path, no_models: None)
     """16 examples, 16 LoRA steps on 4 layers: ``tuned`` says the fact, ``demo`` does not."""
     question = "What is the capital of Zorbia?"
     mn.load("demo")
-    started = time.monotonic()
     result = mn.train("demo", data=_rows(16), iters=16, name="tuned", learning_rate=5e-4,
                       lora_layers=4, val_batches=1)
     assert result.iterations == 16 and not result.stopped
@@ -260,4 +258,3 @@ def test_the_demo_learns_a_made_up_fact(demo_model_ready: Path, no_models: None)
         mn.reset_chat(all=True)
     assert "Quillton" in answers["tuned"], answers
     assert "Quillton" not in answers["demo"], answers
-    assert time.monotonic() - started < 240
