@@ -76,7 +76,8 @@ class TrainView(Protocol):
     """``mn.train``'s progress: ``note`` lines, each event, ``pump`` (UI events such as a stop
     button, between events), ``stop_clicked``, and ``finish`` with the result."""
 
-    stop_clicked: bool
+    @property
+    def stop_clicked(self) -> bool: ...
 
     def note(self, text: str) -> None: ...
     def loading(self, status: Status) -> None: ...

@@ -210,6 +210,8 @@ def test_fine_tuning(run_notebook):
     # the live view is gone; the loss plot stays as a static image, with the summary line
     images = [o for o in run.cell("train").outputs if "image/png" in o.get("data", {})]
     assert len(images) == 1, run.cell("train").outputs
+    saved = repr(run.cell("train").outputs)
+    assert "VBox(" not in saved and WIDGET_MIME not in saved, saved[:500]
     trained = html.unescape("".join(
         o.get("data", {}).get("text/html", "") for o in run.cell("train").outputs))
     assert "trained 8/8 iterations" in trained and "loaded as 'tuned'" in trained, trained

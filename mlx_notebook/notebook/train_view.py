@@ -1,9 +1,9 @@
 """The live view of ``%mlx train``: loss plot, progress bar, speed and memory, a stop button.
 
 Redrawn a few times a second at most (the plot at most once a second), never once
-per step. While the cell runs the kernel does not read widget messages, so the
-stop button is served by ``jupyter_ui_poll`` between events (each step, or each
-2 s keep-alive). When training ends the widgets go and a static PNG of the plot
+per step. While the cell runs the kernel's main thread does not read widget messages,
+so the stop button is heard by :mod:`~mlx_notebook.notebook.busy_clicks` (on
+ipykernel's shell thread, or by polling between events on ipykernel 6). When training ends the widgets go and a static PNG of the plot
 (matplotlib, drawn without pyplot's global state) stays in the saved notebook.
 
 >>> view = TrainProgressView("tuned")     # doctest: +SKIP
@@ -11,12 +11,12 @@ stop button is served by ``jupyter_ui_poll`` between events (each step, or each
 
 from __future__ import annotations
 
-import contextlib
 import io
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..units import format_bytes
+from .busy_clicks import ClickListener
 
 if TYPE_CHECKING:
     from ..protocol import Status
@@ -64,7 +64,7 @@ class TrainProgressView:
         from IPython.display import display
 
         self.label = label
-        self.stop_clicked = False
+        self._stop_shown = False
         self.train: list[tuple[int, float]] = []
         self.val: list[tuple[int, float]] = []
         self.iters = 0
@@ -78,30 +78,15 @@ class TrainProgressView:
         self.plot = w.Image(format="png", layout=w.Layout(width="540px"))
         self.button = w.Button(description="stop", button_style="warning", icon="stop",
                                tooltip="stop after the current step and keep its adapter")
-        self.button.on_click(self._on_stop)
         self.notes = w.HTML("")
         self.box = w.VBox([self.header, w.HBox([self.bar, self.button]), self.stats,
                            self.plot, self.notes])
-        display(self.box)
-        self._poll = self._ui_poll()
+        self._handle = display(self.box, display_id=True)  # finish() puts the record there
+        self.clicks = ClickListener(self.button)
 
-    def _ui_poll(self) -> Any:
-        try:
-            from jupyter_ui_poll import ui_events  # type: ignore[import-untyped]
-        except ImportError:  # pragma: no cover - declared, but be kind to a partial install
-            return None
-        try:
-            ctx = ui_events()
-            poll = ctx.__enter__()
-        except Exception:  # noqa: BLE001 - not in a kernel (a plain shell): no button events
-            return None
-        self._ui_ctx = ctx
-        return poll
-
-    def _on_stop(self, _button: Any) -> None:
-        self.stop_clicked = True
-        self.button.disabled = True
-        self.button.description = "stopping..."
+    @property
+    def stop_clicked(self) -> bool:
+        return self.clicks.clicked.is_set()
 
     # ------------------------------------------------------------ TrainView
 
@@ -131,11 +116,11 @@ class TrainProgressView:
             self.plot.value = loss_plot_png(self.train, self.val, self.iters)
 
     def pump(self) -> None:
-        if self._poll is not None:
-            try:
-                self._poll(20)
-            except Exception:  # noqa: BLE001 - a UI hiccup must not end training
-                self._poll = None
+        self.clicks.pump()
+        if self.stop_clicked and not self._stop_shown:  # widgets change on this thread only
+            self._stop_shown = True
+            self.button.disabled = True
+            self.button.description = "stopping..."
 
     def _draw_text(self) -> None:
         e = self.last
@@ -151,22 +136,26 @@ class TrainProgressView:
             f"peak {format_bytes(e.peak_memory)}{eta}")
 
     def finish(self, result: TrainResult | None, error: str | None = None) -> None:
-        from IPython.display import Image, display
+        from IPython.display import HTML, Image, display
 
-        if self._poll is not None:
-            with contextlib.suppress(Exception):
-                self._ui_ctx.__exit__(None, None, None)
-            self._poll = None
+        self.clicks.close()
         notes = self.notes.value
-        self.box.close()  # no live widget in the saved notebook: a static record instead
+        line = error if result is None else result.summary()
+        record = HTML(f"{notes}<div><b>{_esc(self.label)}</b>: {_esc(line or '')}</div>")
+        plot = None
         if result is not None and result.train_loss:
             how = "stopped" if result.stopped else "done"
-            display(Image(data=loss_plot_png(result.train_loss, result.val_loss, result.iters,
-                                             f"{result.name}: {how}")))
-        from IPython.display import HTML
-
-        line = error if result is None else result.summary()
-        display(HTML(f"{notes}<div><b>{_esc(self.label)}</b>: {_esc(line or '')}</div>"))
+            plot = Image(data=loss_plot_png(result.train_loss, result.val_loss, result.iters,
+                                            f"{result.name}: {how}"))
+        # The live widgets' output becomes the static record: no "VBox(...)" stays in the
+        # saved notebook, and nothing live is left to render without a kernel.
+        if self._handle is not None:
+            self._handle.update(plot if plot is not None else record)
+        elif plot is not None:
+            display(plot)
+        self.box.close()
+        if plot is not None or self._handle is None:
+            display(record)
 
 
 def _esc(text: str) -> str:
