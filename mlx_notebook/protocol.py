@@ -61,7 +61,7 @@ MAX_REQUEST_ID = 128
 # Request ids are echoed in the X-Request-Id header: a header-safe alphabet only.
 REQUEST_ID_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 
-RunnerState = Literal["loading", "ready", "error", "stopping"]
+RunnerState = Literal["loading", "ready", "error", "stopping", "training"]  # training: runner/train.py
 DoneReason = Literal["stop", "length", "cancel", "error"]
 DONE_REASONS: tuple[str, ...] = ("stop", "length", "cancel", "error")
 

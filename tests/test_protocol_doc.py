@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mlx_notebook import inside_protocol, protocol
+from mlx_notebook import inside_protocol, protocol, train_protocol
 
 DOC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
 # Every dataclass of the protocol modules: a new wire type is checked without being listed.
-WIRE_TYPES = sorted((obj for module in (protocol, inside_protocol) for obj in vars(module).values()
+WIRE_TYPES = sorted((obj for module in (protocol, inside_protocol, train_protocol) for obj in vars(module).values()
                      if dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__),
                     key=lambda cls: cls.__name__)
 
@@ -21,6 +21,12 @@ WIRE_TYPES = sorted((obj for module in (protocol, inside_protocol) for obj in va
 def test_every_endpoint_is_documented(name):
     method, path = protocol.ENDPOINTS[name]
     assert re.search(rf"\| {method} \| `{re.escape(path)}` \|", DOC), (method, path)
+
+
+@pytest.mark.parametrize("name", sorted(train_protocol.TRAIN_ENDPOINTS))
+def test_every_training_endpoint_is_documented(name):
+    method, path = train_protocol.TRAIN_ENDPOINTS[name]
+    assert re.search(rf"\| {method} \| `{re.escape(path)}[?`]", DOC), (method, path)
 
 
 def test_no_documented_endpoint_is_missing_from_the_code():

@@ -37,12 +37,12 @@ RowAction = Callable[[str, str], str]  # (action, runner name) -> a line saying 
 
 
 def is_busy(status: Status) -> bool:
-    return status.state in ("loading", "stopping") or status.active_requests > 0
+    return status.state in ("loading", "stopping", "training") or status.active_requests > 0
 
 
 _FIT = {"width": "auto", "min_width": "fit-content", "flex": "0 0 auto"}
 _STATE_STYLE = {"loading": "info", "ready": "success", "generating": "warning",
-                "error": "danger", "stopping": "warning"}
+                "error": "danger", "stopping": "warning", "training": "warning"}
 
 
 def manager_action(action: str, name: str) -> str:
