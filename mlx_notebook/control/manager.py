@@ -50,6 +50,7 @@ from .registry import Registry
 
 if TYPE_CHECKING:
     from .remote import RemoteRunner
+    from .router import Router
 
 __all__ = ["LoadArgs", "RunnerEntry", "RunnerInfo", "RunnerManager", "current_manager",
            "default_name", "get_manager"]
@@ -84,6 +85,7 @@ class RunnerManager:
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         self.listeners = Listeners()
+        self.router: Router | None = None  # mn.serve(port=...)'s, stopped with the manager
         if keep_alive:
             self._reaper = threading.Thread(target=self._keep_alive_loop, daemon=True,
                                             name="mlx-notebook-keep-alive")
@@ -338,8 +340,11 @@ class RunnerManager:
         self.notify("unloaded", None)
 
     def close(self) -> None:
-        """Stop the keep-alive thread and every runner."""
+        """Stop the keep-alive thread, the router and every runner."""
         self._stop.set()
+        router, self.router = self.router, None
+        if router is not None:
+            router.stop()
         self.unload_all()
 
     def _keep_alive_loop(self) -> None:
