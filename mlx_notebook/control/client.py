@@ -32,6 +32,7 @@ from ..errors import (
     RunnerUnavailableError,
 )
 from ..protocol import Status
+from ..weight_format import find_openblas
 from .connection import REQUEST_TIMEOUT, STATUS_TIMEOUT, RunnerConnection
 from .process import RunnerProcess
 from .registry import Registry
@@ -92,8 +93,21 @@ class RunnerLaunch:
         they would make a plain runner a group rank (a group's ranks get theirs as flags).
         """
         inherited = {k: v for k, v in os.environ.items() if k not in _RANK_ENV}
-        return runner_env(self.python, {**inherited, **self.env, protocol.TOKEN_ENV: token,
-                                        "PYTHONUNBUFFERED": "1"})
+        env = runner_env(self.python, {**inherited, **self.env, protocol.TOKEN_ENV: token,
+                                       "PYTHONUNBUFFERED": "1"})
+        return self._with_openblas(env)
+
+    def _with_openblas(self, env: dict[str, str]) -> dict[str, str]:
+        """Preload OpenBLAS from the start where the runner would re-exec itself to get it:
+        one interpreter start instead of two on a Linux CPU (runner/fastblas.py)."""
+        if "--no-openblas" in self.extra_args or "openblas" in env.get("LD_PRELOAD", ""):
+            return env
+        if os.path.realpath(self.python) != os.path.realpath(sys.executable):
+            return env  # another interpreter: its own install decides (CUDA or not)
+        library = find_openblas(env)
+        if library is None:
+            return env
+        return {**env, "LD_PRELOAD": ":".join(p for p in (library, env.get("LD_PRELOAD")) if p)}
 
 
 class LocalProcess:
