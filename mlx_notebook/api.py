@@ -62,6 +62,8 @@ def sampling_options(*, max_tokens: int | None = None, temperature: float | None
                      min_p: float | None = None, seed: int | None = None,
                      stop: str | Sequence[str] | None = None, repeat_penalty: float | None = None,
                      repeat_last_n: int | None = None, presence_penalty: float | None = None,
+                     frequency_penalty: float | None = None,
+                     logit_bias: Mapping[int, float] | None = None,
                      logprobs: int | None = None) -> SamplingOptions:
     """The options a generation sends: the config's defaults, then those given (None: default).
 
@@ -73,7 +75,9 @@ def sampling_options(*, max_tokens: int | None = None, temperature: float | None
     opts = get_config().options(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
         seed=seed, stop=tuple(stop) if stop else None, repeat_penalty=repeat_penalty,
-        repeat_last_n=repeat_last_n, presence_penalty=presence_penalty, logprobs=logprobs)
+        repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty, logprobs=logprobs,
+        logit_bias=tuple(sorted(logit_bias.items())) if logit_bias else None)
     if opts.seed is None and opts.temperature > 0:
         opts = dataclasses.replace(opts, seed=random.randrange(2**31))
     return opts

@@ -169,6 +169,8 @@ class SamplingOptions:
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
     presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
     max_tokens: int = 256
     seed: int | None = None
     stop: tuple[str, ...] = ()
@@ -177,6 +179,7 @@ class SamplingOptions:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["stop"] = list(self.stop)
+        data["logit_bias"] = [list(pair) for pair in self.logit_bias]
         return data
 
     @classmethod
@@ -198,11 +201,35 @@ class SamplingOptions:
             repeat_penalty=_number(data, "repeat_penalty", prefix, 1.0, 0.0, 100.0),
             repeat_last_n=_integer(data, "repeat_last_n", prefix, 64, 0, 1 << 20) or 0,
             presence_penalty=_number(data, "presence_penalty", prefix, 0.0, -100.0, 100.0),
+            frequency_penalty=_number(data, "frequency_penalty", prefix, 0.0, -100.0, 100.0),
+            logit_bias=_logit_bias(data.get("logit_bias"), prefix + "logit_bias"),
             max_tokens=_integer(data, "max_tokens", prefix, 256, 1, 1 << 20) or 1,
             seed=_integer(data, "seed", prefix, None, 0, 2**63 - 1),
             stop=tuple(stop),
             logprobs=_integer(data, "logprobs", prefix, 0, 0, MAX_LOGPROBS) or 0,
         )
+
+
+MAX_LOGIT_BIAS = 1024  # entries; OpenAI's own limit is 300
+
+
+def _logit_bias(value: Any, where: str) -> tuple[tuple[int, float], ...]:
+    """``[[token id, bias], ...]``; each bias in -100..100 (OpenAI's range), ids unique."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_LOGIT_BIAS:
+        raise ValidationError(where, f"expected a list of at most {MAX_LOGIT_BIAS} "
+                                     "[token id, bias] pairs")
+    pairs: dict[int, float] = {}
+    for item in value:
+        if (not isinstance(item, list) or len(item) != 2 or isinstance(item[0], bool)
+                or not isinstance(item[0], int) or item[0] < 0
+                or isinstance(item[1], bool) or not isinstance(item[1], (int, float))
+                or not -100.0 <= float(item[1]) <= 100.0):
+            raise ValidationError(where, "each entry is [token id >= 0, bias in -100..100], "
+                                         f"got {json.dumps(item)[:60]}")
+        pairs[item[0]] = float(item[1])
+    return tuple(sorted(pairs.items()))
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,17 @@ JSON = st.recursive(
     max_leaves=12,
 )
 OPTION_KEYS = ["temperature", "top_p", "min_p", "top_k", "repeat_penalty", "repeat_last_n",
-               "presence_penalty", "max_tokens", "seed", "stop", "logprobs", "bogus"]
+               "presence_penalty", "frequency_penalty", "logit_bias", "max_tokens", "seed", "stop",
+               "logprobs", "bogus"]
+LOGIT_BIAS = st.lists(st.tuples(st.integers(-3, 2**40), st.floats(-150, 150)).map(list),
+                      max_size=3)
 COMPLETION = st.fixed_dictionaries({}, optional={
     "prompt": st.text(max_size=20) | JSON,
     "messages": st.lists(st.fixed_dictionaries(
         {"role": st.sampled_from(["user", "system", "assistant", "x"]),
          "content": st.text(max_size=10) | JSON}), max_size=3) | JSON,
     "options": st.dictionaries(st.sampled_from(OPTION_KEYS), JSON | st.integers(0, 3)
-                               | st.floats(0, 1), max_size=4) | JSON,
+                               | st.floats(0, 1) | LOGIT_BIAS, max_size=4) | JSON,
     "request_id": st.text(max_size=10) | JSON,
 })
 BODIES = {

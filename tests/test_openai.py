@@ -255,3 +255,30 @@ def test_serve_magic_never_prints_the_token(served: mn.ServeInfo, shell: Any,  #
     assert environ == {"OPENAI_BASE_URL": served.base_url, "OPENAI_API_KEY": served.token}
     shell.run_line_magic("mlx", "status")
     assert "openai" in capsys.readouterr().out
+
+
+def test_logit_bias_steers_every_token_and_a_bad_id_is_a_400(client: openai.OpenAI) -> None:
+    plain = client.completions.create(model=NAME, prompt="Hello", max_tokens=6, temperature=0)
+    forced = client.completions.create(model=NAME, prompt="Hello", max_tokens=6, temperature=0,
+                                       logit_bias={"7": 100}, logprobs=0)
+    pieces = forced.choices[0].logprobs.tokens
+    assert len(pieces) == 6 and len(set(pieces)) == 1, pieces  # one token, six times
+    assert forced.choices[0].text != plain.choices[0].text
+    with pytest.raises(openai.BadRequestError, match="outside the vocabulary") as err:
+        client.completions.create(model=NAME, prompt="Hello", max_tokens=2,
+                                  logit_bias={"99999999": 5})
+    assert err.value.body["param"] == "logit_bias"
+    with pytest.raises(openai.BadRequestError, match="-100..100"):
+        client.completions.create(model=NAME, prompt="Hello", max_tokens=2,
+                                  logit_bias={"7": 500})
+    assert client.completions.create(model=NAME, prompt="Hi", max_tokens=1).choices  # alive
+
+
+def test_frequency_penalty_changes_a_repetitive_greedy_text(client: openai.OpenAI) -> None:
+    def text(penalty: float) -> str:
+        return client.completions.create(model=NAME, prompt="The", max_tokens=24, temperature=0,
+                                         frequency_penalty=penalty).choices[0].text
+
+    base = text(0.0)
+    assert text(0.0) == base  # greedy: the same text again
+    assert text(2.0) != base  # the penalty changed which tokens win

@@ -39,7 +39,7 @@ from .openai_wire import (
     parse_completion,
 )
 from .reasoning import make_splitter
-from .server import _WAIT_SLICE, HTTPError, _peer_closed
+from .server import _WAIT_SLICE, HTTPError, _peer_closed, logit_bias_problem
 from .templates import render_messages
 from .tool_calls import tool_call_events, tool_support_error
 
@@ -126,6 +126,8 @@ def _serve(handler: RunnerHandler, request: OpenAIRequest) -> None:
     if not tokens:
         raise OpenAIError(400, f"{field} is empty after tokenization", field)
     options = request.options
+    if (problem := logit_bias_problem(loaded, options)) is not None:
+        raise OpenAIError(400, problem, "logit_bias")
     context = engine.context_length
     if context:
         if len(tokens) >= context:

@@ -62,8 +62,9 @@ _COMMON: dict[str, tuple[Support, str]] = {
     "stop": ("supported", f"a string or up to {MAX_STOP_STRINGS} strings"),
     "presence_penalty": ("supported", "-2..2, mlx-lm's additive penalty over a window of the "
                                       "last 64 tokens, prompt included (OpenAI: the text so far)"),
-    "frequency_penalty": ("refused", "not in the runner's sampler yet; 0 only"),
-    "logit_bias": ("refused", "not in the runner's sampler yet; {} only"),
+    "frequency_penalty": ("supported", "-2..2, mlx-lm's additive penalty times each token's "
+                                       "count in the last 64 tokens, prompt included"),
+    "logit_bias": ("supported", "{token id: -100..100} added to the logits (up to 300)"),
     "n": ("refused", "1 only: send n requests (they batch)"),
     "user": ("ignored", "OpenAI's abuse monitoring"),
     "safety_identifier": ("ignored", "OpenAI's abuse monitoring"),
@@ -117,7 +118,7 @@ COMPLETION_FIELDS: dict[str, tuple[Support, str]] = {
 
 # A refused field's neutral values: sending one of these is not asking for anything.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "frequency_penalty": (0, 0.0, None), "logit_bias": ({}, None), "n": (1, None),
+    "n": (1, None),
     "functions": ([], None),
     "function_call": ("none", None), "modalities": (["text"], None), "audio": (None,),
     "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,),
@@ -235,10 +236,32 @@ def _common(body: Any, kind: Kind) -> tuple[dict[str, Any], SamplingOptions, boo
         top_k=_integer(body, "top_k", 0, NO_LIMIT) or 0,
         repeat_penalty=_number(body, "repetition_penalty", 1.0, 0.0, 100.0),
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
-        max_tokens=limit, seed=_integer(body, "seed", -(2**63), 2**63 - 1), stop=_stop(body))
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        logit_bias=_logit_bias(body), max_tokens=limit, seed=_integer(body, "seed", -(2**63), 2**63 - 1), stop=_stop(body))
     if options.seed is not None and options.seed < 0:  # OpenAI allows them; our keys do not
         options = _replace(options, seed=options.seed % (2**63))
     return body, options, stream, include_usage
+
+
+MAX_LOGIT_BIAS = 300  # OpenAI's own limit
+
+
+def _logit_bias(body: dict[str, Any]) -> tuple[tuple[int, float], ...]:
+    """OpenAI's ``{"token id": bias}`` as our sorted ``(id, bias)`` pairs."""
+    value = body.get("logit_bias")
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or len(value) > MAX_LOGIT_BIAS:
+        raise WireError(f"logit_bias is an object of at most {MAX_LOGIT_BIAS} token ids to "
+                        "biases", "logit_bias")
+    pairs = []
+    for key, bias in value.items():
+        if not (isinstance(key, str) and key.isdigit()) or isinstance(bias, bool) \
+                or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
+            raise WireError(f"logit_bias maps token ids to -100..100, got "
+                            f"{json.dumps({key: bias})[:60]}", "logit_bias")
+        pairs.append((int(key), float(bias)))
+    return tuple(sorted(pairs))
 
 
 def _replace(options: SamplingOptions, **changes: Any) -> SamplingOptions:

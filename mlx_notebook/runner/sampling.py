@@ -58,6 +58,9 @@ def make_request_processors(options: SamplingOptions, constraint: Any = None) ->
         repetition_context_size=options.repeat_last_n,
         presence_penalty=options.presence_penalty or None,
         presence_context_size=options.repeat_last_n,
+        frequency_penalty=options.frequency_penalty or None,
+        frequency_context_size=options.repeat_last_n,
+        logit_bias=dict(options.logit_bias) or None,
     )
     if constraint is not None:  # a runner.constraints.CompiledConstraint
         processors.append(constraint.processor())

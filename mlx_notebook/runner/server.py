@@ -49,6 +49,7 @@ from ..protocol import (
     Event,
     FreeResponse,
     NamesRequest,
+    SamplingOptions,
     TokenizeRequest,
     TokenizeResponse,
     ValidationError,
@@ -504,6 +505,8 @@ class RunnerHandler(BaseHTTPRequestHandler):
         if not tokens:
             raise HTTPError(400, "prompt is empty after tokenization", "prompt")
         options = request.options
+        if (problem := logit_bias_problem(loaded, options)) is not None:
+            raise HTTPError(400, problem, "options.logit_bias")
         context = engine.context_length
         if context:
             if len(tokens) >= context:
@@ -633,6 +636,17 @@ def _parse_json(raw: bytes) -> Any:
         raise HTTPError(400, "JSON nested too deeply", "body") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise HTTPError(400, f"body is not valid JSON: {exc}", "body") from None
+
+
+def logit_bias_problem(loaded: LoadedModel, options: SamplingOptions) -> str | None:
+    """A ``logit_bias`` id past the logits would write outside them (MLX does not check)."""
+    if not options.logit_bias:
+        return None
+    sizes = [getattr(getattr(loaded.model, "args", None), "vocab_size", None),
+             getattr(loaded.tokenizer, "vocab_size", None) or len(loaded.tokenizer.get_vocab())]
+    vocab = min(int(n) for n in sizes if n)
+    bad = next((t for t, _ in options.logit_bias if t >= vocab), None)
+    return None if bad is None else f"token id {bad} is outside the vocabulary (size {vocab})"
 
 
 def _validated(parse: Any, body: Any) -> Any:
