@@ -647,6 +647,9 @@ class TokenLogprob:
     text: str
     logprob: float
     top: tuple[TopLogprob, ...] = ()
+    # A constrained request: the model's own first choice when the constraint masked it
+    # out (its log-probability before the mask); None when it was allowed or there is none.
+    unconstrained: TopLogprob | None = None
 
 
 @dataclass(frozen=True)
@@ -762,7 +765,9 @@ def decode_event(line: bytes | str) -> Event:
         raw = data.get("logprobs")
         logprobs = tuple(
             TokenLogprob(token=lp["token"], text=lp["text"], logprob=lp["logprob"],
-                         top=tuple(TopLogprob(**t) for t in lp.get("top", ())))
+                         top=tuple(TopLogprob(**t) for t in lp.get("top", ())),
+                         unconstrained=TopLogprob(**lp["unconstrained"])
+                         if lp.get("unconstrained") else None)
             for lp in raw
         ) if raw else ()
         return ChunkEvent(content=data["content"], tokens=tuple(data.get("tokens", ())),

@@ -25,6 +25,7 @@ from mlx_notebook.protocol import (
     CompletionRequest,
     Constraint,
     SamplingOptions,
+    TokenLogprob,
     ValidationError,
 )
 from mlx_notebook.structured import output_spec, pretty_json_prefix
@@ -249,3 +250,28 @@ def test_map_over_a_dataframe_magic_and_function(tiny: str, shell: Any) -> None:
     assert set(got.value) <= {"yes", "no"}
     with pytest.raises(UsageError, match="no \\{field\\}"):
         shell.run_cell_magic("mlx", f"map --over df -m {tiny}", "no fields here")
+
+
+def _first_logprobs(client: RunnerClient, request: CompletionRequest) -> list[TokenLogprob]:
+    with client.stream(request) as stream:
+        return [lp for chunk in stream for lp in chunk.logprobs]
+
+
+def test_the_models_own_choice_shows_where_the_constraint_overruled_it(
+        tiny_client: RunnerClient) -> None:
+    free = _first_logprobs(tiny_client, _request("hi", None, logprobs=1, max_tokens=1))[0]
+    choice = Constraint("choice", choices=("yes", "no"))
+    alone = _first_logprobs(tiny_client, _request("hi", choice, logprobs=1))
+    first = alone[0]
+    # the random tiny model does not start with "yes" or "no": the mask overruled it
+    assert first.token != free.token and first.unconstrained is not None
+    assert first.unconstrained.token == free.token
+    assert abs(first.unconstrained.logprob - free.logprob) < 1e-3
+    assert all(lp.unconstrained is None or lp.unconstrained.token != lp.token for lp in alone)
+    # the batch path records the same, row by row
+    requests = [_request("hi", choice, logprobs=1) for _ in range(3)]
+    with cf.ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda r: _first_logprobs(tiny_client, r), requests))
+    for row in together:
+        assert [lp.unconstrained and lp.unconstrained.token for lp in row] == \
+            [lp.unconstrained and lp.unconstrained.token for lp in alone]

@@ -7,6 +7,7 @@ from IPython.core.error import UsageError
 
 import mlx_notebook as mn
 from mlx_notebook.control.manager import get_manager
+from mlx_notebook.notebook.teaching.logprob_view import logprobs_text
 from tests import frontend_helpers
 
 shell = frontend_helpers.shell  # fixture
@@ -41,6 +42,19 @@ def test_logprobs_magic_stores_a_result_with_probabilities(shell, tiny):
         top = [t.logprob for t in lp.top]
         assert top == sorted(top, reverse=True) and len(top) == 3
     assert "<span" in result._repr_html_()
+
+
+def test_logprobs_with_a_constraint_outline_where_it_overruled_the_model(shell, tiny):
+    shell.run_cell_magic("mlx", "generate --logprobs 2 --choice yes,no -m tiny-teach -o lp",
+                         "hello")
+    result = shell.user_ns["lp"]
+    assert result.text in ("yes", "no")
+    overruled = [lp for lp in result.logprobs if lp.unconstrained is not None]
+    assert overruled  # the random tiny model never starts with yes or no by itself
+    page = result._repr_html_()
+    assert page.count('data-overruled="1"') == len(overruled)
+    assert "the constraint ruled it out" in page and "dashed" in page
+    assert logprobs_text(result.logprobs).count("the model wanted") == len(overruled)
 
 
 @pytest.mark.parametrize("flag", ["--logprobs 0", "--logprobs 21", "--logprobs x"])

@@ -237,7 +237,7 @@ class MLXMagics(Magics):
                 raise UsageError("%%mlx generate: --logprobs: must be between 1 and 20")
             result = teaching.generate_logprobs(prompt, k=args.logprobs, model=args.model,
                                                 system=args.system, raw=args.raw, show=True,
-                                                **kwargs)
+                                                **kwargs, **output)
             if args.output:
                 self.shell.user_ns[args.output] = result
             return

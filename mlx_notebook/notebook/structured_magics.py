@@ -41,8 +41,6 @@ def output_kwargs(magics: MLXMagics, args: argparse.Namespace, sub: str) -> dict
         output_spec(**kwargs, names=FLAG_NAMES)
     except InvalidArgumentError as exc:
         raise UsageError(f"%%mlx {sub}: {exc}") from None
-    if getattr(args, "logprobs", None) is not None and output_spec(**kwargs) is not None:
-        raise UsageError(f"%%mlx {sub}: --logprobs does not combine with structured output yet")
     return kwargs
 
 

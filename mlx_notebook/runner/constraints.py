@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import llguidance
@@ -26,7 +27,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..protocol import Constraint
-from .mx_values import as_list
+from .mx_values import as_float, as_int, as_list
 
 if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions
@@ -111,17 +112,31 @@ class CompiledConstraint:
 
     def __init__(self, llt: Any, grammar: str) -> None:
         self.llt, self.grammar = llt, grammar
+        self.active: ConstraintProcessor | None = None
 
-    def processor(self) -> ConstraintProcessor:
-        return ConstraintProcessor(llguidance.LLMatcher(self.llt, self.grammar, log_level=0),
-                                   self.llt.vocab_size, list(self.llt.eos_tokens))
+    def processor(self, *, record: bool = False) -> ConstraintProcessor:
+        """A matcher for one request; ``record``: keep the model's unmasked first choices.
+
+        The request's processor is remembered (:attr:`active`): a compiled constraint
+        belongs to one request, and the decode loop reads its first choices there.
+        """
+        self.active = ConstraintProcessor(
+            llguidance.LLMatcher(self.llt, self.grammar, log_level=0), self.llt.vocab_size,
+            list(self.llt.eos_tokens), record=record)
+        return self.active
 
 
 class ConstraintProcessor:
     """An mlx-lm logits processor ``(context, logits) -> logits`` for one request."""
 
-    def __init__(self, matcher: Any, vocab_size: int, eos: list[int]) -> None:
+    def __init__(self, matcher: Any, vocab_size: int, eos: list[int], *,
+                 record: bool = False) -> None:
         self.matcher = matcher
+        # One (token, logprob) pair of lazy arrays per call, oldest first: calls and sampled
+        # tokens come in the same order on both paths (the solo path's next forward pass
+        # is issued before its token is read, hence a queue, not a single slot).
+        self.first_choices: deque[tuple[mx.array, mx.array]] | None = \
+            deque(maxlen=8) if record else None
         self.mask = llg_numpy.allocate_token_bitmask(1, vocab_size)
         self.eos = eos
         self._seen: int | None = None  # context length at the last call
@@ -149,7 +164,17 @@ class ConstraintProcessor:
             words = self.mask.view(np.uint32)
             for token in self.eos:
                 words[0, token // 32] |= np.uint32(1 << (token % 32))
+        if self.first_choices is not None:  # lazy: computed with the step, read with its token
+            self.first_choices.append((mx.argmax(logits, axis=-1),
+                                       mx.max(logits, axis=-1) - mx.logsumexp(logits, axis=-1)))
         return apply_bitmask(logits, self.mask)
+
+    def take_first_choice(self) -> tuple[int, float] | None:
+        """The model's unmasked first choice for the oldest step not yet taken."""
+        if not self.first_choices:
+            return None
+        token, logprob = self.first_choices.popleft()
+        return as_int(token), as_float(logprob)
 
     def _warn(self) -> None:
         if not self._warned:

@@ -286,8 +286,10 @@ class DecodeLoop:
         token = int(response.token)
         logprob = None
         if job.options.logprobs:  # also for the end token: "the model would stop here" is news
+            active = job.constraint.active if job.constraint is not None else None
             logprob = token_logprob(response.logprobs, token, job.options.logprobs,
-                                    self.loaded.tokenizer.decode)
+                                    self.loaded.tokenizer.decode,
+                                    active.take_first_choice() if active is not None else None)
         is_eos = response.finish_reason == "stop" and token in self.eos
         done = record_token(job, token, response.finish_reason, is_eos=is_eos, logprob=logprob)
         if response.finish_reason is not None:

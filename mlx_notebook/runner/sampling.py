@@ -63,13 +63,14 @@ def make_request_processors(options: SamplingOptions, constraint: Any = None) ->
         logit_bias=dict(options.logit_bias) or None,
     )
     if constraint is not None:  # a runner.constraints.CompiledConstraint
-        processors.append(constraint.processor())
+        processors.append(constraint.processor(record=options.logprobs > 0))
     return processors
 
 
-def token_logprob(logprobs: mx.array, token: int, k: int, decode: Callable[[list[int]], str]
-                  ) -> TokenLogprob:
-    """The sampled token's log-probability and the k most likely alternatives, best first."""
+def token_logprob(logprobs: mx.array, token: int, k: int, decode: Callable[[list[int]], str],
+                  first_choice: tuple[int, float] | None = None) -> TokenLogprob:
+    """The sampled token's log-probability and the k most likely alternatives, best first;
+    ``first_choice``: a constraint's record of the model's own pick, kept if it was masked."""
     logprobs = logprobs.reshape(-1)
     top: tuple[TopLogprob, ...] = ()
     if k > 0:
@@ -82,5 +83,9 @@ def token_logprob(logprobs: mx.array, token: int, k: int, decode: Callable[[list
         # A constraint's masked tokens have logprob -inf: never on the wire (JSON has no -inf).
         top = tuple(TopLogprob(token=int(i), text=decode([int(i)]), logprob=float(v))
                     for i, v in zip(ids_list, values_list, strict=True) if math.isfinite(v))
+    unconstrained = None
+    if first_choice is not None and first_choice[0] != token:
+        unconstrained = TopLogprob(token=first_choice[0], text=decode([first_choice[0]]),
+                                   logprob=first_choice[1])
     return TokenLogprob(token=token, text=decode([token]),
-                        logprob=as_float(logprobs[token]), top=top)
+                        logprob=as_float(logprobs[token]), top=top, unconstrained=unconstrained)

@@ -11,6 +11,7 @@ are the model's own (softmax of the logits, before temperature), as the runner s
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 import time
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ... import api
 from ...protocol import ChatMessage, DoneEvent, SamplingOptions, TokenLogprob
+from ...structured import output_spec
 from ..display import in_kernel
 
 if TYPE_CHECKING:
@@ -42,11 +44,21 @@ def _visible(text: str) -> str:
         text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅")
 
 
+def _overruled(tok: TokenLogprob) -> str:
+    """What the constraint ruled out here, in words; "" where the model's choice was allowed."""
+    own = tok.unconstrained
+    if own is None:
+        return ""
+    return f"the model wanted {own.text!r} ({math.exp(own.logprob):.1%}): the constraint ruled it out"
+
+
 def _tooltip(tok: TokenLogprob) -> str:
     lines = [f"{tok.text!r}  p={math.exp(tok.logprob):.4f}  (logprob {tok.logprob:.3f})"]
     for i, alt in enumerate(tok.top, 1):
         mark = " ◀" if alt.token == tok.token else ""
         lines.append(f"{i:>2}. {alt.text!r}  {math.exp(alt.logprob):.2%}{mark}")
+    if tok.unconstrained is not None:
+        lines.append(_overruled(tok))
     return "\n".join(lines)
 
 
@@ -54,8 +66,12 @@ def _span(tok: TokenLogprob) -> str:
     p = math.exp(tok.logprob)
     text = html.escape(tok.text.replace("\n", "↵") if tok.text.strip() else _visible(tok.text))
     br = "<br>" * tok.text.count("\n")
-    return (f'<span class="mlxnb-token" data-prob="{p:.6f}" title="{html.escape(_tooltip(tok))}" '
-            f'style="background:{probability_color(p)};border-radius:3px;padding:0 1px;'
+    # A token the constraint chose over the model's own pick: a dashed outline.
+    mark = ' data-overruled="1"' if tok.unconstrained is not None else ""
+    outline = "outline:1px dashed #555;" if tok.unconstrained is not None else ""
+    return (f'<span class="mlxnb-token" data-prob="{p:.6f}"{mark} '
+            f'title="{html.escape(_tooltip(tok))}" '
+            f'style="background:{probability_color(p)};border-radius:3px;padding:0 1px;{outline}'
             f'margin:0 1px 0 0;white-space:pre-wrap">{text}</span>{br}')
 
 
@@ -79,9 +95,12 @@ def logprobs_html(tokens: Sequence[TokenLogprob], *, table: bool = True) -> str:
         f'<span style="background:{probability_color(p)};padding:0 4px">{p:.0%}</span>'
         for p in (0.05, 0.25, 0.5, 0.75, 0.95))
     mean = (sum(t.logprob for t in tokens) / len(tokens)) if tokens else 0.0
+    overruled = sum(t.unconstrained is not None for t in tokens)
+    ruled = (f" · {overruled} dashed: the constraint overruled the model's own choice"
+             if overruled else "")
     summary = (f'<div style="font-size:85%;color:#666;margin-top:4px">{len(tokens)} tokens · '
                f"mean logprob {mean:.3f} (perplexity {math.exp(-mean):.2f}) · "
-               f"probability: {legend} · hover a token for its alternatives</div>")
+               f"probability: {legend} · hover a token for its alternatives{ruled}</div>")
     details = (f"<details><summary>top-{max((len(t.top) for t in tokens), default=0)} "
                f"alternatives per token</summary>{_table(tokens)}</details>"
                if table and tokens else "")
@@ -94,7 +113,8 @@ def logprobs_text(tokens: Sequence[TokenLogprob]) -> str:
     lines = []
     for tok in tokens:
         alts = ", ".join(f"{a.text!r} {math.exp(a.logprob):.1%}" for a in tok.top)
-        lines.append(f"{tok.text!r:<16} {math.exp(tok.logprob):7.2%}   {alts}")
+        ruled = f"   [{_overruled(tok)}]" if tok.unconstrained is not None else ""
+        lines.append(f"{tok.text!r:<16} {math.exp(tok.logprob):7.2%}   {alts}{ruled}")
     return "\n".join(lines)
 
 
@@ -126,10 +146,15 @@ class LogprobResult:
 def generate_logprobs(prompt: str, *, model: str | RunnerConnection | None = None, k: int = 5,
                       system: str | None = None, raw: bool = False,
                       messages: Sequence[ChatMessage] | None = None, show: bool = False,
+                      schema: Any = None, json: bool = False,
+                      choices: Sequence[str] | str | None = None, regex: str | None = None,
                       **sampling: Any) -> LogprobResult:
     """Generate with ``k`` alternatives per token (0-20); ``show=True`` streams the view.
 
     ``sampling`` takes the :class:`SamplingOptions` names (``max_tokens``, ``temperature``...).
+    With structured output (``schema``, ``json``, ``choices``, ``regex``, as
+    :func:`mlx_notebook.generate`), a token where the constraint overruled the model's
+    own first choice carries it (``TokenLogprob.unconstrained``) and is outlined.
     """
     if not 0 <= k <= 20:
         raise ValueError(f"k (--logprobs) must be between 0 and 20, got {k}")
@@ -137,6 +162,9 @@ def generate_logprobs(prompt: str, *, model: str | RunnerConnection | None = Non
     options = api.sampling_options(**sampling, logprobs=max(k, 1))
     request = api.completion_request(prompt, options, system=system, raw=raw,
                                      messages=messages)
+    output = output_spec(schema=schema, json=json, choices=choices, regex=regex)
+    if output is not None:
+        request = dataclasses.replace(request, constraint=output.constraint)
     handle = _Live() if show else None
     tokens: list[TokenLogprob] = []
     with client.stream(request) as stream:
