@@ -73,7 +73,7 @@ def cache_prompt(text_or_messages: TextOrMessages, *, name: str, model: str | No
     budget (``$MLX_NOTEBOOK_PROMPT_CACHE_BYTES``, default 8 GiB): the least recently used
     caches beyond it are removed, and the result's ``evicted`` names them.
     """
-    from .prompt_caches import budget_bytes
+    from .prompt_cache_files import budget_bytes
 
     _check_name(name)
     if isinstance(text_or_messages, str):
@@ -107,7 +107,7 @@ def load_prompt_cache(name: str, model: str | None = None, *, chat: bool = True
     _check_name(name)
     client = _client(model)
     if not client.remote:  # the runner checks again; here the message can list the names
-        from .prompt_caches import arrays_path, list_caches
+        from .prompt_cache_files import arrays_path, list_caches
 
         if not arrays_path(name).is_file():
             saved = ", ".join(i.name for i in list_caches()) or "none"
@@ -122,14 +122,14 @@ def load_prompt_cache(name: str, model: str | None = None, *, chat: bool = True
 
 def prompt_caches() -> list[SavedPromptCache]:
     """The saved prompt caches of this machine's cache folder, most recently used first."""
-    from .prompt_caches import list_caches
+    from .prompt_cache_files import list_caches
 
     return list_caches()
 
 
 def remove_prompt_cache(name: str) -> None:
     """Delete the saved cache ``name`` (a runner that loaded it keeps its copy in memory)."""
-    from .prompt_caches import list_caches, remove
+    from .prompt_cache_files import list_caches, remove
 
     _check_name(name)
     if not remove(name):

@@ -1,7 +1,7 @@
 """Wire types of the prompt-cache endpoints, ``/v1/cache/save`` and ``/v1/cache/load``.
 
 A saved prompt cache is the KV cache of an exact token prefix (a document, a
-conversation's start) in a file of the cache folder (:mod:`mlx_notebook.prompt_caches`);
+conversation's start) in a file of the cache folder (:mod:`mlx_notebook.prompt_cache_files`);
 loading it puts it in the runner's in-memory prompt cache, so the next request whose
 tokens extend it reads only what follows. Both answers are NDJSON streams like a
 look-inside request's: progress lines while the runner prefills, one

@@ -562,14 +562,14 @@ class RunnerConnection:
 
     def save_prompt_cache(self, request: CacheSaveRequest,
                           on_progress: Progress | None = None) -> SavedPromptCache:
-        """Prefill a prompt and save its KV cache as a file (control/prompt_caches.py)."""
-        from .prompt_caches import save_prompt_cache
+        """Prefill a prompt and save its KV cache as a file (control/cache_requests.py)."""
+        from .cache_requests import save_prompt_cache
 
         return save_prompt_cache(self, request, on_progress)
 
     def load_prompt_cache(self, request: CacheLoadRequest,
                           on_progress: Progress | None = None) -> SavedPromptCache:
         """Put a saved KV cache in the runner's prompt cache; a later prompt extending it hits."""
-        from .prompt_caches import load_prompt_cache
+        from .cache_requests import load_prompt_cache
 
         return load_prompt_cache(self, request, on_progress)

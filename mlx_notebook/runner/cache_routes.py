@@ -11,8 +11,8 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from ..prompt_cache_files import arrays_path, budget_bytes, list_caches
 from ..prompt_cache_protocol import CacheLoadRequest, CacheSaveRequest
-from ..prompt_caches import arrays_path, budget_bytes, list_caches
 from ..protocol import ChatMessage, ValidationError
 from .prompt_files import CorruptCache, key_problem, load_pass, make_job, read_key, save_pass
 from .reasoning import template_kwargs

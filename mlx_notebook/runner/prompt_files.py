@@ -21,8 +21,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import load_prompt_cache, make_prompt_cache, save_prompt_cache
 
 from ..inside_protocol import InsideKind
-from ..prompt_cache_protocol import PromptCacheEvent, SavedPromptCache
-from ..prompt_caches import (
+from ..prompt_cache_files import (
     ARRAYS_SUFFIX,
     arrays_path,
     caches_dir,
@@ -31,6 +30,7 @@ from ..prompt_caches import (
     touch,
     write_summary,
 )
+from ..prompt_cache_protocol import PromptCacheEvent, SavedPromptCache
 from ..protocol import ProgressEvent
 from .decode import _CACHE_KEY
 from .inspect import InspectJob, Pass
