@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
-from mlx_lm.models.cache import load_prompt_cache, make_prompt_cache, save_prompt_cache
+from mlx_lm.models.cache import (
+    KVCache,
+    load_prompt_cache,
+    make_prompt_cache,
+    save_prompt_cache,
+)
 
 from ..inside_protocol import InsideKind
 from ..prompt_cache_files import (
@@ -135,6 +140,19 @@ def _info(key: dict[str, Any], name: str, tokens: int, nbytes: int, created: flo
         prompt=prompt if isinstance(prompt, str) else None)
 
 
+def _compact(cache: list[Any]) -> list[Any]:
+    """Plain KV caches cut to what they hold: a KVCache keeps room beyond its offset (steps
+    of 256 tokens, or a longer prompt's tail after a trim), which need not go to disk."""
+    out = []
+    for c in cache:
+        if type(c) is KVCache and c.keys is not None and c.offset < c.keys.shape[2]:
+            compact = KVCache()
+            compact.state = (c.keys[..., :c.offset, :], c.values[..., :c.offset, :], c.offset)
+            c = compact
+        out.append(c)
+    return out
+
+
 def save_pass(engine: Engine, name: str, tokens: list[int], key: dict[str, Any],
               budget: int) -> Pass:
     """Prefill ``tokens`` (from the nearest in-memory prompt cache), write the file, keep the
@@ -152,11 +170,14 @@ def save_pass(engine: Engine, name: str, tokens: list[int], key: dict[str, Any],
         mx.eval([c.state for c in cache])
         done += len(chunk)
         yield ProgressEvent(processed=done, total=len(tokens))
+    cache = _compact(cache)
     target = arrays_path(name)
     tmp = caches_dir() / f".{name}.{os.getpid()}.tmp{ARRAYS_SUFFIX}"
     now = time.time()
     stored = json.dumps({**key, "format": FILE_FORMAT, "tokens": tokens, "created": now})
     with entry_lock(name, timeout=_LOCK_SECONDS):
+        for leftover in caches_dir().glob(f".{name}.*.tmp{ARRAYS_SUFFIX}"):
+            leftover.unlink(missing_ok=True)  # from a process killed while writing
         try:
             save_prompt_cache(str(tmp), cache, {META_KEY: stored})
             os.replace(tmp, target)
