@@ -25,7 +25,7 @@ from .prompt_cache_protocol import SavedPromptCache, name_problem
 
 __all__ = ["BUDGET_ENV", "DEFAULT_BUDGET_BYTES", "caches_dir", "name_problem", "entry_lock",
            "arrays_path", "summary_path", "read_summary", "write_summary", "list_caches",
-           "remove", "evict", "budget_bytes"]
+           "remove", "touch", "evict", "budget_bytes", "ARRAYS_SUFFIX", "SUMMARY_SUFFIX"]
 
 BUDGET_ENV = "MLX_NOTEBOOK_PROMPT_CACHE_BYTES"
 # A few long documents of a 7B model (~0.5 GB per 4k tokens in float16), or ~90 of the
@@ -103,11 +103,15 @@ def remove(name: str) -> bool:
 
 def touch(name: str) -> None:
     """Mark ``name`` as used now (a load): the budget evicts the least recently used."""
-    info = read_summary(name)
-    if info is not None:
-        from dataclasses import replace
+    from dataclasses import replace
 
-        write_summary(replace(info, last_used=time.time()))
+    try:
+        with entry_lock(name, timeout=0):  # being written: the writer's summary is newer
+            info = read_summary(name)
+            if info is not None:
+                write_summary(replace(info, last_used=time.time()))
+    except Timeout:
+        pass
 
 
 def budget_bytes(given: int | None = None) -> int:

@@ -123,8 +123,8 @@ class SavedPromptCache:
     # Answers only: on save, the caches removed to keep the budget; on load, the prompt it
     # holds (to ask about it) and whether a later chat turn extends its tokens exactly.
     evicted: tuple[str, ...] = ()
-    prompt: str | None = None
-    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = field(default=None, repr=False)  # a document: long
+    messages: tuple[ChatMessage, ...] | None = field(default=None, repr=False)
     extends: bool = True  # a chat turn added to its messages starts with its tokens
     in_memory: bool = True  # it fit the runner's in-memory prompt cache (else: too large)
 

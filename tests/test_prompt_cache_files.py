@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -208,6 +209,10 @@ def test_save_restart_load_chat_ls_rm(caches: Caches, tiny_model_dir: Path, no_m
     assert [m.role for m in mn.conversation()] == ["system"]  # the document, as its system
     answer = mn.chat("Box 3?", max_tokens=4)
     assert answer.cached_tokens == loaded.tokens == saved.tokens
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (arrays_path("inventory"), summary_path("inventory")):  # as the models' files
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
     rows = caches.ls()
     assert [(r.name, r.model, r.tokens, r.bytes) for r in rows] == \
         [("inventory", "tiny", saved.tokens, arrays_path("inventory").stat().st_size)]

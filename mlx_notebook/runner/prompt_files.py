@@ -198,6 +198,9 @@ def load_pass(engine: Engine, name: str, key: dict[str, Any]) -> Pass:
     mx.eval([c.state for c in cache])
     yield ProgressEvent(processed=len(key["tokens"]), total=len(key["tokens"]))
     stored = json.loads(meta[META_KEY])
+    problem = key_problem(stored, engine.loaded, name)
+    if problem:  # another process saved this name again since the check: check it again
+        raise ValueError(problem)
     tokens = [int(t) for t in stored["tokens"]]
     expected = [type(c).__name__ for c in make_prompt_cache(engine.loaded.model)]
     found = [type(c).__name__ for c in cache]
