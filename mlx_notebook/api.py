@@ -27,6 +27,7 @@ from .data_map import map  # noqa: A004 - mn.map; it calls back into this module
 from .errors import GenerationError, InvalidArgumentError
 from .generation import Generation, GenerationResult
 from .inside import attention, choose, lens, score
+from .prompt_cache_api import cache_prompt, load_prompt_cache, prompt_caches, remove_prompt_cache
 from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status, ToolCall
 from .serving import ServeInfo, openai_client, serve
 from .structured import output_spec
@@ -43,6 +44,7 @@ __all__ = [
     "reset_chat", "status", "stream", "tokenize", "unload", "use",
     "map", "serve", "openai_client", "ServeInfo",
     "train", "fuse", "TrainResult",
+    "cache_prompt", "load_prompt_cache", "prompt_caches", "remove_prompt_cache",
 ]
 
 REMOTE_TOKEN_ENV = "MLX_REMOTE_TOKEN"  # where connect() looks for a remote runner's token

@@ -58,6 +58,17 @@ class ChatHistory:
             conv.system = system
         conv.turns += [ChatMessage("user", user), ChatMessage("assistant", answer)]
 
+    def begin(self, name: str, messages: list[ChatMessage]) -> bool:
+        """Make ``messages`` the conversation (a loaded prompt cache's): a system message, then
+        user/assistant turns. False, and nothing changed, for any other shape."""
+        system = messages[0].content if messages and messages[0].role == "system" else ""
+        turns = messages[1:] if system else list(messages)
+        roles = [m.role for m in turns]
+        if roles != ["user", "assistant"] * (len(turns) // 2) or not (system or turns):
+            return False
+        self._conversations[name] = Conversation(system=system, turns=list(turns))
+        return True
+
     def drop_oldest(self, name: str) -> bool:
         """Forget the oldest turn (a user message and its answer); False if none is left."""
         conv = self._conversations.get(name)

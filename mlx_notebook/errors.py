@@ -17,6 +17,7 @@
      ├── ConfigError               an unknown setting or a value of the wrong type (.key)
      ├── InterpolationError        a ``{name}`` of a prompt cannot be filled (.name)
      ├── TrainingError             a training runner failed or died (.adapter_path: what was saved)
+     ├── PromptCacheError          a saved prompt cache cannot be used (.name, .reason)
      └── InvalidArgumentError      an argument of an API call or a magic is wrong (.field)
           └── TrainingDataError    a row of training data is unusable (.row, .split)
 
@@ -50,6 +51,7 @@ __all__ = [
     "InvalidArgumentError",
     "TrainingError",
     "TrainingDataError",
+    "PromptCacheError",
 ]
 
 # Messages used in more than one place.
@@ -179,6 +181,18 @@ class TrainingError(MLXNotebookError):
     def __init__(self, message: str, *, adapter_path: str | None = None) -> None:
         super().__init__(message)
         self.adapter_path = adapter_path
+
+
+class PromptCacheError(MLXNotebookError):
+    """A saved prompt cache that cannot be used: ``reason`` is "unknown" (no such name),
+    "mismatch" (saved with other weights: never loaded into these) or "corrupt" (a damaged
+    file); ``name`` is the cache's. The runner that refused it stays usable."""
+
+    def __init__(self, message: str, *, name: str | None = None, reason: str = "unknown",
+                 status: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.name = name
+        self.reason = reason
 
 
 class TrainingDataError(InvalidArgumentError):

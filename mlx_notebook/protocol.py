@@ -31,6 +31,9 @@ Endpoints:
 ``POST /v1/lens``         NDJSON streams of progress lines, one ``ResultEvent``,
 ``POST /v1/attention``    then a :class:`DoneEvent` (or an :class:`ErrorEvent`)
 ``POST /v1/names``        :class:`NamesRequest` -> ``{"ok": true}``
+``POST /v1/cache/save``   prompt caches on disk (:mod:`mlx_notebook.prompt_cache_protocol`):
+``POST /v1/cache/load``   NDJSON streams of progress lines, one ``PromptCacheEvent``,
+                          then a :class:`DoneEvent` (or an :class:`ErrorEvent`)
 ``/v1/chat/completions``  OpenAI's API on the same batch (docs/protocol.md, "OpenAI-
 ``/v1/completions``       compatible endpoints"); OpenAI's error object on these paths
 ``/v1/models``
@@ -79,6 +82,9 @@ ENDPOINTS: dict[str, tuple[str, str]] = {
     "attention": ("POST", "/v1/attention"),
     # The names the kernel loaded the runner as: OpenAI clients may ask for them (/v1/models).
     "names": ("POST", "/v1/names"),
+    # Prompt caches on disk (wire types in prompt_cache_protocol.py): prefill and save, load.
+    "cache_save": ("POST", "/v1/cache/save"),
+    "cache_load": ("POST", "/v1/cache/load"),
 }
 
 

@@ -44,6 +44,7 @@ from ..inside_protocol import (
     ScoreRequest,
     ScoreResult,
 )
+from ..prompt_cache_protocol import CacheLoadRequest, CacheSaveRequest, SavedPromptCache
 from ..protocol import ChunkEvent, CompletionRequest, DoneEvent, Status
 from .streams import CompletionStream, astream_events
 
@@ -556,3 +557,19 @@ class RunnerConnection:
         from .inside import attention
 
         return attention(self, request, on_progress)
+
+    # ------------------------------------------------------------ prompt caches on disk
+
+    def save_prompt_cache(self, request: CacheSaveRequest,
+                          on_progress: Progress | None = None) -> SavedPromptCache:
+        """Prefill a prompt and save its KV cache as a file (control/cache_requests.py)."""
+        from .cache_requests import save_prompt_cache
+
+        return save_prompt_cache(self, request, on_progress)
+
+    def load_prompt_cache(self, request: CacheLoadRequest,
+                          on_progress: Progress | None = None) -> SavedPromptCache:
+        """Put a saved KV cache in the runner's prompt cache; a later prompt extending it hits."""
+        from .cache_requests import load_prompt_cache
+
+        return load_prompt_cache(self, request, on_progress)

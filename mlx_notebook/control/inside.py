@@ -35,7 +35,10 @@ Progress = Callable[[int, int], None]
 
 
 def _run(conn: RunnerConnection, endpoint: str, body: dict[str, Any],
-         on_progress: Progress | None) -> Any:
+         on_progress: Progress | None, decode: Callable[[dict[str, Any]], Any] = decode_result,
+         refused: Callable[[httpx2.Response], None] | None = None) -> Any:
+    """One streamed request read to its result; ``decode`` reads the result line, ``refused``
+    may raise its own error for a 4xx answer before the generic one."""
     method, path = protocol.ENDPOINTS[endpoint]
     http = conn.require_http()
     what = f"during {endpoint}"
@@ -47,8 +50,10 @@ def _run(conn: RunnerConnection, endpoint: str, body: dict[str, Any],
             try:
                 if response.status_code >= 400:
                     response.read()
+                    if refused is not None:
+                        refused(response)
                 conn.check_response(response, f"the {endpoint} request")
-                return _read(conn, endpoint, response, on_progress)
+                return _read(conn, endpoint, response, on_progress, decode)
             except httpx2.ReadTimeout as exc:
                 raise conn.stalled(what) from exc
             finally:
@@ -59,7 +64,8 @@ def _run(conn: RunnerConnection, endpoint: str, body: dict[str, Any],
 
 
 def _read(conn: RunnerConnection, endpoint: str, response: httpx2.Response,
-          on_progress: Progress | None) -> Any:
+          on_progress: Progress | None,
+          decode: Callable[[dict[str, Any]], Any] = decode_result) -> Any:
     result = None
     for line in response.iter_lines():
         if not line.strip():
@@ -68,7 +74,7 @@ def _read(conn: RunnerConnection, endpoint: str, response: httpx2.Response,
             data = json.loads(line)
             kind = data.get("type") if isinstance(data, dict) else None
             if kind == "result":
-                result = decode_result(data)
+                result = decode(data)
                 continue
             event = protocol.decode_event(line)
         except (KeyError, TypeError, ValueError) as exc:

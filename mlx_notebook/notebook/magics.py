@@ -36,7 +36,15 @@ from .. import api
 from ..config import get_config
 from ..errors import InvalidArgumentError, MLXNotebookError
 from ..protocol import SamplingOptions, ValidationError
-from . import inside_magics, parsers, serve_magics, structured_magics, teaching, tool_magics
+from . import (
+    cache_magics,
+    inside_magics,
+    parsers,
+    serve_magics,
+    structured_magics,
+    teaching,
+    tool_magics,
+)
 from .interpolate import interpolate
 from .parsers import Parser, _Exit, make_parser
 from .train_magics import fuse_arguments, fuse_magic, train_arguments, train_magic
@@ -388,6 +396,9 @@ SUBCOMMANDS: Mapping[str, Subcommand] = {c.name: c for c in (
     Subcommand("fuse", "write a model folder with a fine-tuned adapter fused into its weights",
                fuse_arguments, fuse_magic,
                usage="%mlx fuse MODEL --adapter PATH --out FOLDER"),
+    Subcommand("cache", "prompt caches on disk: save a document's KV cache, load it after a restart",
+               cache_magics.cache_arguments, cache_magics.cache_magic, cell="optional",
+               usage=cache_magics.USAGE),
     Subcommand("serve", "the model's OpenAI-compatible base URL for other tools (never the token)",
                serve_magics.serve_arguments, serve_magics.serve_magic,
                usage="%mlx serve [-m NAME] [--export] [-o VAR]"),

@@ -58,6 +58,7 @@ class Engine:
         self.ready_event = threading.Event()  # set when the state leaves "loading"
         self.finished_event = threading.Event()  # set when the worker thread ends
         self.mailbox = Mailbox()
+        self.decode_loop: DecodeLoop | None = None  # its prompt cache takes loaded files
         self._thread = threading.Thread(target=self._main, name="mlx-worker", daemon=True)
 
     # ------------------------------------------------------------ called from any thread
@@ -159,6 +160,7 @@ class Engine:
     def _serve(self, loaded: LoadedModel) -> None:
         loop = DecodeLoop(loaded, self.mailbox, self.settings, self.distributed,
                           on_speed=self._on_speed, on_ranks=self._on_ranks)
+        self.decode_loop = loop  # set before "ready": prompt-file passes use its prompt cache
         single = self.distributed is None and self.settings.solo
         if not single:
             self.progress_message = "warming up"

@@ -263,6 +263,10 @@ class InspectJob(Job):
     processed: int = 0
     options: SamplingOptions = field(default_factory=SamplingOptions)
 
+    def result_event(self, value: Any) -> Any:
+        """The line a finished pass sends before its DoneEvent (a prompt-cache job has its own)."""
+        return ResultEvent(kind=self.kind, result=_as_dict(value))
+
 
 class InspectQueue:
     """Look-inside jobs waiting on the worker; :meth:`step` runs one chunk of the first.
@@ -294,7 +298,7 @@ class InspectQueue:
         except StopIteration as stop:
             # The server's writer encodes any event dataclass; this one only a look-inside has.
             events = cast("queue.SimpleQueue[Any]", job.events)
-            events.put(ResultEvent(kind=job.kind, result=_as_dict(stop.value)))
+            events.put(job.result_event(stop.value))
             self._done(job, "stop")
         except Exception as exc:  # a failed pass fails its request, never the runner
             self.jobs.pop(0)

@@ -491,6 +491,16 @@ class RunnerHandler(BaseHTTPRequestHandler):
 
         handle_attention(self, body)
 
+    def _handle_cache_save(self, body: Any) -> None:
+        from .cache_routes import handle_cache_save
+
+        handle_cache_save(self, body)
+
+    def _handle_cache_load(self, body: Any) -> None:
+        from .cache_routes import handle_cache_load
+
+        handle_cache_load(self, body)
+
     def _handle_completion(self, body: Any) -> None:
         engine, loaded = self._require_ready()
         request = _validated(CompletionRequest.from_json, body)
