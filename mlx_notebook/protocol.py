@@ -584,6 +584,7 @@ class Status:
     ranks: tuple[RankInfo, ...] = ()  # empty for a runner that is one process
     requests: dict[str, int] = field(default_factory=dict)  # per source: notebook, openai
     names: tuple[str, ...] = ()  # the names it answers to besides its spec (NamesRequest)
+    draft: str = ""  # the draft model decoding with it (speculative decoding), if any
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -630,6 +631,9 @@ class ChunkEvent:
     tokens: tuple[int, ...] = ()
     logprobs: tuple[TokenLogprob, ...] = ()
     thinking: bool = False  # the model's thinking (between its think tags), not the answer
+    # Parallel to ``tokens`` when any came from a draft model (guessed, then accepted by the
+    # model); empty means none did: the path without a draft never sends it.
+    draft: tuple[bool, ...] = ()
     type: Literal["chunk"] = "chunk"
 
 
@@ -647,7 +651,14 @@ class DoneEvent:
     error: str | None = None
     thinking_tokens: int = 0  # of completion_tokens, those spent thinking
     in_thinking: bool = False  # it ended inside the thinking (e.g. max_tokens ran out there)
+    draft_tokens: int = 0  # tokens a draft model guessed and the model checked
+    draft_accepted: int = 0  # of them, those the model agreed with (sent as they were)
     type: Literal["done"] = "done"
+
+    @property
+    def draft_acceptance(self) -> float | None:
+        """The share of the draft's guesses that were kept; None without a draft."""
+        return self.draft_accepted / self.draft_tokens if self.draft_tokens else None
 
 
 @dataclass(frozen=True)
@@ -700,7 +711,7 @@ KEEPALIVE_LINE = b'{"type":"keepalive"}\n'
 
 def encode_event(event: Event) -> bytes:
     """One NDJSON line."""
-    if type(event) is ChunkEvent and not event.logprobs:  # the per-token case: no asdict
+    if type(event) is ChunkEvent and not event.logprobs and not event.draft:  # no asdict
         return _CHUNK_LINE % (json.dumps(event.content, ensure_ascii=False).encode(),
                               ",".join(map(str, event.tokens)).encode(),
                               b"true" if event.thinking else b"false")
@@ -719,10 +730,18 @@ def merge_chunks(events: list[Event]) -> list[Event]:
         if (type(event) is ChunkEvent and not event.logprobs and type(last) is ChunkEvent
                 and not last.logprobs and last.thinking == event.thinking):
             merged[-1] = ChunkEvent(content=last.content + event.content,
-                                    tokens=last.tokens + event.tokens, thinking=event.thinking)
+                                    tokens=last.tokens + event.tokens, thinking=event.thinking,
+                                    draft=_joined_draft(last, event))
         else:
             merged.append(event)
     return merged
+
+
+def _joined_draft(first: ChunkEvent, second: ChunkEvent) -> tuple[bool, ...]:
+    if not first.draft and not second.draft:
+        return ()
+    return ((first.draft or (False,) * len(first.tokens))
+            + (second.draft or (False,) * len(second.tokens)))
 
 
 def decode_event(line: bytes | str) -> Event:
@@ -739,7 +758,8 @@ def decode_event(line: bytes | str) -> Event:
             for lp in raw
         ) if raw else ()
         return ChunkEvent(content=data["content"], tokens=tuple(data.get("tokens", ())),
-                          logprobs=logprobs, thinking=data.get("thinking") is True)
+                          logprobs=logprobs, thinking=data.get("thinking") is True,
+                          draft=tuple(d is True for d in data.get("draft") or ()))
     if kind == "done":
         known = {f.name for f in fields(DoneEvent)}
         return DoneEvent(**{k: v for k, v in data.items() if k in known})
