@@ -718,7 +718,8 @@ def encode_event(event: Event) -> bytes:
     return (json.dumps(asdict(event), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
-_CHUNK_LINE = b'{"content":%s,"tokens":[%s],"logprobs":[],"thinking":%s,"type":"chunk"}\n'
+_CHUNK_LINE = (b'{"content":%s,"tokens":[%s],"logprobs":[],"thinking":%s,"draft":[],'
+               b'"type":"chunk"}\n')
 
 
 def merge_chunks(events: list[Event]) -> list[Event]:

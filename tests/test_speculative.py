@@ -141,6 +141,24 @@ def test_a_stop_token_ends_it_and_the_caches_hold_what_they_say(tiny_pair):
         assert decoder.draft.tokens == (list(prompt) + tokens)[:len(decoder.draft.tokens)]
 
 
+def test_a_later_prompt_goes_on_from_both_caches(tiny_pair):
+    """What the runner keeps in its prompt cache (both models') serves a longer prompt."""
+    model, _, prompt = tiny_pair
+    tokens, _, decoder, last = speculate(model, model, prompt, SamplingOptions())
+    longer = list(prompt) + tokens + list(prompt[:3])
+    expected = reference(model, longer, SamplingOptions())
+    cached = last.all_tokens
+    later = SpeculativeDecoder(
+        model, model, -2, rest=longer[len(cached):], cache=last.prompt_cache, cached=cached,
+        draft=decoder.draft, prompt=longer, max_tokens=N, sampler=None, stop_tokens=set(),
+        stream=mx.default_stream(mx.default_device()), prefill_step=4, num_draft=3)
+    assert later.draft_todo == longer[len(decoder.draft.tokens):]
+    out: list[int] = []
+    while len(out) < N:
+        out += [r.token for r in later.step()]
+    assert out == expected and later.accepted == later.proposed
+
+
 def test_a_seeded_request_is_the_same_text_twice(tiny_pair):
     """Sampled with a draft: its own random stream, so reproducible, not generate_step's."""
     model, other, prompt = tiny_pair
@@ -216,9 +234,23 @@ def test_demo_greedy_text_is_the_same_with_a_draft(which, demo_client, request):
         assert acceptance < 0.1
 
 
+def test_a_chat_turn_again_reuses_both_caches_and_the_text(self_drafted):
+    """A request again: the model's and the draft's prompt caches serve it, same text."""
+    request = ask("What is a cat?", 12)
+    first, _ = streamed(self_drafted, request)
+    again, done = streamed(self_drafted, request)
+    assert tokens_of(again) == tokens_of(first)
+    assert done.cached_tokens > 0
+    assert done.draft_acceptance is not None and done.draft_acceptance > 0.9
+
+
 def test_status_names_the_draft(self_drafted, demo_client):
+    from mlx_notebook.notebook.display import status_line
+
     assert self_drafted.status().draft == "demo"
+    assert " · draft demo · " in status_line(self_drafted.status())
     assert demo_client.status().draft == ""
+    assert "draft" not in status_line(demo_client.status())
 
 
 def test_a_second_request_hands_it_over_to_the_batch_mid_stream(self_drafted, demo_client):
