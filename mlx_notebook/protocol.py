@@ -758,9 +758,10 @@ def decode_event(line: bytes | str) -> Event:
                          top=tuple(TopLogprob(**t) for t in lp.get("top", ())))
             for lp in raw
         ) if raw else ()
+        drafted = data.get("draft")
         return ChunkEvent(content=data["content"], tokens=tuple(data.get("tokens", ())),
                           logprobs=logprobs, thinking=data.get("thinking") is True,
-                          draft=tuple(d is True for d in data.get("draft") or ()))
+                          draft=tuple(d is True for d in drafted) if drafted else ())
     if kind == "done":
         known = {f.name for f in fields(DoneEvent)}
         return DoneEvent(**{k: v for k, v in data.items() if k in known})
