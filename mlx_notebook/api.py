@@ -194,13 +194,14 @@ def load(model: str = "demo", *, name: str | None = None, context_length: int | 
     :class:`~mlx_notebook.errors.InvalidArgumentError` before anything starts.
 
     ``draft`` (a small model of the same tokenizer, any spec ``model`` takes) turns on
-    speculative decoding: the draft guesses ``num_draft`` tokens (default 3), the model
-    checks them in one pass. A request that runs alone decodes so; requests running
-    together batch as usual, without the draft. Greedy text is the same as without a
-    draft; sampled text follows the same distribution, but a ``seed`` gives other text
-    than without the draft (the random stream advances differently). Requests with a
-    repetition/presence penalty or a constraint decode without the draft. A draft of
-    another tokenizer fails the load (:class:`~mlx_notebook.errors.RunnerStartError`).
+    speculative decoding: the draft guesses up to ``num_draft`` tokens a round (default
+    3; after a miss, one more than it got right), the model checks them in one pass. A
+    request that runs alone decodes so; requests running together batch as usual,
+    without the draft. Greedy text is the same as without a draft; sampled text follows
+    the same distribution, but a ``seed`` gives other text than without the draft (the
+    random stream advances differently). Requests with a repetition/presence penalty or
+    a constraint decode without the draft. A draft of another tokenizer fails the load
+    (:class:`~mlx_notebook.errors.RunnerStartError`).
 
     >>> mn.load("demo", draft="/models/tiny-smollm", num_draft=4)   # doctest: +SKIP
     """
@@ -211,7 +212,15 @@ def load(model: str = "demo", *, name: str | None = None, context_length: int | 
     return _with_progress(name or model, show, on_progress, lambda report, say: manager.load(
         model, name, context_length=context_length, force=force, on_progress=report,
         on_message=say, ranks=ranks, shard=shard, hosts=hosts, backend=backend,
-        adapter=adapter_dir, draft=draft, num_draft=num_draft))
+        adapter=adapter_dir, draft=_local_or_spec(draft), num_draft=num_draft))
+
+
+def _local_or_spec(spec: str | None) -> str | None:
+    """A draft that names a local folder or file, made absolute (the runner's cwd may differ)."""
+    if spec is None:
+        return None
+    path = os.path.expanduser(spec)
+    return os.path.abspath(path) if os.path.exists(path) else spec
 
 
 def _check_adapter(adapter: str | os.PathLike[str], ranks: int, hosts: str | None) -> str:

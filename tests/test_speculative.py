@@ -126,6 +126,16 @@ def test_a_draft_of_other_weights_is_mostly_rejected(tiny_pair):
     assert decoder.proposed > 0 and decoder.accepted / decoder.proposed < 0.5
 
 
+def test_after_a_miss_the_draft_guesses_one_more_than_it_got_right(tiny_pair):
+    """Guessing costs (checking 4 positions is ~2 steps on a CPU): a poor draft guesses less."""
+    model, other, prompt = tiny_pair
+    _, _, decoder, _ = speculate(model, other, prompt, SamplingOptions(), num_draft=5)
+    rounds = N - decoder.accepted  # each round sends one token of the model's own
+    # Round 1 guesses 5, every later one (kept last round + 1) at most.
+    assert decoder.proposed <= 5 + decoder.accepted + (rounds - 1)
+    assert decoder.proposed < 5 * (rounds - 1)  # what 5 guesses a round would have cost
+
+
 def test_a_stop_token_ends_it_and_the_caches_hold_what_they_say(tiny_pair):
     model, other, prompt = tiny_pair
     expected = reference(model, prompt, SamplingOptions())
@@ -322,7 +332,7 @@ def test_a_draft_of_another_tokenizer_fails_the_load_in_one_line(tiny_model_dir,
 def test_the_runner_refuses_bad_draft_flags(flags, says):
     done = subprocess.run([sys.executable, "-m", "mlx_notebook.runner", "--model", "demo",
                            "--no-auth", "--no-openblas", *flags],
-                          capture_output=True, text=True, timeout=60, env=None)
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 64
     assert says in done.stderr and len(done.stderr.strip().splitlines()) == 1
 

@@ -86,7 +86,7 @@ def load(p: argparse.ArgumentParser) -> None:
                    help="a small model of the same tokenizer that guesses tokens for it "
                         "(speculative decoding: same greedy text, maybe faster)")
     p.add_argument("--num-draft", type=int, metavar="N",
-                   help="tokens the draft model guesses per round (default 3)")
+                   help="most tokens the draft model guesses per round (default 3)")
 
 
 def connect(p: argparse.ArgumentParser) -> None:

@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a small draft model of the same tokenizer: a request that runs "
                              "alone is decoded speculatively (same greedy text, maybe faster)")
     parser.add_argument("--num-draft", type=int, default=3, metavar="N",
-                        help="tokens the draft model guesses per round (default 3)")
+                        help="most tokens the draft model guesses per round (default 3); after a miss it "
+                             "guesses one more than it got right")
     parser.add_argument("--prompt-cache-bytes", type=int, default=None,
                         help="byte budget of the reusable KV cache (default: 10%% of memory, <=1 GiB)")
     parser.add_argument("--parent-pid", type=int, default=None,

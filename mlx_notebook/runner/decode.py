@@ -45,7 +45,7 @@ class DecodeSettings:
     prefill_step: int = 512  # prompt tokens per forward pass
     prompt_cache_bytes: int | None = None  # None: 10% of memory, at most 1 GiB
     solo: bool = True  # decode a request that runs alone without the batch
-    num_draft: int = 3  # tokens a draft model guesses per round (with a draft model)
+    num_draft: int = 3  # most tokens a draft model guesses per round (with a draft model)
 
 
 class DecodeLoop:
