@@ -98,6 +98,9 @@ SHAPES = {
                  num_attention_heads=9, num_key_value_heads=3, head_dim=64),
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                num_attention_heads=32, num_key_value_heads=8, head_dim=64),
+    # A draft that costs next to nothing (benchmarks/speculative_bench.py).
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16),
 }
 DEMO_CONFIG = dict(model_type="llama", architectures=["LlamaForCausalLM"],
                    rms_norm_eps=9.999999747378752e-06, rope_theta=100000.0,

@@ -125,7 +125,7 @@ def _check_raw(raw: bool, system: str | None) -> None:
 ArgNames = Mapping[str, str]
 ARG_NAMES: ArgNames = {"context_length": "context_length", "ranks": "ranks", "hosts": "hosts",
                        "backend": "backend", "token_env": "token_env", "name": "a name",
-                       "all": "all=True"}
+                       "all": "all=True", "draft": "draft", "num_draft": "num_draft"}
 CONTEXT_NOT_POSITIVE = "{context_length} must be a positive number of tokens"
 RANKS_BELOW_ONE = "{ranks} must be 1 or more"
 RANKS_AND_HOSTS = "give {ranks} or {hosts}, not both (the hostfile sets the number of ranks)"
@@ -136,6 +136,10 @@ TOKEN_ENV_UNSET = ("environment variable {value} is not set or is empty: set it 
                    "runner's {token} (os.environ[{value!r}] = getpass.getpass())")
 NAME_AND_ALL = "give {name} or {all}, not both"
 RAW_WITH_SYSTEM = "system has no effect with raw=True (the prompt is sent as is)"
+NUM_DRAFT_BELOW_ONE = "{num_draft} must be 1 or more (tokens the draft model guesses per round)"
+NUM_DRAFT_ALONE = "{num_draft} goes with {draft} (a draft model to guess with)"
+DRAFT_IN_GROUP = ("a {draft} model does not work with {ranks}/{hosts} yet (speculative decoding "
+                  "runs in one process): load the model alone")
 
 
 def _invalid(template: str, field: str, names: ArgNames | None, **values: Any) -> InvalidArgumentError:
@@ -145,6 +149,7 @@ def _invalid(template: str, field: str, names: ArgNames | None, **values: Any) -
 
 def check_load_args(*, context_length: int | None = None, ranks: int = 1,
                     hosts: str | None = None, backend: str | None = None,
+                    draft: str | None = None, num_draft: int | None = None,
                     names: ArgNames | None = None) -> None:
     """Refuse :func:`load` arguments that cannot go together (``InvalidArgumentError``)."""
     if context_length is not None and context_length < 1:
@@ -155,6 +160,12 @@ def check_load_args(*, context_length: int | None = None, ranks: int = 1,
         raise _invalid(RANKS_AND_HOSTS, "hosts", names)
     if backend is not None and hosts is None and ranks == 1:
         raise _invalid(BACKEND_ALONE, "backend", names)
+    if num_draft is not None and num_draft < 1:
+        raise _invalid(NUM_DRAFT_BELOW_ONE, "num_draft", names)
+    if num_draft is not None and draft is None:
+        raise _invalid(NUM_DRAFT_ALONE, "num_draft", names)
+    if draft is not None and (ranks > 1 or hosts):
+        raise _invalid(DRAFT_IN_GROUP, "draft", names)
 
 
 def check_connect_args(*, token_env: str, names: ArgNames | None = None) -> None:
@@ -177,7 +188,8 @@ def load(model: str = "demo", *, name: str | None = None, context_length: int | 
          force: bool = False, show: bool = False, ranks: int = 1, shard: str = "tensor",
          hosts: str | None = None, backend: str | None = None,
          on_progress: Callable[[Status], None] | None = None,
-         adapter: str | os.PathLike[str] | None = None) -> RunnerConnection:
+         adapter: str | os.PathLike[str] | None = None, draft: str | None = None,
+         num_draft: int | None = None) -> RunnerConnection:
     """Start a runner for ``model`` (``demo``, a Hugging Face id, a folder or a .gguf file).
 
     ``show=True`` draws a progress bar (text in a terminal) while it loads; ``ranks=2``
@@ -186,14 +198,35 @@ def load(model: str = "demo", *, name: str | None = None, context_length: int | 
     pipeline; see docs/distributed.md). ``adapter`` applies a fine-tuned adapter folder
     (``mn.train``'s, or ``mlx_lm.lora``'s) on top. Arguments that cannot go together raise
     :class:`~mlx_notebook.errors.InvalidArgumentError` before anything starts.
+
+    ``draft`` (a small model of the same tokenizer, any spec ``model`` takes) turns on
+    speculative decoding: the draft guesses up to ``num_draft`` tokens a round (default
+    3; after a miss, one more than it got right), the model checks them in one pass. A
+    request that runs alone decodes so; requests running together batch as usual,
+    without the draft. Greedy text is the same as without a draft; sampled text follows
+    the same distribution, but a ``seed`` gives other text than without the draft (the
+    random stream advances differently). Requests with a repetition/presence penalty or
+    a constraint decode without the draft. A draft of another tokenizer fails the load
+    (:class:`~mlx_notebook.errors.RunnerStartError`).
+
+    >>> mn.load("demo", draft="/models/tiny-smollm", num_draft=4)   # doctest: +SKIP
     """
-    check_load_args(context_length=context_length, ranks=ranks, hosts=hosts, backend=backend)
+    check_load_args(context_length=context_length, ranks=ranks, hosts=hosts, backend=backend,
+                    draft=draft, num_draft=num_draft)
     adapter_dir = None if adapter is None else _check_adapter(adapter, ranks, hosts)
     manager = _manager()
     return _with_progress(name or model, show, on_progress, lambda report, say: manager.load(
         model, name, context_length=context_length, force=force, on_progress=report,
         on_message=say, ranks=ranks, shard=shard, hosts=hosts, backend=backend,
-        adapter=adapter_dir))
+        adapter=adapter_dir, draft=_local_or_spec(draft), num_draft=num_draft))
+
+
+def _local_or_spec(spec: str | None) -> str | None:
+    """A draft that names a local folder or file, made absolute (the runner's cwd may differ)."""
+    if spec is None:
+        return None
+    path = os.path.expanduser(spec)
+    return os.path.abspath(path) if os.path.exists(path) else spec
 
 
 def _check_adapter(adapter: str | os.PathLike[str], ranks: int, hosts: str | None) -> str:

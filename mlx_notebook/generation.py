@@ -73,6 +73,9 @@ class GenerationResult:
     tool_calls: tuple[ToolCall, ...] = ()
     transcript: tuple[ChatMessage, ...] = ()
     tool_rounds: int = 0
+    # A runner with a draft model (speculative decoding): guesses checked and kept.
+    draft_tokens: int = 0
+    draft_accepted: int = 0
 
     def __str__(self) -> str:
         return self.text
@@ -104,6 +107,9 @@ class GenerationResult:
             parts.append(f"seed {self.seed}")
         if self.stopped_thinking:
             parts.append("stopped while thinking")
+        if self.draft_tokens:
+            parts.append(f"draft {self.draft_accepted}/{self.draft_tokens} accepted "
+                         f"({self.draft_accepted / self.draft_tokens:.0%})")
         if self.tool_rounds:
             parts.append(f"{self.tool_rounds} tool round{'s' if self.tool_rounds > 1 else ''}")
         line = " · ".join(parts)
@@ -255,4 +261,6 @@ class Generation:
             thinking_tokens=done.thinking_tokens if done else 0,
             stopped_thinking=bool(done and done.in_thinking and reason == "length"),
             tool_calls=self.tool_calls,
+            draft_tokens=done.draft_tokens if done else 0,
+            draft_accepted=done.draft_accepted if done else 0,
         )

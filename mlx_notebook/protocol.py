@@ -617,6 +617,7 @@ class Status:
     ranks: tuple[RankInfo, ...] = ()  # empty for a runner that is one process
     requests: dict[str, int] = field(default_factory=dict)  # per source: notebook, openai
     names: tuple[str, ...] = ()  # the names it answers to besides its spec (NamesRequest)
+    draft: str = ""  # the draft model decoding with it (speculative decoding), if any
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -666,6 +667,9 @@ class ChunkEvent:
     tokens: tuple[int, ...] = ()
     logprobs: tuple[TokenLogprob, ...] = ()
     thinking: bool = False  # the model's thinking (between its think tags), not the answer
+    # Parallel to ``tokens`` when any came from a draft model (guessed, then accepted by the
+    # model); empty means none did: the path without a draft never sends it.
+    draft: tuple[bool, ...] = ()
     type: Literal["chunk"] = "chunk"
 
 
@@ -683,7 +687,14 @@ class DoneEvent:
     error: str | None = None
     thinking_tokens: int = 0  # of completion_tokens, those spent thinking
     in_thinking: bool = False  # it ended inside the thinking (e.g. max_tokens ran out there)
+    draft_tokens: int = 0  # tokens a draft model guessed and the model checked
+    draft_accepted: int = 0  # of them, those the model agreed with (sent as they were)
     type: Literal["done"] = "done"
+
+    @property
+    def draft_acceptance(self) -> float | None:
+        """The share of the draft's guesses that were kept; None without a draft."""
+        return self.draft_accepted / self.draft_tokens if self.draft_tokens else None
 
 
 @dataclass(frozen=True)
@@ -736,14 +747,15 @@ KEEPALIVE_LINE = b'{"type":"keepalive"}\n'
 
 def encode_event(event: Event) -> bytes:
     """One NDJSON line."""
-    if type(event) is ChunkEvent and not event.logprobs:  # the per-token case: no asdict
+    if type(event) is ChunkEvent and not event.logprobs and not event.draft:  # no asdict
         return _CHUNK_LINE % (json.dumps(event.content, ensure_ascii=False).encode(),
                               ",".join(map(str, event.tokens)).encode(),
                               b"true" if event.thinking else b"false")
     return (json.dumps(asdict(event), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
-_CHUNK_LINE = b'{"content":%s,"tokens":[%s],"logprobs":[],"thinking":%s,"type":"chunk"}\n'
+_CHUNK_LINE = (b'{"content":%s,"tokens":[%s],"logprobs":[],"thinking":%s,"draft":[],'
+               b'"type":"chunk"}\n')
 
 
 def merge_chunks(events: list[Event]) -> list[Event]:
@@ -755,10 +767,18 @@ def merge_chunks(events: list[Event]) -> list[Event]:
         if (type(event) is ChunkEvent and not event.logprobs and type(last) is ChunkEvent
                 and not last.logprobs and last.thinking == event.thinking):
             merged[-1] = ChunkEvent(content=last.content + event.content,
-                                    tokens=last.tokens + event.tokens, thinking=event.thinking)
+                                    tokens=last.tokens + event.tokens, thinking=event.thinking,
+                                    draft=_joined_draft(last, event))
         else:
             merged.append(event)
     return merged
+
+
+def _joined_draft(first: ChunkEvent, second: ChunkEvent) -> tuple[bool, ...]:
+    if not first.draft and not second.draft:
+        return ()
+    return ((first.draft or (False,) * len(first.tokens))
+            + (second.draft or (False,) * len(second.tokens)))
 
 
 def decode_event(line: bytes | str) -> Event:
@@ -776,8 +796,10 @@ def decode_event(line: bytes | str) -> Event:
                          if lp.get("unconstrained") else None)
             for lp in raw
         ) if raw else ()
+        drafted = data.get("draft")
         return ChunkEvent(content=data["content"], tokens=tuple(data.get("tokens", ())),
-                          logprobs=logprobs, thinking=data.get("thinking") is True)
+                          logprobs=logprobs, thinking=data.get("thinking") is True,
+                          draft=tuple(d is True for d in drafted) if drafted else ())
     if kind == "done":
         known = {f.name for f in fields(DoneEvent)}
         return DoneEvent(**{k: v for k, v in data.items() if k in known})

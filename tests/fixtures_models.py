@@ -36,3 +36,11 @@ def tiny_thinker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if prebuilt:
         return Path(prebuilt)
     return build_tiny_thinker(tmp_path_factory.mktemp("tiny-thinker") / "thinker")
+
+
+@pytest.fixture(scope="session")
+def random_draft_dir(demo_model_ready: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random llama with the demo's tokenizer: a draft the demo rejects (~0%)."""
+    from tests.tiny_model import make_random_draft
+
+    return make_random_draft(demo_model_ready, tmp_path_factory.mktemp("draft") / "random-draft")

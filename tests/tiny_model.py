@@ -282,3 +282,27 @@ def make_hub_cache_entry(model_dir: Path, hub: Path, repo_id: str, commit: str) 
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return snapshot
+
+
+def make_random_draft(tokenizer_dir: Path, path: Path, *, seed: int = 1) -> Path:
+    """A tiny random llama with the tokenizer of ``tokenizer_dir`` (the demo's): a draft
+    model whose guesses the demo almost never accepts (speculative decoding's worst case)."""
+    import shutil
+
+    import mlx.core as mx
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "chat_template.jinja"):
+        if (tokenizer_dir / name).exists():
+            shutil.copy(tokenizer_dir / name, path / name)
+    theirs = json.loads((tokenizer_dir / "config.json").read_text())
+    config = dict(CONFIG, vocab_size=theirs["vocab_size"], bos_token_id=theirs["bos_token_id"],
+                  eos_token_id=theirs["eos_token_id"],
+                  max_position_embeddings=theirs.get("max_position_embeddings", 2048))
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    rows = np.ones(config["vocab_size"], np.float32)
+    arrays = {k: mx.array(v) for k, v in _weights(config, seed, rows).items()}
+    mx.save_safetensors(str(path / "model.safetensors"), arrays, metadata={"format": "mlx"})
+    return path

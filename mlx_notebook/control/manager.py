@@ -111,16 +111,19 @@ class RunnerManager:
              force: bool = False, on_progress: Callable[[Status], None] | None = None,
              on_message: Notify | None = None, ranks: int = 1, shard: str = "tensor",
              hosts: str | HostPlan | None = None, backend: str | None = None,
-             adapter: str | None = None) -> RunnerConnection:
+             adapter: str | None = None, draft: str | None = None,
+             num_draft: int | None = None) -> RunnerConnection:
         """Start a runner for ``spec`` under ``name`` (replacing one of that name) and wait for it.
 
         ``ranks > 1`` shards the model over that many local processes, ``hosts`` (an
         mlx.launch hostfile or a list of IPs) over those machines (MLX ring backend,
         see :mod:`mlx_notebook.control.group`). Refuses a model that would not fit here (after
         unloading idle runners, least recently used first) with
-        :class:`InsufficientMemoryError`, unless ``force``.
+        :class:`InsufficientMemoryError`, unless ``force``. ``draft``: a draft model for
+        speculative decoding, loaded by the same runner (its memory counted too).
         """
-        args = LoadArgs(spec, context_length, ranks, shard, hosts, backend, adapter)
+        args = LoadArgs(spec, context_length, ranks, shard, hosts, backend, adapter, draft,
+                        num_draft)
         return self._load(args, name or default_name(spec), force=force, on_progress=on_progress,
                           say=on_message or self.on_message)
 
@@ -132,6 +135,8 @@ class RunnerManager:
             self.unload(name)
         self.notify("loading", name)
         need = preflight.estimate(args.spec, args.context_length)
+        if args.draft:
+            need = preflight.plus(need, preflight.estimate(args.draft, args.context_length))
         if plan is not None:  # only the ranks on this machine take memory here
             need = preflight.share(need, sum(h.local for h in plan.hosts), plan.size)
         self._make_room(need, say, force)
@@ -144,7 +149,7 @@ class RunnerManager:
         else:
             runner = RunnerClient(args.spec, name=name, python=self.python,
                                   context_length=args.context_length, env=self.env,
-                                  extra_args=["--adapter", args.adapter] if args.adapter else (),
+                                  extra_args=args.runner_args(),
                                   runner_module=self.runner_module, registry=self.registry)
         entry = RunnerEntry(runner, args, need, state="loading")
         with self._lock:

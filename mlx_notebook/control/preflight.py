@@ -19,7 +19,8 @@ import psutil
 from ..errors import InsufficientMemoryError, ModelLoadError
 from ..units import GIB, MIB, format_bytes, parse_bytes
 
-__all__ = ["MemoryEstimate", "GIB", "MIB", "format_bytes", "parse_bytes", "estimate", "check", "fits"]
+__all__ = ["MemoryEstimate", "GIB", "MIB", "format_bytes", "parse_bytes", "estimate", "check", "fits",
+           "plus"]
 OVERHEAD_ENV = "MLX_NOTEBOOK_MEMORY_OVERHEAD"  # bytes, or with a unit: "512MiB", "1GiB"
 DEFAULT_OVERHEAD = 512 * MIB
 
@@ -60,6 +61,19 @@ def share(need: MemoryEstimate, ranks_here: int, ranks: int) -> MemoryEstimate:
         return None if n is None else -(-n * ranks_here // ranks)
 
     return dataclasses.replace(need, weights=part(need.weights), kv_cache=part(need.kv_cache))
+
+
+def plus(need: MemoryEstimate, other: MemoryEstimate) -> MemoryEstimate:
+    """Two models in one runner (a model and its draft); unknown if either part is."""
+    def add(a: int | None, b: int | None) -> int | None:
+        return None if a is None or b is None else a + b
+
+    return dataclasses.replace(need, weights=add(need.weights, other.weights),
+                               kv_cache=add(need.kv_cache, other.kv_cache),
+                               file_weights=None if need.file_weights is None
+                               and other.file_weights is None else
+                               add(need.file_weights or need.weights,
+                                   other.file_weights or other.weights))
 
 
 def estimate(spec: str, context_length: int | None = None, *,

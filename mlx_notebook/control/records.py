@@ -72,6 +72,17 @@ class LoadArgs:
     hosts: str | HostPlan | None = None
     backend: str | None = None
     adapter: str | None = None  # a fine-tuned adapter folder the runner applies
+    draft: str | None = None  # a draft model for speculative decoding
+    num_draft: int | None = None  # its guesses per round (None: the runner's default)
+
+    def runner_args(self) -> list[str]:
+        """The runner's flags for the adapter and the draft model."""
+        args = ["--adapter", self.adapter] if self.adapter else []
+        if self.draft:
+            args += ["--draft", self.draft]
+            if self.num_draft is not None:
+                args += ["--num-draft", str(self.num_draft)]
+        return args
 
 
 @dataclass

@@ -279,6 +279,8 @@ def status_line(status: Status) -> str:
         bits.append(f"{status.progress:.0f}% {status.progress_message}".rstrip())
     if status.weights_format:
         bits.append(status.weights_format)
+    if status.draft:
+        bits.append(f"draft {status.draft}")
     if status.context_length:
         bits.append(f"ctx {status.context_length}")
     mem = status.memory

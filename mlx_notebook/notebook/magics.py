@@ -56,7 +56,7 @@ __all__ = ["SUBCOMMANDS", "MLXMagics", "Subcommand", "load_ipython_extension", "
 # How the API's argument checks name the arguments in a magic: by their flags.
 FLAGS: Mapping[str, str] = {"context_length": "--context", "ranks": "--ranks", "hosts": "--hosts",
                             "backend": "--backend", "token_env": "--token-env", "name": "a NAME",
-                            "all": "--all"}
+                            "all": "--all", "draft": "--draft", "num_draft": "--num-draft"}
 
 
 @contextlib.contextmanager
@@ -155,10 +155,12 @@ class MLXMagics(Magics):
     def _load(self, args: argparse.Namespace, cell: str | None) -> None:
         with _usage("%mlx load"):
             api.check_load_args(context_length=args.context, ranks=args.ranks, hosts=args.hosts,
-                                backend=args.backend, names=FLAGS)
+                                backend=args.backend, draft=args.draft,
+                                num_draft=args.num_draft, names=FLAGS)
             api.load(args.model, name=args.name, context_length=args.context, force=args.force,
                      show=True, ranks=args.ranks, shard=args.shard, hosts=args.hosts,
-                     backend=args.backend, adapter=args.adapter)
+                     backend=args.backend, adapter=args.adapter, draft=args.draft,
+                     num_draft=args.num_draft)
 
     def _connect(self, args: argparse.Namespace, cell: str | None) -> None:
         with _usage("%mlx connect"):

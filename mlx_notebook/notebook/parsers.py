@@ -82,6 +82,11 @@ def load(p: argparse.ArgumentParser) -> None:
                    help="how to split it over the ranks (default: tensor)")
     p.add_argument("--adapter", metavar="PATH",
                    help="apply a fine-tuned adapter folder (from %%mlx train or mlx_lm.lora)")
+    p.add_argument("--draft", metavar="MODEL",
+                   help="a small model of the same tokenizer that guesses tokens for it "
+                        "(speculative decoding: same greedy text, maybe faster)")
+    p.add_argument("--num-draft", type=int, metavar="N",
+                   help="most tokens the draft model guesses per round (default 3)")
 
 
 def connect(p: argparse.ArgumentParser) -> None:

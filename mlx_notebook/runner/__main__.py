@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-only", action="store_true",
                         help="decode a request that runs alone in the batch too (slower on a "
                              "GPU; for comparisons)")
+    parser.add_argument("--draft", default=None, metavar="SPEC",
+                        help="a small draft model of the same tokenizer: a request that runs "
+                             "alone is decoded speculatively (same greedy text, maybe faster)")
+    parser.add_argument("--num-draft", type=int, default=3, metavar="N",
+                        help="most tokens the draft model guesses per round (default 3); after a miss it "
+                             "guesses one more than it got right")
     parser.add_argument("--prompt-cache-bytes", type=int, default=None,
                         help="byte budget of the reusable KV cache (default: 10%% of memory, <=1 GiB)")
     parser.add_argument("--parent-pid", type=int, default=None,
@@ -130,6 +136,14 @@ def _distributed(args: argparse.Namespace) -> Distributed | str | None:
     return Distributed(args.hostfile, args.rank, shard=args.shard, backend=args.backend)
 
 
+def _draft_problem(args: argparse.Namespace) -> str | None:
+    if args.num_draft < 1:
+        return f"--num-draft must be 1 or more, got {args.num_draft}"
+    if args.draft is not None and args.hostfile is not None:
+        return "--draft does not work in a runner group (--hostfile): load the model alone"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(raw_argv)
@@ -153,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlx_notebook runner: {problem}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 
-    dist = _distributed(args)
+    dist = _draft_problem(args) or _distributed(args)
     if isinstance(dist, str):
         print(f"mlx_notebook runner: {dist}", file=sys.stderr, flush=True)
         return EXIT_USAGE
@@ -167,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(args.model, dtype=args.dtype, context_length=args.context,
                     max_batch=args.max_batch, prompt_cache_bytes=args.prompt_cache_bytes,
                     distributed=dist, batch_only=args.batch_only,
-                    prefill_step=max(1, args.prefill_step), adapter=args.adapter)
+                    prefill_step=max(1, args.prefill_step), adapter=args.adapter,
+                    draft=args.draft, num_draft=args.num_draft)
     if engine.follower:
         return _follow(engine, args)
     try:

@@ -30,10 +30,12 @@ from .mailbox import Mailbox
 from .models import LoadedModel
 from .sampling import make_request_processors, make_request_sampler, token_logprob
 from .solo import SoloDecoder
+from .speculative import DraftCache, SpeculativeDecoder
 
 __all__ = ["DecodeSettings", "DecodeLoop"]
 
 _CACHE_KEY = "model"  # one model per runner: every cache entry shares this key
+_DRAFT_KEY = "draft"  # the draft model's caches (speculative decoding), beside the model's
 _RANK_REPORT_SECONDS = 2.0  # how often rank 0 gathers the other ranks' memory for the status
 
 
@@ -43,6 +45,7 @@ class DecodeSettings:
     prefill_step: int = 512  # prompt tokens per forward pass
     prompt_cache_bytes: int | None = None  # None: 10% of memory, at most 1 GiB
     solo: bool = True  # decode a request that runs alone without the batch
+    num_draft: int = 3  # most tokens a draft model guesses per round (with a draft model)
 
 
 class DecodeLoop:
@@ -54,8 +57,10 @@ class DecodeLoop:
     def __init__(self, loaded: LoadedModel, mailbox: Mailbox, settings: DecodeSettings,
                  distributed: Distributed | None = None, *,
                  on_speed: Callable[[float], None] = lambda _tps: None,
-                 on_ranks: Callable[[list[dict[str, Any]]], None] = lambda _facts: None) -> None:
+                 on_ranks: Callable[[list[dict[str, Any]]], None] = lambda _facts: None,
+                 draft: LoadedModel | None = None) -> None:
         self.loaded, self.mailbox, self.settings = loaded, mailbox, settings
+        self.draft = draft  # a request alone is then decoded speculatively (runner/speculative.py)
         self.distributed = distributed
         # Ranks > 0 follow rank 0's plans; they serve no requests of their own.
         self.follower = distributed is not None and distributed.rank != 0
@@ -74,7 +79,7 @@ class DecodeLoop:
             budget = min(1 << 30, max(64 << 20, mx.get_memory_limit() // 10))
         self.cache = LRUPromptCache(max_size=16, max_bytes=budget)
         self.active: dict[int, Job] = {}  # by generator uid (solo uids are negative)
-        self._solo: tuple[SoloDecoder, Job] | None = None  # a request decoded alone
+        self._solo: tuple[SoloDecoder | SpeculativeDecoder, Job] | None = None  # decoded alone
         self._solo_uid = 0  # counts down from -1: never a BatchGenerator uid
         self._removals: list[str] = []  # stopped by a stop string; leave the batch next step
         self._last_report = 0.0
@@ -102,6 +107,14 @@ class DecodeLoop:
                            stream=self.stream, prefill_step=self.settings.prefill_step)
         while solo.step() is None:
             pass
+        if self.draft is not None:
+            speculative = SpeculativeDecoder(
+                self.loaded.model, self.draft.model, -1, rest=[0, 0], cache=None, cached=[],
+                draft=None, prompt=[0, 0], max_tokens=2, sampler=None, stop_tokens=set(),
+                stream=self.stream, prefill_step=self.settings.prefill_step,
+                num_draft=self.settings.num_draft)
+            while not speculative.step():
+                pass
 
     def report_ranks(self) -> None:
         """Gather every rank's facts (a collective: all ranks call it at the same step)."""
@@ -233,18 +246,60 @@ class DecodeLoop:
         prompt_cache, rest, cached = self._prepare(job)
         self._solo_uid -= 1
         job.uid = self._solo_uid
+        processors = make_request_processors(job.options, job.constraint)
+        if self.draft is not None and not processors:  # processors see one position at a time
+            self._solo = (self._speculative(job, prompt_cache, rest, cached), job)
+            self.active[job.uid] = job
+            return
         solo = SoloDecoder(
             self.loaded.model, job.uid, rest=rest, cache=prompt_cache,
             cached=job.prompt_tokens[:cached], max_tokens=job.options.max_tokens,
             sampler=make_request_sampler(job.options),
-            processors=make_request_processors(job.options, job.constraint), stop_tokens=self.eos,
+            processors=processors, stop_tokens=self.eos,
             stream=self.stream, prefill_step=self.settings.prefill_step)
         self._solo = (solo, job)
         self.active[job.uid] = job
 
+    def _speculative(self, job: Job, prompt_cache: Any, rest: list[int], cached: int
+                     ) -> SpeculativeDecoder:
+        """A speculative decoder for ``job``; the draft's cache from the prompt cache too."""
+        assert self.draft is not None
+        tokens = job.prompt_tokens
+        draft_cache, draft_rest = self.cache.fetch_nearest_cache(_DRAFT_KEY, tokens)
+        draft = None
+        if draft_cache is not None:
+            if not draft_rest:  # an exact hit: the last token is read again, as for the model
+                trim_prompt_cache(draft_cache, 1)
+                draft_rest = tokens[-1:]
+            draft = DraftCache(draft_cache, tokens[:len(tokens) - len(draft_rest)])
+        return SpeculativeDecoder(
+            self.loaded.model, self.draft.model, job.uid, rest=rest, cache=prompt_cache,
+            cached=tokens[:cached], draft=draft, prompt=tokens, max_tokens=job.options.max_tokens,
+            sampler=make_request_sampler(job.options), stop_tokens=self.eos, stream=self.stream,
+            prefill_step=self.settings.prefill_step, num_draft=self.settings.num_draft)
+
+    def _speculative_step(self, solo: SpeculativeDecoder, job: Job) -> None:
+        responses = solo.step()
+        job.draft_tokens, job.draft_accepted = solo.proposed, solo.accepted  # before its end
+        for response in responses:
+            self._on_token(job, response, draft=response.draft)
+            if job.finished:
+                break
+        if solo.prefilling and len(job.prompt_tokens) > self.settings.prefill_step \
+                and not self.follower:
+            job.events.put(ProgressEvent(processed=len(solo.fed), total=len(job.prompt_tokens)))
+        if not solo.todo and solo.draft.tokens:  # it ended on the round's last token
+            self.cache.insert_cache(_DRAFT_KEY, list(solo.draft.tokens), solo.draft.cache)
+
     def _solo_step(self) -> None:
         assert self._solo is not None
         solo, job = self._solo
+        if isinstance(solo, SpeculativeDecoder):
+            self._speculative_step(solo, job)
+            if job.finished:
+                self._solo = None
+                self.active.pop(job.uid, None)
+            return
         response = solo.step()
         if response is not None:
             self._on_token(job, response)
@@ -276,8 +331,9 @@ class DecodeLoop:
 
     # ------------------------------------------------------------ a token, an end
 
-    def _on_token(self, job: Job, response: Any) -> None:
-        """``response`` is a ``BatchGenerator`` response or a :class:`SoloResponse`."""
+    def _on_token(self, job: Job, response: Any, draft: bool = False) -> None:
+        """``response`` is a ``BatchGenerator`` response or a :class:`SoloResponse`;
+        ``draft``: the token is a draft model's accepted guess."""
         if self.follower:  # only what keeps the generator and prompt cache as on rank 0
             if response.finish_reason is not None:
                 self.active.pop(job.uid, None)
@@ -291,7 +347,8 @@ class DecodeLoop:
                                     self.loaded.tokenizer.decode,
                                     active.take_first_choice() if active is not None else None)
         is_eos = response.finish_reason == "stop" and token in self.eos
-        done = record_token(job, token, response.finish_reason, is_eos=is_eos, logprob=logprob)
+        done = record_token(job, token, response.finish_reason, is_eos=is_eos, logprob=logprob,
+                            draft=draft)
         if response.finish_reason is not None:
             self.active.pop(job.uid, None)
             self._keep_cache(response)

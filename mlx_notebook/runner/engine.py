@@ -22,10 +22,12 @@ from ..protocol import PROTOCOL_VERSION, MemoryInfo, RankInfo, RunnerState, Stat
 from ..weight_format import resolve_dtype
 from .decode import DecodeLoop, DecodeSettings
 from .distributed import Distributed
+from .draft import load_draft
 from .fastblas import openblas_preloaded
 from .jobs import Job
 from .mailbox import Mailbox
 from .models import LoadedModel, load_model
+from .progress import Progress, scaled
 
 __all__ = ["Engine", "Job", "runner_device"]
 
@@ -36,8 +38,11 @@ class Engine:
     def __init__(self, spec: str, *, dtype: str | None = None, context_length: int | None = None,
                  max_batch: int = 8, prompt_cache_bytes: int | None = None,
                  prefill_step: int = 512, distributed: Distributed | None = None,
-                 batch_only: bool = False, adapter: str | None = None) -> None:
+                 batch_only: bool = False, adapter: str | None = None,
+                 draft: str | None = None, num_draft: int = 3) -> None:
         self.spec = spec
+        self.draft_spec = draft  # a draft model: a request alone decodes speculatively
+        self.draft: LoadedModel | None = None
         self.adapter = adapter  # a fine-tuned adapter folder applied after loading
         self.dtype = dtype
         self.requested_context = context_length
@@ -45,7 +50,8 @@ class Engine:
         # A request alone is decoded by runner/solo.py unless batch_only (or in a group).
         self.settings = DecodeSettings(max_batch=max_batch, prefill_step=prefill_step,
                                        prompt_cache_bytes=prompt_cache_bytes,
-                                       solo=not batch_only and distributed is None)
+                                       solo=not batch_only and distributed is None,
+                                       num_draft=num_draft)
         # Ranks > 0 follow rank 0's plans; they serve no requests of their own.
         self.follower = distributed is not None and distributed.rank != 0
         self.state: RunnerState = "loading"
@@ -115,7 +121,8 @@ class Engine:
             context_length=self.context_length, memory=self.memory(),
             active_requests=self.active_requests(),
             last_tokens_per_second=round(self.last_tokens_per_second, 2),
-            device=runner_device(), error=self.error, ranks=self.ranks)
+            device=runner_device(), error=self.error, ranks=self.ranks,
+            draft=self.draft.name if self.draft else (self.draft_spec or ""))
 
     def mark_stopping(self) -> None:
         """The server stops: say so in the status (an error state stays an error)."""
@@ -143,9 +150,15 @@ class Engine:
                 dist.connect()
             dtype = resolve_dtype(self.dtype, mx.default_device().type.name.lower(),
                                   openblas_preloaded())
-            self.loaded = load_model(self.spec, progress=self._on_load_progress, dtype=dtype,
+            progress: Progress = self._on_load_progress
+            if self.draft_spec is not None:  # the draft's load takes the bar's last tenth
+                progress = scaled(self._on_load_progress, 0.0, 90.0)
+            self.loaded = load_model(self.spec, progress=progress, dtype=dtype,
                                      prepare=dist.prepare if dist is not None else None,
                                      adapter=self.adapter)
+            if self.draft_spec is not None:
+                self.draft = load_draft(self.draft_spec, self.loaded, dtype=dtype,
+                                        progress=scaled(self._on_draft_progress, 90.0, 100.0))
         except Exception as exc:  # the load error is reported, not raised: the process exits
             self._fail(" ".join(str(exc).split()) or type(exc).__name__)
             return
@@ -159,7 +172,7 @@ class Engine:
 
     def _serve(self, loaded: LoadedModel) -> None:
         loop = DecodeLoop(loaded, self.mailbox, self.settings, self.distributed,
-                          on_speed=self._on_speed, on_ranks=self._on_ranks)
+                          on_speed=self._on_speed, on_ranks=self._on_ranks, draft=self.draft)
         self.decode_loop = loop  # set before "ready": prompt-file passes use its prompt cache
         single = self.distributed is None and self.settings.solo
         if not single:
@@ -183,6 +196,9 @@ class Engine:
     def _on_load_progress(self, percent: float, message: str) -> None:
         self.progress = max(0.0, min(100.0, float(percent)))
         self.progress_message = message
+
+    def _on_draft_progress(self, percent: float, message: str) -> None:
+        self._on_load_progress(percent, f"draft model: {message}")
 
     def _on_speed(self, tokens_per_second: float) -> None:
         self.last_tokens_per_second = tokens_per_second

@@ -55,6 +55,8 @@ class Job:
     finished: bool = False
     thinking_tokens: int = 0
     tool_text: str = ""  # the tool call being read (its tags stripped)
+    draft_tokens: int = 0  # a draft model's guesses checked (runner/speculative.py)
+    draft_accepted: int = 0
 
 
 def start_job(job: Job, detokenizer: Any, cached_tokens: int) -> None:
@@ -83,11 +85,12 @@ def keep_leading_space(detokenizer: Any) -> Any:
 
 
 def record_token(job: Job, token: int, finish_reason: str | None, *, is_eos: bool,
-                 logprob: TokenLogprob | None) -> DoneReason | None:
+                 logprob: TokenLogprob | None, draft: bool = False) -> DoneReason | None:
     """Emit what ``token`` adds to the text; the reason the request is done now, if it is.
 
     ``finish_reason`` is the decoder's ("stop": an end token, "length": the budget);
-    a stop string in the text also ends the request (reason "stop").
+    a stop string in the text also ends the request (reason "stop"). ``draft``: the
+    token is a draft model's guess that the model accepted (flagged in its chunk).
     """
     assert job.stop_filter is not None, "start_job() first"
     if not job.first_token_at:
@@ -100,10 +103,11 @@ def record_token(job: Job, token: int, finish_reason: str | None, *, is_eos: boo
     text = job.stop_filter.feed(job.detokenizer.last_segment)
     logprobs = (logprob,) if logprob is not None else ()
     if job.splitter is not None:
-        return _record_split(job, text, token, finish_reason, is_eos=is_eos, logprobs=logprobs)
+        return _record_split(job, text, token, finish_reason, is_eos=is_eos, logprobs=logprobs,
+                             draft=draft)
     if text or logprobs:
         job.events.put(ChunkEvent(content=text, tokens=() if is_eos else (token,),
-                                  logprobs=logprobs))
+                                  logprobs=logprobs, draft=(True,) if draft and not is_eos else ()))
     stopped = job.stop_filter.stopped
     if finish_reason is None:
         return "stop" if stopped else None
@@ -114,7 +118,7 @@ def record_token(job: Job, token: int, finish_reason: str | None, *, is_eos: boo
 
 
 def _record_split(job: Job, text: str, token: int, finish_reason: str | None, *, is_eos: bool,
-                  logprobs: tuple[TokenLogprob, ...]) -> DoneReason | None:
+                  logprobs: tuple[TokenLogprob, ...], draft: bool = False) -> DoneReason | None:
     """:func:`record_token` for a split answer: thinking and answer chunks apart, tool calls
     as events when their text ends; the token goes with the token's last piece of text."""
     splitter = job.splitter
@@ -130,6 +134,7 @@ def _record_split(job: Job, text: str, token: int, finish_reason: str | None, *,
                        or any(s == "reasoning" and t for s, t in segments)):
         job.thinking_tokens += 1
     tokens = () if is_eos else (token,)
+    flags = (True,) if draft and tokens else ()
     last = max((i for i, (s, t) in enumerate(segments) if t and s != "tool"), default=-1)
     for i, (state, piece) in enumerate(segments):
         if state == "tool":
@@ -140,12 +145,13 @@ def _record_split(job: Job, text: str, token: int, finish_reason: str | None, *,
         if piece:
             job.events.put(ChunkEvent(content=piece, tokens=tokens if i == last else (),
                                       logprobs=logprobs if i == last else (),
-                                      thinking=state == "reasoning"))
+                                      thinking=state == "reasoning",
+                                      draft=flags if i == last else ()))
     if finish_reason is not None and job.tool_text:
         _emit_tools(job)  # a call cut by the end: parse what came (the parser says if it fails)
     if last < 0 and logprobs:
         job.events.put(ChunkEvent(content="", tokens=tokens, logprobs=logprobs,
-                                  thinking=splitter.state == "reasoning"))
+                                  thinking=splitter.state == "reasoning", draft=flags))
     if finish_reason is None:
         return "stop" if stopped else None
     return "stop" if stopped or finish_reason == "stop" else "length"
@@ -176,7 +182,8 @@ def finish_job(job: Job, reason: DoneReason, *, peak_memory: int,
         time_to_first_token=max(0.0, first - job.arrived) if job.first_token_at else 0.0,
         peak_memory=peak_memory, request_id=job.request_id, error=error,
         thinking_tokens=job.thinking_tokens,
-        in_thinking=job.splitter is not None and job.splitter.state == "reasoning"))
+        in_thinking=job.splitter is not None and job.splitter.state == "reasoning",
+        draft_tokens=job.draft_tokens, draft_accepted=job.draft_accepted))
     if job.completion_tokens > 1 and eval_duration > 0:
         return (job.completion_tokens - 1) / eval_duration  # the first token is the prefill's
     return None

@@ -37,6 +37,7 @@ class SoloResponse:
     finish_reason: str | None = None
     prompt_cache: list[Any] | None = None
     all_tokens: list[int] | None = None
+    draft: bool = False  # a draft model's guess the model agreed with (runner/speculative.py)
 
 
 @dataclass

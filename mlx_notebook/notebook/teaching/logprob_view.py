@@ -7,6 +7,8 @@
 The view is plain HTML (inline styles, ``title`` tooltips, a ``<details>`` table):
 no JavaScript, so it survives saving and renders without a kernel. Probabilities
 are the model's own (softmax of the logits, before temperature), as the runner sends them.
+With a draft model loaded (``mn.load(..., draft=...)``), the tokens the draft guessed
+and the model accepted are underlined in blue: "the small model guessed these".
 """
 
 from __future__ import annotations
@@ -62,17 +64,24 @@ def _tooltip(tok: TokenLogprob) -> str:
     return "\n".join(lines)
 
 
-def _span(tok: TokenLogprob) -> str:
+DRAFT_MARK = "border-bottom:2px solid #1f5fbf"  # a token the draft model guessed
+DRAFT_NOTE = "guessed by the draft model, accepted by the model"
+
+
+def _span(tok: TokenLogprob, drafted: bool = False) -> str:
     p = math.exp(tok.logprob)
     text = html.escape(tok.text.replace("\n", "↵") if tok.text.strip() else _visible(tok.text))
     br = "<br>" * tok.text.count("\n")
+    tip = _tooltip(tok) + (f"\n{DRAFT_NOTE}" if drafted else "")
+    mark = f";{DRAFT_MARK}" if drafted else ""
+    extra = ' data-draft="1"' if drafted else ""
     # A token the constraint chose over the model's own pick: a dashed outline.
-    mark = ' data-overruled="1"' if tok.unconstrained is not None else ""
-    outline = "outline:1px dashed #555;" if tok.unconstrained is not None else ""
-    return (f'<span class="mlxnb-token" data-prob="{p:.6f}"{mark} '
-            f'title="{html.escape(_tooltip(tok))}" '
-            f'style="background:{probability_color(p)};border-radius:3px;padding:0 1px;{outline}'
-            f'margin:0 1px 0 0;white-space:pre-wrap">{text}</span>{br}')
+    if tok.unconstrained is not None:
+        extra += ' data-overruled="1"'
+        mark += ";outline:1px dashed #555"
+    return (f'<span class="mlxnb-token" data-prob="{p:.6f}"{extra} title="{html.escape(tip)}" '
+            f'style="background:{probability_color(p)};border-radius:3px;padding:0 1px;'
+            f'margin:0 1px 0 0;white-space:pre-wrap{mark}">{text}</span>{br}')
 
 
 def _table(tokens: Sequence[TokenLogprob]) -> str:
@@ -88,9 +97,17 @@ def _table(tokens: Sequence[TokenLogprob]) -> str:
             f"<th>token</th><th>p</th>{head}</tr>{''.join(rows)}</table>")
 
 
-def logprobs_html(tokens: Sequence[TokenLogprob], *, table: bool = True) -> str:
-    """Self-contained HTML: shaded tokens with hover tooltips, a legend, a top-K table."""
-    body = "".join(_span(t) for t in tokens)
+def logprobs_html(tokens: Sequence[TokenLogprob], *, table: bool = True,
+                  draft: Sequence[bool] = ()) -> str:
+    """Self-contained HTML: shaded tokens with hover tooltips, a legend, a top-K table.
+
+    ``draft`` (parallel to ``tokens``): which came from a draft model, underlined.
+    """
+    flags = list(draft) + [False] * (len(tokens) - len(draft))
+    body = "".join(_span(t, d) for t, d in zip(tokens, flags, strict=False))
+    guessed = sum(flags)
+    drafted = (f' · <span style="{DRAFT_MARK}">underlined</span>: {guessed} of {len(tokens)} '
+               f"guessed by the draft model" if guessed else "")
     legend = " ".join(
         f'<span style="background:{probability_color(p)};padding:0 4px">{p:.0%}</span>'
         for p in (0.05, 0.25, 0.5, 0.75, 0.95))
@@ -100,7 +117,7 @@ def logprobs_html(tokens: Sequence[TokenLogprob], *, table: bool = True) -> str:
              if overruled else "")
     summary = (f'<div style="font-size:85%;color:#666;margin-top:4px">{len(tokens)} tokens · '
                f"mean logprob {mean:.3f} (perplexity {math.exp(-mean):.2f}) · "
-               f"probability: {legend} · hover a token for its alternatives{ruled}</div>")
+               f"probability: {legend}{drafted} · hover a token for its alternatives{ruled}</div>")
     details = (f"<details><summary>top-{max((len(t.top) for t in tokens), default=0)} "
                f"alternatives per token</summary>{_table(tokens)}</details>"
                if table and tokens else "")
@@ -108,13 +125,15 @@ def logprobs_html(tokens: Sequence[TokenLogprob], *, table: bool = True) -> str:
             f"{body}</div>{summary}{details}")
 
 
-def logprobs_text(tokens: Sequence[TokenLogprob]) -> str:
-    """The same information as plain text: one token a line with its top alternatives."""
+def logprobs_text(tokens: Sequence[TokenLogprob], draft: Sequence[bool] = ()) -> str:
+    """The same information as plain text: one token a line with its top alternatives
+    (``*`` before a token the draft model guessed)."""
     lines = []
-    for tok in tokens:
+    for i, tok in enumerate(tokens):
         alts = ", ".join(f"{a.text!r} {math.exp(a.logprob):.1%}" for a in tok.top)
+        mark = ("*" if i < len(draft) and draft[i] else " ") if draft else ""
         ruled = f"   [{_overruled(tok)}]" if tok.unconstrained is not None else ""
-        lines.append(f"{tok.text!r:<16} {math.exp(tok.logprob):7.2%}   {alts}{ruled}")
+        lines.append(f"{mark}{tok.text!r:<16} {math.exp(tok.logprob):7.2%}   {alts}{ruled}")
     return "\n".join(lines)
 
 
@@ -128,6 +147,7 @@ class LogprobResult:
     options: SamplingOptions
     done: DoneEvent | None = None
     request: dict[str, Any] = field(default_factory=dict)  # the CompletionRequest as JSON
+    draft: tuple[bool, ...] = ()  # per token: guessed by a draft model (empty: none was)
 
     @property
     def probabilities(self) -> list[float]:
@@ -137,10 +157,10 @@ class LogprobResult:
         return self.text
 
     def _repr_html_(self) -> str:
-        return logprobs_html(self.logprobs)
+        return logprobs_html(self.logprobs, draft=self.draft)
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        p.text(logprobs_text(self.logprobs))
+        p.text(logprobs_text(self.logprobs, self.draft))
 
 
 def generate_logprobs(prompt: str, *, model: str | RunnerConnection | None = None, k: int = 5,
@@ -167,15 +187,19 @@ def generate_logprobs(prompt: str, *, model: str | RunnerConnection | None = Non
         request = dataclasses.replace(request, constraint=output.constraint)
     handle = _Live() if show else None
     tokens: list[TokenLogprob] = []
+    drafted: list[bool] = []
     with client.stream(request) as stream:
         for chunk in stream:
             tokens.extend(chunk.logprobs)
+            drafted.extend(i < len(chunk.draft) and chunk.draft[i]
+                           for i in range(len(chunk.logprobs)))
             if handle is not None:
-                handle.update(tokens, chunk.content)
+                handle.update(tokens, chunk.content, drafted)
     if k == 0:  # the runner needs k>=1 to send logprobs; hide the alternatives
         tokens = [TokenLogprob(t.token, t.text, t.logprob) for t in tokens]
     result = LogprobResult(text=stream.text, logprobs=tuple(tokens), model=client.name,
-                           options=options, done=stream.result, request=request.to_json())
+                           options=options, done=stream.result, request=request.to_json(),
+                           draft=tuple(drafted) if any(drafted) else ())
     if handle is not None:
         handle.finish(result)
     return result
@@ -193,20 +217,22 @@ class _Live:
 
             self.handle = display(HTML("…"), display_id=True)
 
-    def update(self, tokens: Sequence[TokenLogprob], piece: str) -> None:
+    def update(self, tokens: Sequence[TokenLogprob], piece: str,
+               draft: Sequence[bool] = ()) -> None:
         if not self.kernel:
             print(piece, end="", flush=True)
             return
         now = time.monotonic()
         if now - self.last >= 1.0 / UPDATES_PER_SECOND:
             self.last = now
-            self._draw(logprobs_html(tokens, table=False), "")
+            self._draw(logprobs_html(tokens, table=False, draft=draft), "")
 
     def finish(self, result: LogprobResult) -> None:
         if not self.kernel:
-            print("\n" + logprobs_text(result.logprobs))
+            print("\n" + logprobs_text(result.logprobs, result.draft))
             return
-        self._draw(logprobs_html(result.logprobs), logprobs_text(result.logprobs))
+        self._draw(logprobs_html(result.logprobs, draft=result.draft),
+                   logprobs_text(result.logprobs, result.draft))
 
     def _draw(self, html_text: str, plain: str) -> None:
         self.handle.update({"text/html": html_text, "text/plain": plain or "…"}, raw=True)
