@@ -194,6 +194,42 @@ the most it used.
     code("%mlx status", "status"),
     code("%mlx ps", "ps"),
     md("""
+### A small model that guesses: speculative decoding
+
+Each decode step runs the whole model for one token. A *draft* model guesses the
+next few tokens cheaply; the model then checks all the guesses in **one** pass and
+keeps them up to the first it disagrees with, so the text is exactly the model's own.
+It pays when the draft is much smaller than the model and guesses well (on a GPU,
+where checking four tokens costs about as much as one). Here the demo drafts for
+itself, a toy that shows the mechanism: underlined tokens were the draft's guesses,
+and the footer counts how many were kept.
+"""),
+    code("%mlx load demo --as guessed --draft demo --num-draft 3", "load_draft"),
+    code("%%mlx generate -m guessed --logprobs 3 --max-tokens 12 -o guessed_run\n"
+         "What is the capital of France?", "draft_logprobs"),
+    code("done = guessed_run.done\n"
+         "print(f'the draft guessed {done.draft_tokens} tokens, the model kept {done.draft_accepted}')",
+         "draft_count"),
+    md("""
+### Reading a document once: prompt caches on disk
+
+Reading a long prompt is the slow part of a first answer. `%%mlx cache save`
+reads the cell once and saves the model's memory of it (its *KV cache*) in the
+cache folder; `%mlx cache load` brings it back, even in a later session after a
+restart, and `%%mlx chat` then reads only the new question: the footer says how
+many prompt tokens came from the cache.
+"""),
+    code("%%mlx cache save lab-rules -m guessed\n"
+         "The Notebook Lab has three rules. Every experiment ends with a written note. "
+         "Nobody trains on Fridays. The lab's mascot is a heron called Quill.",
+         "cache_save"),
+    code("%mlx cache load lab-rules -m guessed", "cache_load"),
+    code("%%mlx chat -m guessed --max-tokens 16 -o rules\nWhat is the mascot called?",
+         "cache_chat"),
+    code("print(f'{rules.cached_tokens} of {rules.prompt_tokens} prompt tokens came from the cache')\n"
+         "%mlx cache rm lab-rules", "cache_rm"),
+    code("%mlx unload guessed", "unload_draft"),
+    md("""
 ## 6. Look inside the model
 
 The model is a stack of layers; each adds to a *residual stream* of numbers per

@@ -181,6 +181,15 @@ def test_teaching(run_notebook):
     assert "the last layer predicts:" in run.text("lens_top")
     assert "attention of block 3" in run.text("attention")
     assert "Paris" in run.text("choose") and "per token" in run.text("choose")
+    # speed and memory: a draft's guesses marked and counted, a prompt cache on disk reused
+    assert "draft demo" in run.text("load_draft"), run.text("load_draft")
+    assert re.search(r"^\*'", run.text("draft_logprobs"), re.M), run.text("draft_logprobs")
+    guessed, kept = map(int, re.findall(r"\d+", run.text("draft_count")))
+    assert guessed > 0 and 0 < kept <= guessed
+    assert "Saved prompt cache 'lab-rules'" in run.text("cache_save")
+    assert "Quill" in run.text("cache_chat"), run.text("cache_chat")
+    cached, prompt = map(int, re.findall(r"\d+", run.text("cache_rm"))[:2])
+    assert 0 < cached < prompt, run.text("cache_rm")
 
 
 @pytest.mark.slow
