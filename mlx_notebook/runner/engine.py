@@ -18,8 +18,10 @@ from typing import Any
 import mlx.core as mx
 import psutil
 
-from ..protocol import PROTOCOL_VERSION, MemoryInfo, RankInfo, RunnerState, Status
+from ..kv_format import KvFormat
+from ..protocol import PROTOCOL_VERSION, KvInfo, MemoryInfo, RankInfo, RunnerState, Status
 from ..weight_format import resolve_dtype
+from . import kv_cache
 from .decode import DecodeLoop, DecodeSettings
 from .distributed import Distributed
 from .fastblas import openblas_preloaded
@@ -36,7 +38,8 @@ class Engine:
     def __init__(self, spec: str, *, dtype: str | None = None, context_length: int | None = None,
                  max_batch: int = 8, prompt_cache_bytes: int | None = None,
                  prefill_step: int = 512, distributed: Distributed | None = None,
-                 batch_only: bool = False, adapter: str | None = None) -> None:
+                 batch_only: bool = False, adapter: str | None = None,
+                 kv: KvFormat = KvFormat()) -> None:
         self.spec = spec
         self.adapter = adapter  # a fine-tuned adapter folder applied after loading
         self.dtype = dtype
@@ -45,7 +48,8 @@ class Engine:
         # A request alone is decoded by runner/solo.py unless batch_only (or in a group).
         self.settings = DecodeSettings(max_batch=max_batch, prefill_step=prefill_step,
                                        prompt_cache_bytes=prompt_cache_bytes,
-                                       solo=not batch_only and distributed is None)
+                                       solo=not batch_only and distributed is None, kv=kv)
+        self.kv = KvInfo(format=kv.describe())  # measured by the decode loop, between steps
         # Ranks > 0 follow rank 0's plans; they serve no requests of their own.
         self.follower = distributed is not None and distributed.rank != 0
         self.state: RunnerState = "loading"
@@ -114,7 +118,7 @@ class Engine:
             context_length=self.context_length, memory=self.memory(),
             active_requests=self.active_requests(),
             last_tokens_per_second=round(self.last_tokens_per_second, 2),
-            device=runner_device(), error=self.error, ranks=self.ranks)
+            device=runner_device(), error=self.error, ranks=self.ranks, kv=self.kv)
 
     def mark_stopping(self) -> None:
         """The server stops: say so in the status (an error state stays an error)."""
@@ -158,7 +162,12 @@ class Engine:
 
     def _serve(self, loaded: LoadedModel) -> None:
         loop = DecodeLoop(loaded, self.mailbox, self.settings, self.distributed,
-                          on_speed=self._on_speed, on_ranks=self._on_ranks)
+                          on_speed=self._on_speed, on_ranks=self._on_ranks,
+                          on_kv=self._on_kv)
+        problem = kv_cache.check_format(loaded.model, self.settings.kv)
+        if problem is not None:
+            self._fail(problem)
+            return
         single = self.distributed is None and self.settings.solo
         if not single:
             self.progress_message = "warming up"
@@ -184,6 +193,9 @@ class Engine:
 
     def _on_speed(self, tokens_per_second: float) -> None:
         self.last_tokens_per_second = tokens_per_second
+
+    def _on_kv(self, info: KvInfo) -> None:
+        self.kv = info  # one reference swapped: a status reads a whole snapshot
 
     def _on_ranks(self, facts: list[dict[str, Any]]) -> None:
         self.ranks = tuple(RankInfo(**f) for f in facts)
