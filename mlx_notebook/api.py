@@ -27,6 +27,7 @@ from .data_map import map  # noqa: A004 - mn.map; it calls back into this module
 from .errors import GenerationError, InvalidArgumentError
 from .generation import Generation, GenerationResult
 from .inside import attention, choose, lens, score
+from .kv_format import KvFormat
 from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status, ToolCall
 from .serving import ServeInfo, openai_client, serve
 from .structured import output_spec
@@ -139,8 +140,13 @@ def _invalid(template: str, field: str, names: ArgNames | None, **values: Any) -
 
 def check_load_args(*, context_length: int | None = None, ranks: int = 1,
                     hosts: str | None = None, backend: str | None = None,
-                    names: ArgNames | None = None) -> None:
-    """Refuse :func:`load` arguments that cannot go together (``InvalidArgumentError``)."""
+                    kv_bits: int | None = None, kv_group_size: int | None = None,
+                    kv_start: int | None = None, max_kv: int | None = None,
+                    names: ArgNames | None = None) -> KvFormat:
+    """Refuse :func:`load` arguments that cannot go together (``InvalidArgumentError``).
+
+    Returns the KV-cache format the arguments ask for.
+    """
     if context_length is not None and context_length < 1:
         raise _invalid(CONTEXT_NOT_POSITIVE, "context_length", names)
     if ranks < 1:
@@ -149,6 +155,8 @@ def check_load_args(*, context_length: int | None = None, ranks: int = 1,
         raise _invalid(RANKS_AND_HOSTS, "hosts", names)
     if backend is not None and hosts is None and ranks == 1:
         raise _invalid(BACKEND_ALONE, "backend", names)
+    return KvFormat.build(kv_bits=kv_bits, kv_group_size=kv_group_size, kv_start=kv_start,
+                          max_kv=max_kv, ranks=ranks, sharded=hosts is not None, names=names)
 
 
 def check_connect_args(*, token_env: str, names: ArgNames | None = None) -> None:
@@ -171,7 +179,9 @@ def load(model: str = "demo", *, name: str | None = None, context_length: int | 
          force: bool = False, show: bool = False, ranks: int = 1, shard: str = "tensor",
          hosts: str | None = None, backend: str | None = None,
          on_progress: Callable[[Status], None] | None = None,
-         adapter: str | os.PathLike[str] | None = None) -> RunnerConnection:
+         adapter: str | os.PathLike[str] | None = None, kv_bits: int | None = None,
+         kv_group_size: int | None = None, kv_start: int | None = None,
+         max_kv: int | None = None) -> RunnerConnection:
     """Start a runner for ``model`` (``demo``, a Hugging Face id, a folder or a .gguf file).
 
     ``show=True`` draws a progress bar (text in a terminal) while it loads; ``ranks=2``
@@ -180,14 +190,21 @@ def load(model: str = "demo", *, name: str | None = None, context_length: int | 
     pipeline; see docs/distributed.md). ``adapter`` applies a fine-tuned adapter folder
     (``mn.train``'s, or ``mlx_lm.lora``'s) on top. Arguments that cannot go together raise
     :class:`~mlx_notebook.errors.InvalidArgumentError` before anything starts.
+
+    ``kv_bits=8`` (or 4) holds the KV cache quantized, in groups of ``kv_group_size``
+    (64), once a request's cache reaches ``kv_start`` tokens (256); ``max_kv=N`` bounds it
+    to a rotating cache of N tokens (older ones are dropped, the first 4 kept). The
+    status shows the format and its bytes (mlx_notebook/kv_format.py says more).
     """
-    check_load_args(context_length=context_length, ranks=ranks, hosts=hosts, backend=backend)
+    kv = check_load_args(context_length=context_length, ranks=ranks, hosts=hosts,
+                         backend=backend, kv_bits=kv_bits, kv_group_size=kv_group_size,
+                         kv_start=kv_start, max_kv=max_kv)
     adapter_dir = None if adapter is None else _check_adapter(adapter, ranks, hosts)
     manager = _manager()
     return _with_progress(name or model, show, on_progress, lambda report, say: manager.load(
         model, name, context_length=context_length, force=force, on_progress=report,
         on_message=say, ranks=ranks, shard=shard, hosts=hosts, backend=backend,
-        adapter=adapter_dir))
+        adapter=adapter_dir, kv=kv))
 
 
 def _check_adapter(adapter: str | os.PathLike[str], ranks: int, hosts: str | None) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .errors import InvalidArgumentError
 
-__all__ = ["KvFormat", "KV_BITS", "KV_GROUP_SIZES", "DEFAULT_KV_START", "MIN_MAX_KV"]
+__all__ = ["KvFormat", "FULL_PRECISION", "KV_BITS", "KV_GROUP_SIZES", "DEFAULT_KV_START", "MIN_MAX_KV"]
 
 # 4 and 8 only: mlx-lm's QuantizedKVCache sizes its buffers for bit widths that
 # divide 32 (3 and 6 bits mis-size them for some head dims) and 2 bits loses the text.
@@ -111,3 +111,6 @@ class KvFormat:
         if self.bits is None:
             return 1.0
         return (self.bits / 8 + 2 * element_bytes / self.group_size) / element_bytes
+
+
+FULL_PRECISION = KvFormat()  # mlx-lm's default cache: full precision, unbounded

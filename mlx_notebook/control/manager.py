@@ -29,6 +29,7 @@ from ..errors import (
     ModelNotLoadedError,
     RunnerExitedError,
 )
+from ..kv_format import FULL_PRECISION, KvFormat
 from ..protocol import Status
 from . import preflight
 from .client import RunnerClient
@@ -109,7 +110,7 @@ class RunnerManager:
              force: bool = False, on_progress: Callable[[Status], None] | None = None,
              on_message: Notify | None = None, ranks: int = 1, shard: str = "tensor",
              hosts: str | HostPlan | None = None, backend: str | None = None,
-             adapter: str | None = None) -> RunnerConnection:
+             adapter: str | None = None, kv: KvFormat = FULL_PRECISION) -> RunnerConnection:
         """Start a runner for ``spec`` under ``name`` (replacing one of that name) and wait for it.
 
         ``ranks > 1`` shards the model over that many local processes, ``hosts`` (an
@@ -118,7 +119,7 @@ class RunnerManager:
         unloading idle runners, least recently used first) with
         :class:`InsufficientMemoryError`, unless ``force``.
         """
-        args = LoadArgs(spec, context_length, ranks, shard, hosts, backend, adapter)
+        args = LoadArgs(spec, context_length, ranks, shard, hosts, backend, adapter, kv)
         return self._load(args, name or default_name(spec), force=force, on_progress=on_progress,
                           say=on_message or self.on_message)
 
@@ -129,7 +130,7 @@ class RunnerManager:
         if name in self._entries:
             self.unload(name)
         self.notify("loading", name)
-        need = preflight.estimate(args.spec, args.context_length)
+        need = preflight.estimate(args.spec, args.context_length, kv=args.kv)
         if plan is not None:  # only the ranks on this machine take memory here
             need = preflight.share(need, sum(h.local for h in plan.hosts), plan.size)
         self._make_room(need, say, force)
@@ -142,7 +143,8 @@ class RunnerManager:
         else:
             runner = RunnerClient(args.spec, name=name, python=self.python,
                                   context_length=args.context_length, env=self.env,
-                                  extra_args=["--adapter", args.adapter] if args.adapter else (),
+                                  extra_args=(["--adapter", args.adapter] if args.adapter
+                                              else []) + args.kv.runner_args(),
                                   runner_module=self.runner_module, registry=self.registry)
         entry = RunnerEntry(runner, args, need, state="loading")
         with self._lock:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import MLXNotebookError, RunnerExitedError
+from ..kv_format import KvFormat
 from .hosts import HostPlan
 from .preflight import MemoryEstimate
 
@@ -72,6 +73,7 @@ class LoadArgs:
     hosts: str | HostPlan | None = None
     backend: str | None = None
     adapter: str | None = None  # a fine-tuned adapter folder the runner applies
+    kv: KvFormat = KvFormat()  # the KV-cache format (quantized, rotating)
 
 
 @dataclass

@@ -48,7 +48,9 @@ __all__ = ["SUBCOMMANDS", "MLXMagics", "Subcommand", "load_ipython_extension", "
 # How the API's argument checks name the arguments in a magic: by their flags.
 FLAGS: Mapping[str, str] = {"context_length": "--context", "ranks": "--ranks", "hosts": "--hosts",
                             "backend": "--backend", "token_env": "--token-env", "name": "a NAME",
-                            "all": "--all"}
+                            "all": "--all", "kv_bits": "--kv-bits",
+                            "kv_group_size": "--kv-group-size", "kv_start": "--kv-start",
+                            "max_kv": "--max-kv"}
 
 
 @contextlib.contextmanager
@@ -146,11 +148,13 @@ class MLXMagics(Magics):
 
     def _load(self, args: argparse.Namespace, cell: str | None) -> None:
         with _usage("%mlx load"):
+            kv = dict(kv_bits=args.kv_bits, kv_group_size=args.kv_group_size,
+                      kv_start=args.kv_start, max_kv=args.max_kv)
             api.check_load_args(context_length=args.context, ranks=args.ranks, hosts=args.hosts,
-                                backend=args.backend, names=FLAGS)
+                                backend=args.backend, names=FLAGS, **kv)
             api.load(args.model, name=args.name, context_length=args.context, force=args.force,
                      show=True, ranks=args.ranks, shard=args.shard, hosts=args.hosts,
-                     backend=args.backend, adapter=args.adapter)
+                     backend=args.backend, adapter=args.adapter, **kv)
 
     def _connect(self, args: argparse.Namespace, cell: str | None) -> None:
         with _usage("%mlx connect"):

@@ -18,7 +18,7 @@ from typing import Any
 import mlx.core as mx
 import psutil
 
-from ..kv_format import KvFormat
+from ..kv_format import FULL_PRECISION, KvFormat
 from ..protocol import PROTOCOL_VERSION, KvInfo, MemoryInfo, RankInfo, RunnerState, Status
 from ..weight_format import resolve_dtype
 from . import kv_cache
@@ -39,7 +39,7 @@ class Engine:
                  max_batch: int = 8, prompt_cache_bytes: int | None = None,
                  prefill_step: int = 512, distributed: Distributed | None = None,
                  batch_only: bool = False, adapter: str | None = None,
-                 kv: KvFormat = KvFormat()) -> None:
+                 kv: KvFormat = FULL_PRECISION) -> None:
         self.spec = spec
         self.adapter = adapter  # a fine-tuned adapter folder applied after loading
         self.dtype = dtype

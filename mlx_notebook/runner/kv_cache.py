@@ -53,8 +53,9 @@ def _dequantized(layer: QuantizedKVCache) -> KVCache:
     plain = KVCache()
     if layer.keys is not None:
         keys, values = layer.keys_and_values()
-        plain.keys = mx.dequantize(*keys, group_size=layer.group_size, bits=layer.bits)
-        plain.values = mx.dequantize(*values, group_size=layer.group_size, bits=layer.bits)
+        plain.keys, plain.values = (
+            mx.dequantize(q, scales, biases, group_size=layer.group_size, bits=layer.bits)
+            for q, scales, biases in (keys, values))
     plain.offset = layer.offset
     return plain
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from ..kv_format import KvFormat
+from ..kv_format import FULL_PRECISION, KvFormat
 from .kv_cache import make_cache, quantize
 from .mx_values import as_int
 
@@ -63,7 +63,7 @@ class SoloDecoder:
                  cached: list[int], max_tokens: int, sampler: Callable[[mx.array], mx.array] | None,
                  processors: list[Callable[[mx.array, mx.array], mx.array]],
                  stop_tokens: set[int], stream: Any, prefill_step: int,
-                 kv: KvFormat = KvFormat()) -> None:
+                 kv: KvFormat = FULL_PRECISION) -> None:
         self.model, self.uid, self.stream = model, uid, stream
         self.cache = cache if cache is not None else make_cache(model, kv)
         self.kv = kv
