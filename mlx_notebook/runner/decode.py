@@ -76,8 +76,7 @@ class DecodeLoop:
         self.generator = BatchGenerator(
             loaded.model, stop_tokens=[[t] for t in eos],
             completion_batch_size=settings.max_batch, prefill_batch_size=settings.max_batch,
-            prefill_step_size=settings.prefill_step, max_kv_size=settings.kv.max_kv,
-            stream=self.stream)
+            prefill_step_size=settings.prefill_step, stream=self.stream)
         budget = settings.prompt_cache_bytes
         if budget is None:
             budget = min(1 << 30, max(64 << 20, mx.get_memory_limit() // 10))
@@ -241,7 +240,7 @@ class DecodeLoop:
             self.warm_up()
         prompt_cache, rest, cached = self._prepare(job)
         (job.uid,) = self.generator.insert(
-            [rest], max_tokens=[job.options.max_tokens], caches=[kv_cache.for_batch(prompt_cache)],
+            [rest], max_tokens=[job.options.max_tokens], caches=[self._for_batch(prompt_cache)],
             all_tokens=[job.prompt_tokens[:cached]], samplers=[make_request_sampler(job.options)],
             logits_processors=[make_request_processors(job.options, job.constraint)])
         self.active[job.uid] = job
@@ -287,10 +286,13 @@ class DecodeLoop:
         if not self._batch_warm:
             self.warm_up()
         (job.uid,) = self.generator.insert(
-            [rest.prompt], max_tokens=[rest.max_tokens], caches=[kv_cache.for_batch(rest.cache)],
+            [rest.prompt], max_tokens=[rest.max_tokens], caches=[self._for_batch(rest.cache)],
             all_tokens=[rest.all_tokens], samplers=[solo.request_sampler],
             logits_processors=[solo.processors])
         self.active[job.uid] = job
+
+    def _for_batch(self, cache: list[Any] | None) -> list[Any] | None:
+        return kv_cache.for_batch(cache, self.loaded.model, self.settings.kv)
 
     # ------------------------------------------------------------ a token, an end
 

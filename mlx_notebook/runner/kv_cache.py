@@ -15,8 +15,11 @@ Where the two decode paths differ, and why:
 - **The prompt cache holds the runner's format.** A finished request's cache is
   quantized before it is kept (:func:`for_prompt_cache`), so kept chat turns take
   the quantized size; a batched request that borrows one gets it dequantized.
-- **Rotating (``--max-kv``) on both paths.** ``BatchGenerator(max_kv_size=...)``
-  holds a ``BatchRotatingKVCache`` that merges the solo ``RotatingKVCache``. Once a
+- **Rotating (``--max-kv``) on both paths.** mlx-lm 0.32's ``make_prompt_cache``
+  ignores ``max_kv_size`` for every model with a ``make_cache`` (Llama, the demo's
+  family, has one), and so does ``BatchGenerator``: :func:`make_cache` builds the
+  rotating layers itself and the engine hands them to the batch too, whose
+  ``BatchRotatingKVCache`` merges the solo ``RotatingKVCache``. Once a
   rotating cache wraps it no longer holds a prefix of the tokens and cannot be
   trimmed, so it is not kept for reuse (:func:`reusable`): a later turn past
   ``max_kv`` re-reads its prompt (``cached_tokens`` 0).
@@ -28,7 +31,13 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import maybe_quantize_kv_cache
-from mlx_lm.models.cache import KVCache, QuantizedKVCache, can_trim_prompt_cache, make_prompt_cache
+from mlx_lm.models.cache import (
+    KVCache,
+    QuantizedKVCache,
+    RotatingKVCache,
+    can_trim_prompt_cache,
+    make_prompt_cache,
+)
 
 from ..kv_format import KvFormat
 
@@ -36,9 +45,19 @@ __all__ = ["make_cache", "quantize", "for_batch", "for_prompt_cache", "reusable"
            "check_format", "batch_shares"]
 
 
+_KEEP = 4  # tokens a rotating cache never drops (mlx-lm's choice: attention sinks)
+
+
 def make_cache(model: Any, fmt: KvFormat) -> list[Any]:
-    """A fresh cache for one request (rotating when ``max_kv`` is set)."""
-    return make_prompt_cache(model, max_kv_size=fmt.max_kv)
+    """A fresh cache for one request: the model's own, its full layers rotating for ``max_kv``.
+
+    A layer the model already bounds (a sliding window) keeps its own window.
+    """
+    cache = make_prompt_cache(model)
+    if fmt.max_kv is None:
+        return cache
+    return [RotatingKVCache(max_size=fmt.max_kv, keep=_KEEP) if type(c) is KVCache else c
+            for c in cache]
 
 
 def quantize(cache: list[Any], fmt: KvFormat) -> bool:
@@ -60,9 +79,12 @@ def _dequantized(layer: QuantizedKVCache) -> KVCache:
     return plain
 
 
-def for_batch(cache: list[Any] | None) -> list[Any] | None:
-    """``cache`` as ``BatchGenerator`` can merge it: quantized layers dequantized."""
-    if cache is None or not any(isinstance(c, QuantizedKVCache) for c in cache):
+def for_batch(cache: list[Any] | None, model: Any, fmt: KvFormat) -> list[Any] | None:
+    """``cache`` as ``BatchGenerator`` can merge it: quantized layers dequantized; a new
+    one rotating for ``max_kv`` (the generator's own would not be, see above)."""
+    if cache is None:
+        return make_cache(model, fmt) if fmt.max_kv is not None else None
+    if not any(isinstance(c, QuantizedKVCache) for c in cache):
         return cache
     return [_dequantized(c) if isinstance(c, QuantizedKVCache) else c for c in cache]
 
