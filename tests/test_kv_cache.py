@@ -29,7 +29,7 @@ from mlx_notebook.protocol import (
     Status,
 )
 from tests import frontend_helpers
-from tests.fixtures_runner import running, stop_client
+from tests.fixtures_runner import running
 
 shell = frontend_helpers.shell  # fixture
 
@@ -88,17 +88,23 @@ def test_bad_kv_options_are_refused_in_one_line(shell: InteractiveShell, kwargs,
     assert flag in str(usage.value) and "\n" not in str(usage.value)
 
 
-def test_a_group_size_the_model_cannot_hold_fails_its_load_in_one_line(demo_model_ready,
-                                                                       test_registry) -> None:
-    """The demo's heads are 64 wide: groups of 128 cannot quantize them (said at load)."""
-    client = RunnerClient("demo", name="demo-g128", registry=test_registry,
-                          extra_args=["--kv-bits", "4", "--kv-group-size", "128"])
+def test_both_entry_points_load_the_kv_format(shell: InteractiveShell, tiny_model_dir) -> None:
+    """mn.load(max_kv=) and %mlx load --max-kv start runners that hold that format."""
+    tiny = str(tiny_model_dir)
     try:
-        client.start()
-        with pytest.raises(RunnerStartError, match="cannot hold a 4-bit KV cache in groups of 128"):
-            client.wait_until_ready(timeout=300)
+        mn.load(tiny, name="kv-fn", max_kv=64)
+        shell.run_line_magic("mlx", f"load {tiny} --as kv-magic --max-kv 96")
+        assert mn.status("kv-fn").kv.format == "fp, rotating 64"
+        assert mn.status("kv-magic").kv.format == "fp, rotating 96"
     finally:
-        stop_client(client)
+        mn.unload(all=True)
+
+
+def test_a_format_the_model_cannot_hold_fails_its_load_in_one_line(tiny_model_dir) -> None:
+    """The tiny model's heads are 16 wide: no group of 32 fits in them (said at load)."""
+    with pytest.raises(RunnerStartError, match="cannot hold a 8-bit KV cache in groups of 32"):
+        mn.load(str(tiny_model_dir), name="kv-bad", kv_bits=8, kv_group_size=32)
+    assert mn.ps() == []
 
 
 # ---------------------------------------------------------------- format, pre-flight, widget

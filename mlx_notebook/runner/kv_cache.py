@@ -12,6 +12,9 @@ Where the two decode paths differ, and why:
   would serialize concurrent cells; writing a batched quantized cache is a
   project of its own. Quantization error already made stays (the dequantized
   keys are the quantized ones), so the text goes on as the quantized cache had it.
+  A ``--batch-only`` runner (no solo path) holds quantized caches only in its
+  prompt cache. A model whose layers mlx-lm cannot quantize (sliding-window
+  layers, heads narrower than a group) is refused at load (:func:`check_format`).
 - **The prompt cache holds the runner's format.** A finished request's cache is
   quantized before it is kept (:func:`for_prompt_cache`), so kept chat turns take
   the quantized size; a batched request that borrows one gets it dequantized.
@@ -118,7 +121,8 @@ def check_format(model: Any, fmt: KvFormat) -> str | None:
         mx.eval(model(mx.array([[0]]), cache=cache))
     except Exception as exc:  # noqa: BLE001 - MLX raises ValueError/RuntimeError, nothing typed
         return (f"this model cannot hold a {fmt.bits}-bit KV cache in groups of "
-                f"{fmt.group_size} ({' '.join(str(exc).split())}); try --kv-group-size 32")
+                f"{fmt.group_size} ({' '.join(str(exc).split())[:200]}); try another "
+                "--kv-group-size, or load it without --kv-bits")
     return None
 
 
