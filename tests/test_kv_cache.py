@@ -18,6 +18,7 @@ from mlx_notebook.control import preflight
 from mlx_notebook.control.client import RunnerClient
 from mlx_notebook.errors import InvalidArgumentError, RunnerStartError
 from mlx_notebook.kv_format import KvFormat
+from mlx_notebook.notebook.display import status_line
 from mlx_notebook.notebook.widgets import StatusWidget
 from mlx_notebook.protocol import (
     ChatMessage,
@@ -144,6 +145,7 @@ def test_the_status_row_shows_kv_bytes_per_request_and_in_total() -> None:
     info = sw.rows["demo"].info.value
     assert ("KV 8-bit from 256 tokens: 3 MiB in 2 requests (1 MiB for 300 tokens, "
             "2 MiB for 600 tokens), 12 MiB kept") in info
+    assert "· KV 8-bit from 256 tokens: 3 MiB in 2 requests" in status_line(status)  # text
     sw.refresh({"demo": Status(state="ready", progress=100.0, pid=7, model="demo")})
     assert "KV" not in sw.rows["demo"].info.value  # a plain runner holding nothing: no line
     sw.close()

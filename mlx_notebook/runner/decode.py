@@ -24,7 +24,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
-from ..kv_format import KvFormat
+from ..kv_format import FULL_PRECISION, KvFormat
 from ..protocol import DoneReason, KvInfo, KvRequest, ProgressEvent
 from . import kv_cache
 from .distributed import Admit, Distributed, Plan
@@ -48,7 +48,7 @@ class DecodeSettings:
     prefill_step: int = 512  # prompt tokens per forward pass
     prompt_cache_bytes: int | None = None  # None: 10% of memory, at most 1 GiB
     solo: bool = True  # decode a request that runs alone without the batch
-    kv: KvFormat = KvFormat()  # quantized / rotating KV caches (runner/kv_cache.py)
+    kv: KvFormat = FULL_PRECISION  # quantized / rotating KV caches (runner/kv_cache.py)
 
 
 class DecodeLoop:
