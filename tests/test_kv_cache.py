@@ -23,6 +23,7 @@ from mlx_notebook.notebook.widgets import StatusWidget
 from mlx_notebook.protocol import (
     ChatMessage,
     CompletionRequest,
+    DoneEvent,
     KvInfo,
     KvRequest,
     MemoryInfo,
@@ -187,16 +188,15 @@ def test_quantized_kv_bytes_are_smaller_for_the_same_context(fp, q8) -> None:
     assert only.bytes < 0.35 * fp_kept  # the live cache is quantized too
 
 
-def _joined_mid_stream(client: RunnerClient, first: CompletionRequest,
-                       second: CompletionRequest) -> tuple[str, str, int, int]:
+def _joined_mid_stream(client: RunnerClient, first: CompletionRequest, second: CompletionRequest,
+                       ) -> tuple[str, DoneEvent, str, DoneEvent]:
     """``first`` streams alone; after 5 chunks ``second`` arrives (the hand-over to the batch)."""
-    results: dict[str, tuple[str, int]] = {}
+    results: dict[str, tuple[str, DoneEvent]] = {}
     joined = threading.Event()
 
     def run_second() -> None:
         joined.wait(120)
-        text, done = client.complete(second)
-        results["second"] = (text, done.completion_tokens)
+        results["second"] = client.complete(second)
 
     helper = threading.Thread(target=run_second)
     helper.start()
@@ -206,7 +206,7 @@ def _joined_mid_stream(client: RunnerClient, first: CompletionRequest,
                 joined.set()
     helper.join(120)
     assert stream.result is not None
-    return stream.text, results["second"][0], stream.result.completion_tokens, results["second"][1]
+    return stream.text, stream.result, *results["second"]
 
 
 def test_a_quantized_request_is_handed_over_to_the_batch(q8) -> None:
@@ -215,16 +215,28 @@ def test_a_quantized_request_is_handed_over_to_the_batch(q8) -> None:
     q8.free_memory()
     alone = q8.complete(first)[0]
     q8.free_memory()
-    text, other, n_first, n_second = _joined_mid_stream(q8, first, second)
-    assert (n_first, n_second) == (32, 12) and other
+    text, done, other, other_done = _joined_mid_stream(q8, first, second)
+    assert (done.completion_tokens, other_done.completion_tokens) == (32, 12) and other
     assert text == alone  # measured: the dequantized keys are the quantized ones
+
+
+def test_a_batched_request_borrows_a_quantized_prompt_cache(q8) -> None:
+    """A kept (quantized) cache lent to a request that joins the batch: dequantized for it."""
+    q8.free_memory()
+    base = STORY + " The cat was called Tom."
+    q8.complete(greedy(base, 8))  # kept, quantized
+    follow_up = greedy(base + " One morning", 12)
+    alone = q8.complete(follow_up)[0]  # kept too: the borrowed cache is quantized either way
+    _, _, text, done = _joined_mid_stream(q8, greedy("Name three colours.", 40), follow_up)
+    assert done.cached_tokens > 0 and done.completion_tokens == 12
+    assert text == alone
 
 
 def test_a_rotating_request_is_handed_over_to_the_batch(rotating) -> None:
     """A RotatingKVCache merges into the batch's BatchRotatingKVCache, past its 64 tokens."""
     first, second = greedy(STORY, 60), greedy("Name three colours.", 12)
-    text, other, n_first, n_second = _joined_mid_stream(rotating, first, second)
-    assert (n_first, n_second) == (60, 12) and text and other
+    text, done, other, other_done = _joined_mid_stream(rotating, first, second)
+    assert (done.completion_tokens, other_done.completion_tokens) == (60, 12) and text and other
 
 
 def _tokens(client: RunnerClient, request: CompletionRequest) -> tuple[list[int], int]:

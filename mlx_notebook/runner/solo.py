@@ -113,7 +113,7 @@ class SoloDecoder:
             mx.async_eval(*self._pending)
             return None
         token_array, logprobs = self._pending
-        if self._unquantized:  # one flag per token; the check runs until it is quantized
+        if self._unquantized and len(self.fed) >= self.kv.start:  # two ints a token, until then
             self._unquantized = not quantize(self.cache, self.kv)
         # Feed this token before reading it: the device computes the next one meanwhile.
         self._pending = self._forward(token_array.reshape(-1))
