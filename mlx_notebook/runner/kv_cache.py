@@ -10,8 +10,10 @@ Where the two decode paths differ, and why:
   (:func:`for_batch`): batching keeps working, at full-precision memory for the
   batched requests while they run together. Keeping a quantized runner on one path
   would serialize concurrent cells; writing a batched quantized cache is a
-  project of its own. Quantization error already made stays (the dequantized
-  keys are the quantized ones), so the text goes on as the quantized cache had it.
+  project of its own. The tokens already cached keep their quantized values;
+  those the batch adds are full precision, so the text can differ from a solo
+  run only where their rounding would have changed a choice (the demo's greedy
+  text is the same, tests/test_kv_cache.py).
   A ``--batch-only`` runner (no solo path) holds quantized caches only in its
   prompt cache. A model whose layers mlx-lm cannot quantize (sliding-window
   layers, heads narrower than a group) is refused at load (:func:`check_format`).
