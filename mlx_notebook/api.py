@@ -27,6 +27,7 @@ from .data_map import map  # noqa: A004 - mn.map; it calls back into this module
 from .errors import GenerationError, InvalidArgumentError
 from .generation import Generation, GenerationResult
 from .inside import attention, choose, lens, score
+from .kv_format import KvFormat
 from .prompt_cache_api import cache_prompt, load_prompt_cache, prompt_caches, remove_prompt_cache
 from .protocol import ChatMessage, CompletionRequest, SamplingOptions, Status, ToolCall
 from .serving import ServeInfo, openai_client, serve
@@ -138,6 +139,8 @@ NAME_AND_ALL = "give {name} or {all}, not both"
 RAW_WITH_SYSTEM = "system has no effect with raw=True (the prompt is sent as is)"
 NUM_DRAFT_BELOW_ONE = "{num_draft} must be 1 or more (tokens the draft model guesses per round)"
 NUM_DRAFT_ALONE = "{num_draft} goes with {draft} (a draft model to guess with)"
+DRAFT_WITH_KV = ("a {draft} model goes with full-precision, unbounded KV caches only (its "
+                 "rounds rewind the caches): drop kv_bits/max_kv, or the draft")
 DRAFT_IN_GROUP = ("a {draft} model does not work with {ranks}/{hosts} yet (speculative decoding "
                   "runs in one process): load the model alone")
 
@@ -150,8 +153,13 @@ def _invalid(template: str, field: str, names: ArgNames | None, **values: Any) -
 def check_load_args(*, context_length: int | None = None, ranks: int = 1,
                     hosts: str | None = None, backend: str | None = None,
                     draft: str | None = None, num_draft: int | None = None,
-                    names: ArgNames | None = None) -> None:
-    """Refuse :func:`load` arguments that cannot go together (``InvalidArgumentError``)."""
+                    kv_bits: int | None = None, kv_group_size: int | None = None,
+                    kv_start: int | None = None, max_kv: int | None = None,
+                    names: ArgNames | None = None) -> KvFormat:
+    """Refuse :func:`load` arguments that cannot go together (``InvalidArgumentError``).
+
+    Returns the KV-cache format the arguments ask for.
+    """
     if context_length is not None and context_length < 1:
         raise _invalid(CONTEXT_NOT_POSITIVE, "context_length", names)
     if ranks < 1:
@@ -166,6 +174,10 @@ def check_load_args(*, context_length: int | None = None, ranks: int = 1,
         raise _invalid(NUM_DRAFT_ALONE, "num_draft", names)
     if draft is not None and (ranks > 1 or hosts):
         raise _invalid(DRAFT_IN_GROUP, "draft", names)
+    if draft is not None and (kv_bits is not None or max_kv is not None):
+        raise _invalid(DRAFT_WITH_KV, "draft", names)
+    return KvFormat.build(kv_bits=kv_bits, kv_group_size=kv_group_size, kv_start=kv_start,
+                          max_kv=max_kv, ranks=ranks, sharded=hosts is not None, names=names)
 
 
 def check_connect_args(*, token_env: str, names: ArgNames | None = None) -> None:
@@ -189,7 +201,9 @@ def load(model: str = "demo", *, name: str | None = None, context_length: int | 
          hosts: str | None = None, backend: str | None = None,
          on_progress: Callable[[Status], None] | None = None,
          adapter: str | os.PathLike[str] | None = None, draft: str | None = None,
-         num_draft: int | None = None) -> RunnerConnection:
+         num_draft: int | None = None, kv_bits: int | None = None,
+         kv_group_size: int | None = None, kv_start: int | None = None,
+         max_kv: int | None = None) -> RunnerConnection:
     """Start a runner for ``model`` (``demo``, a Hugging Face id, a folder or a .gguf file).
 
     ``show=True`` draws a progress bar (text in a terminal) while it loads; ``ranks=2``
@@ -209,16 +223,23 @@ def load(model: str = "demo", *, name: str | None = None, context_length: int | 
     a constraint decode without the draft. A draft of another tokenizer fails the load
     (:class:`~mlx_notebook.errors.RunnerStartError`).
 
+    ``kv_bits=8`` (or 4) holds the KV cache quantized, in groups of ``kv_group_size``
+    (64), once a request's cache reaches ``kv_start`` tokens (256); ``max_kv=N`` bounds it
+    to a rotating cache of N tokens (older ones are dropped, the first 4 kept). The
+    status shows the format and its bytes (mlx_notebook/kv_format.py says more). A draft
+    model goes with neither (its rounds rewind full-precision caches).
+
     >>> mn.load("demo", draft="/models/tiny-smollm", num_draft=4)   # doctest: +SKIP
     """
-    check_load_args(context_length=context_length, ranks=ranks, hosts=hosts, backend=backend,
-                    draft=draft, num_draft=num_draft)
+    kv = check_load_args(context_length=context_length, ranks=ranks, hosts=hosts,
+                         backend=backend, draft=draft, num_draft=num_draft, kv_bits=kv_bits,
+                         kv_group_size=kv_group_size, kv_start=kv_start, max_kv=max_kv)
     adapter_dir = None if adapter is None else _check_adapter(adapter, ranks, hosts)
     manager = _manager()
     return _with_progress(name or model, show, on_progress, lambda report, say: manager.load(
         model, name, context_length=context_length, force=force, on_progress=report,
         on_message=say, ranks=ranks, shard=shard, hosts=hosts, backend=backend,
-        adapter=adapter_dir, draft=_local_or_spec(draft), num_draft=num_draft))
+        adapter=adapter_dir, draft=_local_or_spec(draft), num_draft=num_draft, kv=kv))
 
 
 def _local_or_spec(spec: str | None) -> str | None:

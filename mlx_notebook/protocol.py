@@ -598,6 +598,33 @@ class RankInfo:
 
 
 @dataclass(frozen=True)
+class KvRequest:
+    """One request in flight: the tokens in its KV cache and the bytes they take."""
+
+    request_id: str
+    tokens: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class KvInfo:
+    """The runner's KV caches (``kv_format.KvFormat``), measured on the worker between steps."""
+
+    format: str = "fp"  # "fp", "8-bit from 256 tokens", "fp, rotating 1024"
+    bytes: int = 0  # the caches of the requests in flight
+    prompt_cache_bytes: int = 0  # caches kept for later requests (chat turns)
+    requests: tuple[KvRequest, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KvInfo:
+        known = {f.name for f in fields(KvRequest)}
+        requests = tuple(KvRequest(**{k: v for k, v in r.items() if k in known})
+                         for r in data.get("requests") or () if isinstance(r, dict))
+        return cls(format=str(data.get("format", "fp")), bytes=int(data.get("bytes", 0)),
+                   prompt_cache_bytes=int(data.get("prompt_cache_bytes", 0)), requests=requests)
+
+
+@dataclass(frozen=True)
 class Status:
     state: RunnerState
     progress: float  # 0-100 while loading
@@ -618,6 +645,7 @@ class Status:
     requests: dict[str, int] = field(default_factory=dict)  # per source: notebook, openai
     names: tuple[str, ...] = ()  # the names it answers to besides its spec (NamesRequest)
     draft: str = ""  # the draft model decoding with it (speculative decoding), if any
+    kv: KvInfo = field(default_factory=KvInfo)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -632,6 +660,7 @@ class Status:
                               for r in data.get("ranks") or () if isinstance(r, dict) and "rank" in r)
         data["names"] = tuple(str(n) for n in data.get("names") or ())
         data["requests"] = {str(k): int(v) for k, v in (data.get("requests") or {}).items()}
+        data["kv"] = KvInfo.from_json(data.get("kv") or {})
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -29,6 +29,7 @@ from ..errors import (
     ModelNotLoadedError,
     RunnerExitedError,
 )
+from ..kv_format import FULL_PRECISION, KvFormat
 from ..protocol import Status
 from . import preflight
 from .client import RunnerClient
@@ -112,7 +113,7 @@ class RunnerManager:
              on_message: Notify | None = None, ranks: int = 1, shard: str = "tensor",
              hosts: str | HostPlan | None = None, backend: str | None = None,
              adapter: str | None = None, draft: str | None = None,
-             num_draft: int | None = None) -> RunnerConnection:
+             num_draft: int | None = None, kv: KvFormat = FULL_PRECISION) -> RunnerConnection:
         """Start a runner for ``spec`` under ``name`` (replacing one of that name) and wait for it.
 
         ``ranks > 1`` shards the model over that many local processes, ``hosts`` (an
@@ -123,7 +124,7 @@ class RunnerManager:
         speculative decoding, loaded by the same runner (its memory counted too).
         """
         args = LoadArgs(spec, context_length, ranks, shard, hosts, backend, adapter, draft,
-                        num_draft)
+                        num_draft, kv)
         return self._load(args, name or default_name(spec), force=force, on_progress=on_progress,
                           say=on_message or self.on_message)
 
@@ -134,7 +135,7 @@ class RunnerManager:
         if name in self._entries:
             self.unload(name)
         self.notify("loading", name)
-        need = preflight.estimate(args.spec, args.context_length)
+        need = preflight.estimate(args.spec, args.context_length, kv=args.kv)
         if args.draft:
             need = preflight.plus(need, preflight.estimate(args.draft, args.context_length))
         if plan is not None:  # only the ranks on this machine take memory here

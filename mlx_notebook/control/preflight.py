@@ -17,12 +17,14 @@ from dataclasses import dataclass
 import psutil
 
 from ..errors import InsufficientMemoryError, ModelLoadError
+from ..kv_format import FULL_PRECISION, KvFormat
 from ..units import GIB, MIB, format_bytes, parse_bytes
 
 __all__ = ["MemoryEstimate", "GIB", "MIB", "format_bytes", "parse_bytes", "estimate", "check", "fits",
            "plus"]
 OVERHEAD_ENV = "MLX_NOTEBOOK_MEMORY_OVERHEAD"  # bytes, or with a unit: "512MiB", "1GiB"
 DEFAULT_OVERHEAD = 512 * MIB
+_ELEMENT_BYTES = 4  # model_files.estimate_kv_bytes sizes float32 activations (a Linux CPU)
 
 
 def default_overhead() -> int:
@@ -47,6 +49,7 @@ class MemoryEstimate:
     # (``held_as``: float32 on a Linux CPU): both numbers are shown where they differ.
     file_weights: int | None = None
     held_as: str | None = None
+    kv_format: str = "fp"  # KvFormat.describe() of the format the KV cache is sized in
 
     @property
     def required(self) -> int | None:
@@ -77,7 +80,7 @@ def plus(need: MemoryEstimate, other: MemoryEstimate) -> MemoryEstimate:
 
 
 def estimate(spec: str, context_length: int | None = None, *,
-             dtype: str | None = "auto") -> MemoryEstimate:
+             dtype: str | None = "auto", kv: KvFormat = FULL_PRECISION) -> MemoryEstimate:
     """Weight bytes as the runner will hold them and a KV-cache estimate; unknown when not cheap.
 
     ``dtype`` is the runner's ``--dtype`` ("auto" unless asked otherwise): where the
@@ -86,10 +89,11 @@ def estimate(spec: str, context_length: int | None = None, *,
     The estimators live in ``model_files`` (no MLX import); a spec they cannot size
     (not downloaded yet) is left to the runner to report, but a GGUF file whose header
     is not valid raises its :class:`ModelLoadError` here, before any runner starts.
+    The KV cache is sized in ``kv``'s format: quantized bytes, at most ``max_kv`` tokens.
     """
     from .. import model_files, weight_format
 
-    weights = kv = on_disk = None
+    weights = kv_bytes = on_disk = None
     cast = weight_format.expected_dtype(dtype)
     try:
         weights = model_files.estimate_weight_bytes(spec, cast)
@@ -102,13 +106,17 @@ def estimate(spec: str, context_length: int | None = None, *,
     try:
         # Without a cap the runner allows the model's full context: size for that.
         context_length = context_length or model_files.model_context_length(spec)
-        kv = model_files.estimate_kv_bytes(spec, context_length) if context_length else None
+        kv_bytes = (model_files.estimate_kv_bytes(spec, kv.held_tokens(context_length))
+                    if context_length else None)
+        if kv_bytes is not None:
+            kv_bytes = int(kv_bytes * kv.bytes_ratio(_ELEMENT_BYTES))
     except Exception:  # noqa: BLE001
-        kv = None
+        kv_bytes = None
     on_disk = _as_int(on_disk)
     differs = on_disk is not None and on_disk != _as_int(weights)
-    return MemoryEstimate(spec, _as_int(weights), _as_int(kv), context_length,
-                          file_weights=on_disk if differs else None, held_as=cast if differs else None)
+    return MemoryEstimate(spec, _as_int(weights), _as_int(kv_bytes), context_length,
+                          file_weights=on_disk if differs else None, held_as=cast if differs else None,
+                          kv_format=kv.describe())
 
 
 def _as_int(value: object) -> int | None:
@@ -124,7 +132,8 @@ def refusal_message(need: MemoryEstimate, available: int, overhead: int) -> str:
                   f"{format_bytes(need.file_weights)} in the files")
     if need.kv_cache:
         ctx = f" for {need.context_length} tokens" if need.context_length else ""
-        parts += f" + KV cache {format_bytes(need.kv_cache)}{ctx}"
+        how = "" if need.kv_format == "fp" else f" {need.kv_format},"
+        parts += f" + KV cache{how} {format_bytes(need.kv_cache)}{ctx}"
     return (
         f"model {need.spec!r} requires {format_bytes(need.required or 0)} ({parts}) "
         f"but only {format_bytes(usable)} are available (after {format_bytes(overhead)} "

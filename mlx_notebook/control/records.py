@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import MLXNotebookError, RunnerExitedError
+from ..kv_format import KvFormat
 from .hosts import HostPlan
 from .preflight import MemoryEstimate
 
@@ -74,15 +75,16 @@ class LoadArgs:
     adapter: str | None = None  # a fine-tuned adapter folder the runner applies
     draft: str | None = None  # a draft model for speculative decoding
     num_draft: int | None = None  # its guesses per round (None: the runner's default)
+    kv: KvFormat = KvFormat()  # the KV-cache format (quantized, rotating)
 
     def runner_args(self) -> list[str]:
-        """The runner's flags for the adapter and the draft model."""
+        """The runner's flags for the adapter, the draft model and the KV-cache format."""
         args = ["--adapter", self.adapter] if self.adapter else []
         if self.draft:
             args += ["--draft", self.draft]
             if self.num_draft is not None:
                 args += ["--num-draft", str(self.num_draft)]
-        return args
+        return args + self.kv.runner_args()
 
 
 @dataclass

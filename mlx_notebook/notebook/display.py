@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..errors import MLXNotebookError
 from ..protocol import Status
 from ..units import format_bytes
+from .kv_text import kv_text
 from .tokens import tokens_html, tokens_text  # noqa: F401  # the token views, kept importable here
 
 if TYPE_CHECKING:
@@ -287,6 +288,8 @@ def status_line(status: Status) -> str:
     bits.append(f"{format_bytes(mem.active)} active (peak {format_bytes(mem.peak)})")
     if status.ranks:
         bits.append(ranks_text(status))
+    if kv := kv_text(status):
+        bits.append(kv)
     if status.requests:  # per source: the notebook's cells, OpenAI clients
         bits.append("requests " + ", ".join(f"{k} {v}" for k, v in sorted(status.requests.items())))
     if status.error:

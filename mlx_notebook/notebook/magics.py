@@ -56,7 +56,9 @@ __all__ = ["SUBCOMMANDS", "MLXMagics", "Subcommand", "load_ipython_extension", "
 # How the API's argument checks name the arguments in a magic: by their flags.
 FLAGS: Mapping[str, str] = {"context_length": "--context", "ranks": "--ranks", "hosts": "--hosts",
                             "backend": "--backend", "token_env": "--token-env", "name": "a NAME",
-                            "all": "--all", "draft": "--draft", "num_draft": "--num-draft"}
+                            "all": "--all", "draft": "--draft", "num_draft": "--num-draft",
+                            "kv_bits": "--kv-bits", "kv_group_size": "--kv-group-size",
+                            "kv_start": "--kv-start", "max_kv": "--max-kv"}
 
 
 @contextlib.contextmanager
@@ -154,13 +156,15 @@ class MLXMagics(Magics):
 
     def _load(self, args: argparse.Namespace, cell: str | None) -> None:
         with _usage("%mlx load"):
+            kv = dict(kv_bits=args.kv_bits, kv_group_size=args.kv_group_size,
+                      kv_start=args.kv_start, max_kv=args.max_kv)
             api.check_load_args(context_length=args.context, ranks=args.ranks, hosts=args.hosts,
                                 backend=args.backend, draft=args.draft,
-                                num_draft=args.num_draft, names=FLAGS)
+                                num_draft=args.num_draft, names=FLAGS, **kv)
             api.load(args.model, name=args.name, context_length=args.context, force=args.force,
                      show=True, ranks=args.ranks, shard=args.shard, hosts=args.hosts,
                      backend=args.backend, adapter=args.adapter, draft=args.draft,
-                     num_draft=args.num_draft)
+                     num_draft=args.num_draft, **kv)
 
     def _connect(self, args: argparse.Namespace, cell: str | None) -> None:
         with _usage("%mlx connect"):

@@ -87,6 +87,14 @@ def load(p: argparse.ArgumentParser) -> None:
                         "(speculative decoding: same greedy text, maybe faster)")
     p.add_argument("--num-draft", type=int, metavar="N",
                    help="most tokens the draft model guesses per round (default 3)")
+    p.add_argument("--kv-bits", type=int, metavar="BITS",
+                   help="hold the KV cache quantized: 4 or 8 bits (default: full precision)")
+    p.add_argument("--kv-group-size", type=int, metavar="N",
+                   help="elements per quantization group: 32, 64 (default) or 128")
+    p.add_argument("--kv-start", type=int, metavar="N",
+                   help="quantize once a request's cache holds N tokens (default 256)")
+    p.add_argument("--max-kv", type=int, metavar="N",
+                   help="bound the KV cache to N tokens (rotating: older tokens are dropped)")
 
 
 def connect(p: argparse.ArgumentParser) -> None:

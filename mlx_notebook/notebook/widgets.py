@@ -31,6 +31,7 @@ from ..errors import MLXNotebookError
 from ..protocol import Status
 from ..units import format_bytes
 from .display import in_kernel, ranks_text, runner_statuses, state_label, status_line, status_text
+from .kv_text import kv_text
 
 StatusSource = Callable[[], dict[str, Status]]
 RowAction = Callable[[str, str], str]  # (action, runner name) -> a line saying what happened
@@ -119,6 +120,8 @@ class RunnerRow(w.HBox):
                 bits.append(status.progress_message)
             if status.ranks:
                 bits.append(html.escape(ranks_text(status)))
+            if kv := kv_text(status):
+                bits.append(html.escape(kv))
             if status.error:
                 bits.append(f"<span style='color:#c00'>{html.escape(status.error)}</span>")
             if self.note:

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..errors import InvalidArgumentError
+from ..kv_format import KvFormat
 from ..protocol import PROTOCOL_VERSION, TOKEN_ENV, Handshake
 from .fastblas import REEXEC_ENV
 
@@ -38,6 +40,8 @@ EXIT_USAGE = 64
 # TEST ONLY: hold this many extra descriptors open, so that a test can push the server's
 # sockets past fd 1023 (where select() fails) without opening a thousand connections.
 TEST_ONLY_HOLD_FDS_ENV = "MLX_NOTEBOOK_TEST_ONLY_HOLD_FDS"
+_KV_FLAGS = {"kv_bits": "--kv-bits", "kv_group_size": "--kv-group-size", "kv_start": "--kv-start",
+             "max_kv": "--max-kv"}
 _ERROR_LINGER_SECONDS = 0.5  # lets a polling client read the "error" status before we exit
 
 
@@ -76,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-draft", type=int, default=3, metavar="N",
                         help="most tokens the draft model guesses per round (default 3); after a miss it "
                              "guesses one more than it got right")
+    kv = parser.add_argument_group("KV cache (mlx_notebook/kv_format.py)")
+    kv.add_argument("--kv-bits", type=int, default=None, metavar="BITS",
+                    help="quantize the KV cache to 4 or 8 bits (default: full precision)")
+    kv.add_argument("--kv-group-size", type=int, default=None, metavar="N",
+                    help="elements per quantization group: 32, 64 (default) or 128")
+    kv.add_argument("--kv-start", type=int, default=None, metavar="N",
+                    help="quantize once a request's cache holds N tokens (default 256)")
+    kv.add_argument("--max-kv", type=int, default=None, metavar="N",
+                    help="a rotating KV cache of N tokens (default: unbounded)")
     parser.add_argument("--prompt-cache-bytes", type=int, default=None,
                         help="byte budget of the reusable KV cache (default: 10%% of memory, <=1 GiB)")
     parser.add_argument("--parent-pid", type=int, default=None,
@@ -141,6 +154,9 @@ def _draft_problem(args: argparse.Namespace) -> str | None:
         return f"--num-draft must be 1 or more, got {args.num_draft}"
     if args.draft is not None and args.hostfile is not None:
         return "--draft does not work in a runner group (--hostfile): load the model alone"
+    if args.draft is not None and (args.kv_bits is not None or args.max_kv is not None):
+        return ("--draft goes with full-precision, unbounded KV caches only (its rounds rewind "
+                "the caches): drop --kv-bits/--max-kv, or --draft")
     return None
 
 
@@ -171,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(dist, str):
         print(f"mlx_notebook runner: {dist}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    try:
+        kv = KvFormat.build(kv_bits=args.kv_bits, kv_group_size=args.kv_group_size,
+                            kv_start=args.kv_start, max_kv=args.max_kv,
+                            sharded=dist is not None, names=_KV_FLAGS)
+    except InvalidArgumentError as exc:
+        print(f"mlx_notebook runner: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
 
     from .engine import Engine
     from .server import RunnerServer, ServerLimits
@@ -182,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                     max_batch=args.max_batch, prompt_cache_bytes=args.prompt_cache_bytes,
                     distributed=dist, batch_only=args.batch_only,
                     prefill_step=max(1, args.prefill_step), adapter=args.adapter,
-                    draft=args.draft, num_draft=args.num_draft)
+                    draft=args.draft, num_draft=args.num_draft, kv=kv)
     if engine.follower:
         return _follow(engine, args)
     try:

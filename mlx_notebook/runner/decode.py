@@ -4,7 +4,9 @@ Every request goes through mlx-lm's ``BatchGenerator`` (continuous batching:
 concurrent cells decode together), except one that arrives to an idle runner:
 that one is decoded alone by :mod:`runner.solo` and handed over to the batch,
 mid-stream, when a second request comes. Earlier requests that share a prefix
-(chat turns) lend their KV cache through mlx-lm's ``LRUPromptCache``.
+(chat turns) lend their KV cache through mlx-lm's ``LRUPromptCache``. Caches are
+in the runner's KV format: runner/kv_cache.py says how each path holds a quantized
+or rotating one.
 
 In a runner group every rank runs this loop as a replicated state machine: rank 0
 decides each step's :class:`~runner.distributed.Plan`, every rank applies it.
@@ -22,7 +24,9 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
-from ..protocol import DoneReason, ProgressEvent
+from ..kv_format import FULL_PRECISION, KvFormat
+from ..protocol import DoneReason, KvInfo, KvRequest, ProgressEvent
+from . import kv_cache
 from .distributed import Admit, Distributed, Plan
 from .inspect import InspectJob, InspectQueue
 from .jobs import Job, fail_job, finish_job, record_token, start_job
@@ -37,6 +41,7 @@ __all__ = ["DecodeSettings", "DecodeLoop"]
 _CACHE_KEY = "model"  # one model per runner: every cache entry shares this key
 _DRAFT_KEY = "draft"  # the draft model's caches (speculative decoding), beside the model's
 _RANK_REPORT_SECONDS = 2.0  # how often rank 0 gathers the other ranks' memory for the status
+_KV_REPORT_STEPS = 16  # how often (in loop steps) the KV bytes for the status are measured
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class DecodeSettings:
     prompt_cache_bytes: int | None = None  # None: 10% of memory, at most 1 GiB
     solo: bool = True  # decode a request that runs alone without the batch
     num_draft: int = 3  # most tokens a draft model guesses per round (with a draft model)
+    kv: KvFormat = FULL_PRECISION  # quantized / rotating KV caches (runner/kv_cache.py)
 
 
 class DecodeLoop:
@@ -58,13 +64,15 @@ class DecodeLoop:
                  distributed: Distributed | None = None, *,
                  on_speed: Callable[[float], None] = lambda _tps: None,
                  on_ranks: Callable[[list[dict[str, Any]]], None] = lambda _facts: None,
-                 draft: LoadedModel | None = None) -> None:
+                 draft: LoadedModel | None = None,
+                 on_kv: Callable[[KvInfo], None] = lambda _info: None) -> None:
         self.loaded, self.mailbox, self.settings = loaded, mailbox, settings
         self.draft = draft  # a request alone is then decoded speculatively (runner/speculative.py)
         self.distributed = distributed
         # Ranks > 0 follow rank 0's plans; they serve no requests of their own.
         self.follower = distributed is not None and distributed.rank != 0
-        self.on_speed, self.on_ranks = on_speed, on_ranks
+        self.on_speed, self.on_ranks, self.on_kv = on_speed, on_ranks, on_kv
+        self._kv_steps = 0
         self.stream = mx.new_stream(mx.default_device())
         if distributed is not None:
             distributed.stream = self.stream
@@ -135,6 +143,9 @@ class DecodeLoop:
             self._apply(plan)
             if self.inspecting.busy:
                 self.inspecting.step()
+            self._kv_steps += 1
+            if self._kv_steps >= _KV_REPORT_STEPS:
+                self.report_kv()
             if self._solo is not None:
                 self._solo_step()
                 continue
@@ -211,6 +222,8 @@ class DecodeLoop:
             self.report_ranks()
         if plan.free:
             self._free()
+        if plan.admit or plan.free:
+            self.report_kv()
 
     def _free(self) -> None:
         before = self.cache.nbytes
@@ -225,8 +238,12 @@ class DecodeLoop:
         tokens = job.prompt_tokens
         prompt_cache, rest = self.cache.fetch_nearest_cache(_CACHE_KEY, tokens)
         if prompt_cache is not None and not rest:
-            trim_prompt_cache(prompt_cache, 1)  # exact hit: re-feed the last token for logits
-            rest = tokens[-1:]
+            # Exact hit: re-feed the last token for logits. A wrapped rotating cache cannot
+            # give it back (it is never kept, but a cache that cannot is not lent either).
+            if kv_cache.reusable(prompt_cache) and trim_prompt_cache(prompt_cache, 1) == 1:
+                rest = tokens[-1:]
+            else:
+                prompt_cache, rest = None, tokens
         cached = len(tokens) - len(rest)
         start_job(job, self.loaded.tokenizer.detokenizer, cached)
         return prompt_cache, rest, cached
@@ -236,7 +253,7 @@ class DecodeLoop:
             self.warm_up()
         prompt_cache, rest, cached = self._prepare(job)
         (job.uid,) = self.generator.insert(
-            [rest], max_tokens=[job.options.max_tokens], caches=[prompt_cache],
+            [rest], max_tokens=[job.options.max_tokens], caches=[self._for_batch(prompt_cache)],
             all_tokens=[job.prompt_tokens[:cached]], samplers=[make_request_sampler(job.options)],
             logits_processors=[make_request_processors(job.options, job.constraint)])
         self.active[job.uid] = job
@@ -256,7 +273,7 @@ class DecodeLoop:
             cached=job.prompt_tokens[:cached], max_tokens=job.options.max_tokens,
             sampler=make_request_sampler(job.options),
             processors=processors, stop_tokens=self.eos,
-            stream=self.stream, prefill_step=self.settings.prefill_step)
+            stream=self.stream, prefill_step=self.settings.prefill_step, kv=self.settings.kv)
         self._solo = (solo, job)
         self.active[job.uid] = job
 
@@ -324,10 +341,13 @@ class DecodeLoop:
         if not self._batch_warm:
             self.warm_up()
         (job.uid,) = self.generator.insert(
-            [rest.prompt], max_tokens=[rest.max_tokens], caches=[rest.cache],
+            [rest.prompt], max_tokens=[rest.max_tokens], caches=[self._for_batch(rest.cache)],
             all_tokens=[rest.all_tokens], samplers=[solo.request_sampler],
             logits_processors=[solo.processors])
         self.active[job.uid] = job
+
+    def _for_batch(self, cache: list[Any] | None) -> list[Any] | None:
+        return kv_cache.for_batch(cache, self.loaded.model, self.settings.kv)
 
     # ------------------------------------------------------------ a token, an end
 
@@ -359,11 +379,35 @@ class DecodeLoop:
             self._finish(job, done)
 
     def _keep_cache(self, response: Any) -> None:
-        if response.prompt_cache is not None and response.all_tokens:
-            self.cache.insert_cache(_CACHE_KEY, list(response.all_tokens), response.prompt_cache)
+        cache = response.prompt_cache
+        if cache is not None and response.all_tokens and kv_cache.reusable(cache):
+            self.cache.insert_cache(_CACHE_KEY, list(response.all_tokens),
+                                    kv_cache.for_prompt_cache(cache, self.settings.kv))
 
     def _finish(self, job: Job, reason: DoneReason) -> None:
         speed = finish_job(job, reason, peak_memory=mx.get_peak_memory())
         if speed is not None:
             self.on_speed(speed)
         self.mailbox.forget(job)
+        self.report_kv()
+
+    def report_kv(self) -> None:
+        """Measure the KV caches for the status: between steps, never per token."""
+        self._kv_steps = 0
+        if self.follower:
+            return
+        shares = kv_cache.batch_shares(self.generator)
+        requests = []
+        for uid, job in self.active.items():
+            if job.finished:
+                continue
+            if self._solo is not None and self._solo[1] is job:
+                solo = self._solo[0]
+                requests.append(KvRequest(job.request_id, len(solo.fed),
+                                          kv_cache.cache_bytes(solo.cache)))
+            else:
+                tokens = len(job.prompt_tokens) + job.completion_tokens
+                requests.append(KvRequest(job.request_id, tokens, shares.get(uid, 0)))
+        self.on_kv(KvInfo(format=self.settings.kv.describe(),
+                          bytes=sum(r.bytes for r in requests),
+                          prompt_cache_bytes=self.cache.nbytes, requests=tuple(requests)))

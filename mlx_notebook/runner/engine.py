@@ -18,8 +18,10 @@ from typing import Any
 import mlx.core as mx
 import psutil
 
-from ..protocol import PROTOCOL_VERSION, MemoryInfo, RankInfo, RunnerState, Status
+from ..kv_format import FULL_PRECISION, KvFormat
+from ..protocol import PROTOCOL_VERSION, KvInfo, MemoryInfo, RankInfo, RunnerState, Status
 from ..weight_format import resolve_dtype
+from . import kv_cache
 from .decode import DecodeLoop, DecodeSettings
 from .distributed import Distributed
 from .draft import load_draft
@@ -39,7 +41,8 @@ class Engine:
                  max_batch: int = 8, prompt_cache_bytes: int | None = None,
                  prefill_step: int = 512, distributed: Distributed | None = None,
                  batch_only: bool = False, adapter: str | None = None,
-                 draft: str | None = None, num_draft: int = 3) -> None:
+                 draft: str | None = None, num_draft: int = 3,
+                 kv: KvFormat = FULL_PRECISION) -> None:
         self.spec = spec
         self.draft_spec = draft  # a draft model: a request alone decodes speculatively
         self.draft: LoadedModel | None = None
@@ -51,7 +54,8 @@ class Engine:
         self.settings = DecodeSettings(max_batch=max_batch, prefill_step=prefill_step,
                                        prompt_cache_bytes=prompt_cache_bytes,
                                        solo=not batch_only and distributed is None,
-                                       num_draft=num_draft)
+                                       num_draft=num_draft, kv=kv)
+        self.kv = KvInfo(format=kv.describe())  # measured by the decode loop, between steps
         # Ranks > 0 follow rank 0's plans; they serve no requests of their own.
         self.follower = distributed is not None and distributed.rank != 0
         self.state: RunnerState = "loading"
@@ -121,7 +125,7 @@ class Engine:
             context_length=self.context_length, memory=self.memory(),
             active_requests=self.active_requests(),
             last_tokens_per_second=round(self.last_tokens_per_second, 2),
-            device=runner_device(), error=self.error, ranks=self.ranks,
+            device=runner_device(), error=self.error, ranks=self.ranks, kv=self.kv,
             draft=self.draft.name if self.draft else (self.draft_spec or ""))
 
     def mark_stopping(self) -> None:
@@ -172,8 +176,13 @@ class Engine:
 
     def _serve(self, loaded: LoadedModel) -> None:
         loop = DecodeLoop(loaded, self.mailbox, self.settings, self.distributed,
-                          on_speed=self._on_speed, on_ranks=self._on_ranks, draft=self.draft)
+                          on_speed=self._on_speed, on_ranks=self._on_ranks, draft=self.draft,
+                          on_kv=self._on_kv)
         self.decode_loop = loop  # set before "ready": prompt-file passes use its prompt cache
+        problem = kv_cache.check_format(loaded.model, self.settings.kv)
+        if problem is not None:
+            self._fail(problem)
+            return
         single = self.distributed is None and self.settings.solo
         if not single:
             self.progress_message = "warming up"
@@ -202,6 +211,9 @@ class Engine:
 
     def _on_speed(self, tokens_per_second: float) -> None:
         self.last_tokens_per_second = tokens_per_second
+
+    def _on_kv(self, info: KvInfo) -> None:
+        self.kv = info  # one reference swapped: a status reads a whole snapshot
 
     def _on_ranks(self, facts: list[dict[str, Any]]) -> None:
         self.ranks = tuple(RankInfo(**f) for f in facts)

@@ -11,6 +11,8 @@ never waits on Python), no batch bookkeeping.
 When a second request arrives, :meth:`SoloDecoder.hand_over` moves this one into
 the ``BatchGenerator`` with its cache, its sampler (and so its random key) and its
 token history, so batching takes over and the text goes on as it would have.
+Its cache is in the runner's KV format (runner/kv_cache.py says what the batch
+does with a quantized one).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import make_prompt_cache
 
+from ..kv_format import FULL_PRECISION, KvFormat
+from .kv_cache import make_cache, quantize
 from .mx_values import as_int
 
 __all__ = ["SoloDecoder", "SoloResponse", "HandOver"]
@@ -60,9 +63,12 @@ class SoloDecoder:
     def __init__(self, model: Any, uid: int, *, rest: list[int], cache: list[Any] | None,
                  cached: list[int], max_tokens: int, sampler: Callable[[mx.array], mx.array] | None,
                  processors: list[Callable[[mx.array, mx.array], mx.array]],
-                 stop_tokens: set[int], stream: Any, prefill_step: int) -> None:
+                 stop_tokens: set[int], stream: Any, prefill_step: int,
+                 kv: KvFormat = FULL_PRECISION) -> None:
         self.model, self.uid, self.stream = model, uid, stream
-        self.cache = cache if cache is not None else make_prompt_cache(model)
+        self.cache = cache if cache is not None else make_cache(model, kv)
+        self.kv = kv
+        self._unquantized = kv.bits is not None  # until every layer holds kv.start tokens
         self.fed: list[int] = list(cached)  # the tokens whose keys and values are in the cache
         self.todo = list(rest)  # prompt tokens not yet fed
         self.max_tokens, self.stop_tokens = max_tokens, stop_tokens
@@ -99,6 +105,8 @@ class SoloDecoder:
                     self.model(mx.array(chunk)[None], cache=self.cache)
                     mx.eval([c.state for c in self.cache])
                 self.fed.extend(chunk)
+                if self._unquantized:
+                    self._unquantized = not quantize(self.cache, self.kv)
                 return None
             last, self.todo = self.todo, []
             self._pending = self._forward(mx.array(last))
@@ -106,6 +114,8 @@ class SoloDecoder:
             mx.async_eval(*self._pending)
             return None
         token_array, logprobs = self._pending
+        if self._unquantized and len(self.fed) >= self.kv.start:  # two ints a token, until then
+            self._unquantized = not quantize(self.cache, self.kv)
         # Feed this token before reading it: the device computes the next one meanwhile.
         self._pending = self._forward(token_array.reshape(-1))
         mx.async_eval(*self._pending)
