@@ -230,6 +230,25 @@ many prompt tokens came from the cache.
          "%mlx cache rm lab-rules", "cache_rm"),
     code("%mlx unload guessed", "unload_draft"),
     md("""
+### Less memory per token: a quantized KV cache
+
+The KV cache keeps two vectors per token per layer, so it grows with every token
+of the conversation. `--kv-bits 8` stores them in 8 bits instead of 32 (here from
+the first token on, `--kv-start 0`): about a quarter of the memory, at the price of
+tiny rounding errors that can change a word after a while. `--max-kv N` instead
+keeps only the last N tokens (a rotating window), so memory stops growing.
+"""),
+    code("%mlx load demo --as small-kv --kv-bits 8 --kv-start 0", "load_kv"),
+    code("prompt = 'Explain in two sentences why the sky is blue.'\n"
+         "for name in ('demo', 'small-kv'):\n"
+         "    mn.free_memory(name)  # start from an empty cache\n"
+         "    r = mn.generate(prompt, model=name, max_tokens=24, temperature=0)\n"
+         "    kv = mn.status(name).kv\n"
+         "    print(f'{name:9} KV {kv.format:20} {kv.prompt_cache_bytes / 2**20:5.2f} MiB for '\n"
+         "          f'{r.prompt_tokens + r.completion_tokens} tokens: {r.text[:48]!r}...')",
+         "kv_compare"),
+    code("%mlx unload small-kv", "unload_kv"),
+    md("""
 ## 6. Look inside the model
 
 The model is a stack of layers; each adds to a *residual stream* of numbers per

@@ -77,6 +77,10 @@ def rotating(demo_model_ready, test_registry) -> Iterator[RunnerClient]:
     ({"kv_bits": 8, "max_kv": 512}, "--kv-bits 8 --max-kv 512", "max_kv",
      "cannot quantize a rotating cache"),
     ({"kv_bits": 8, "ranks": 2}, "--kv-bits 8 --ranks 2", "kv_bits", "sharded model"),
+    ({"kv_bits": 8, "draft": "demo"}, "--kv-bits 8 --draft demo", "draft",
+     "full-precision, unbounded KV caches only"),
+    ({"max_kv": 128, "draft": "demo"}, "--max-kv 128 --draft demo", "draft",
+     "full-precision, unbounded KV caches only"),
 ])
 def test_bad_kv_options_are_refused_in_one_line(shell: InteractiveShell, kwargs, line, field,
                                                 said) -> None:

@@ -190,6 +190,10 @@ def test_teaching(run_notebook):
     assert "Quill" in run.text("cache_chat"), run.text("cache_chat")
     cached, prompt = map(int, re.findall(r"\d+", run.text("cache_rm"))[:2])
     assert 0 < cached < prompt, run.text("cache_rm")
+    fp_line, q8_line = [ln for ln in run.text("kv_compare").splitlines() if " KV " in ln]
+    assert "KV fp" in fp_line and "KV 8-bit from 0 tokens" in q8_line, run.text("kv_compare")
+    fp_mib, q8_mib = (float(re.search(r"([\d.]+) MiB", ln).group(1)) for ln in (fp_line, q8_line))
+    assert 0 < q8_mib < 0.5 * fp_mib, (fp_mib, q8_mib)  # 8 bits: about a quarter
 
 
 @pytest.mark.slow

@@ -328,6 +328,8 @@ def test_a_draft_of_another_tokenizer_fails_the_load_in_one_line(tiny_model_dir,
     (["--num-draft", "0"], "--num-draft must be 1 or more"),
     (["--draft", "demo", "--hostfile", __file__, "--rank", "0"], "--draft does not work in a "
                                                                 "runner group"),
+    (["--draft", "demo", "--kv-bits", "8"], "--draft goes with full-precision"),
+    (["--draft", "demo", "--max-kv", "128"], "--draft goes with full-precision"),
 ])
 def test_the_runner_refuses_bad_draft_flags(flags, says):
     done = subprocess.run([sys.executable, "-m", "mlx_notebook.runner", "--model", "demo",
