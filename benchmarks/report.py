@@ -64,7 +64,9 @@ def write_markdown(report: dict, path: Path) -> None:
                   f"RSS, MLX imported in the kernel: {o['mlx_imported']}",
                   f"- `load('demo')` to ready (cached): {o['load_demo_ready_s']} s, then first "
                   f"token {o['first_token_s']} s; in-process `mlx_lm.load` + first token: "
-                  f"{b['load_and_first_token_s']} s (ratio {k['cold_load_ratio']})"]
+                  f"{b['load_and_first_token_s']} s (ratio of the medians over "
+                  f"{k.get('reps', 1)} interleaved fresh-interpreter runs: "
+                  f"**{k['cold_load_ratio']}**)"]
         if "display" in k:
             d = k["display"]
             lines.append(f"- streaming {d['tokens']} tokens at {d['token_rate']} tok/s into a real "
