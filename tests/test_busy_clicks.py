@@ -14,6 +14,8 @@ import pytest
 pytest.importorskip("ipywidgets")
 from jupyter_client.manager import KernelManager  # noqa: E402
 
+from tests.test_kernel_e2e import collect, text_of  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 CELL = """
@@ -48,21 +50,7 @@ def _button_comm(kc: Any, msg_id: str, timeout: float = 30) -> str:
 
 
 def _printed(kc: Any, msg_id: str, timeout: float) -> str:
-    out, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            msg = kc.get_iopub_msg(timeout=1)
-        except queue.Empty:
-            continue
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            out.append("\n".join(msg["content"]["traceback"]))
-        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            break
-    return "".join(out)
+    return text_of(collect(kc, msg_id, timeout))
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ process, driven by the real ``openai`` SDK (issue 20). Two real tiny-model runne
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 import mlx_notebook as mn
 from mlx_notebook.control.manager import get_manager
 from mlx_notebook.errors import InvalidArgumentError
+from tests.runner_process import pid_alive
 
 A, B = "route-a", "route-b"
 
@@ -158,19 +158,7 @@ def test_the_router_goes_with_the_manager(tiny_model_dir: Path) -> None:
     manager.router = router
     manager.close()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _exists(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.05)
-    assert not _exists(pid)
+    assert not pid_alive(pid)
     assert get_manager() is not manager
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..prompt_cache_files import arrays_path, budget_bytes, list_caches
 from ..prompt_cache_protocol import CacheLoadRequest, CacheSaveRequest
-from ..protocol import ChatMessage, ValidationError
+from ..protocol import ChatMessage
+from .inside_routes import http_error, parsed_request
 from .prompt_files import CorruptCache, key_problem, load_pass, make_job, read_key, save_pass
 from .reasoning import template_kwargs
 from .templates import conversation, render_messages
@@ -30,21 +31,8 @@ _PROBE = ChatMessage("user", "And a question?")  # a next turn, to test the boun
 _PREVIEW = 60
 
 
-def _http_error(status: int, message: str, field: str | None = None) -> Exception:
-    from .server import HTTPError
-
-    return HTTPError(status, message, field)
-
-
 def _ready(handler: RunnerHandler, parse: Any, body: Any) -> tuple[Engine, LoadedModel, Any]:
-    engine, loaded = handler._require_ready()
-    try:
-        request = parse(body)
-    except ValidationError as exc:
-        raise _http_error(400, str(exc), exc.field) from None
-    if engine.distributed is not None:
-        raise _http_error(400, GROUP_REFUSED)
-    return engine, loaded, request
+    return parsed_request(handler, parse, body, GROUP_REFUSED)
 
 
 def prefix_tokens(tokenizer: Any, messages: tuple[ChatMessage, ...],
@@ -68,10 +56,10 @@ def prefix_tokens(tokenizer: Any, messages: tuple[ChatMessage, ...],
 
 def _check_length(engine: Engine, tokens: list[int], field: str) -> None:
     if not tokens:
-        raise _http_error(400, "the prompt is empty after tokenization", field)
+        raise http_error(400, "the prompt is empty after tokenization", field)
     context = engine.context_length
     if context and len(tokens) >= context:
-        raise _http_error(400, f"the prompt has {len(tokens)} tokens but the context length is "
+        raise http_error(400, f"the prompt has {len(tokens)} tokens but the context length is "
                                f"{context}", field)
 
 
@@ -108,15 +96,15 @@ def handle_cache_load(handler: RunnerHandler, body: Any) -> None:
     path = arrays_path(name)
     if not path.is_file():
         saved = ", ".join(i.name for i in list_caches()) or "none"
-        raise _http_error(400, f"no prompt cache named {name!r} (saved: {saved})", "name")
+        raise http_error(400, f"no prompt cache named {name!r} (saved: {saved})", "name")
     try:
         key = read_key(path)
     except CorruptCache as exc:
-        raise _http_error(400, f"prompt cache {name!r} is damaged: {exc}; remove it "
+        raise http_error(400, f"prompt cache {name!r} is damaged: {exc}; remove it "
                                f"(%mlx cache rm {name}) and save it again", "file") from None
     problem = key_problem(key, loaded, name)
     if problem:
-        raise _http_error(400, problem, "model")
+        raise http_error(400, problem, "model")
     _check_length(engine, key["tokens"], "name")
     job = make_job("cache_load", f"cache-load-{uuid.uuid4().hex}", list(key["tokens"]),
                    load_pass(engine, name, key))

@@ -32,6 +32,7 @@ from .inspect import (
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .models import LoadedModel
     from .server import RunnerHandler
 
 __all__ = ["handle_score", "handle_lens", "handle_attention"]
@@ -41,24 +42,32 @@ GROUP_REFUSED = ("look-inside views (score, choose, lens, attention) need the wh
                  "model without --ranks/--hosts to look inside it")
 
 
-def _http_error(status: int, message: str, field: str | None = None) -> Exception:
+def http_error(status: int, message: str, field: str | None = None) -> Exception:
     from .server import HTTPError
 
     return HTTPError(status, message, field)
 
 
-def _ready(handler: RunnerHandler, parse: Any, body: Any) -> tuple[Engine, ModelParts, Any]:
+def parsed_request(handler: RunnerHandler, parse: Any, body: Any, group_refused: str
+                   ) -> tuple[Engine, LoadedModel, Any]:
+    """A prefill-only pass's request: the runner ready, the body parsed (a 400 naming the
+    field), one process (``group_refused`` otherwise: its ``{ranks}`` filled in)."""
     engine, loaded = handler._require_ready()
     try:
         request = parse(body)
     except ValidationError as exc:
-        raise _http_error(400, str(exc), exc.field) from None
+        raise http_error(400, str(exc), exc.field) from None
     if engine.distributed is not None:
-        raise _http_error(400, GROUP_REFUSED.format(ranks=engine.distributed.size))
+        raise http_error(400, group_refused.format(ranks=engine.distributed.size))
+    return engine, loaded, request
+
+
+def _ready(handler: RunnerHandler, parse: Any, body: Any) -> tuple[Engine, ModelParts, Any]:
+    engine, loaded, request = parsed_request(handler, parse, body, GROUP_REFUSED)
     try:
         parts = model_parts(loaded.model)
     except UnsupportedModel as exc:
-        raise _http_error(400, str(exc)) from None
+        raise http_error(400, str(exc)) from None
     return engine, parts, request
 
 
@@ -68,10 +77,10 @@ def _encode(handler: RunnerHandler, engine: Engine, text: str, field: str) -> li
     with handler.server.tokenizer_lock:
         tokens = list(tokenizer.encode(text))
     if not tokens:
-        raise _http_error(400, "text is empty after tokenization", field)
+        raise http_error(400, "text is empty after tokenization", field)
     context = engine.context_length
     if context and len(tokens) > context:
-        raise _http_error(400, f"{field} has {len(tokens)} tokens but the context length is "
+        raise http_error(400, f"{field} has {len(tokens)} tokens but the context length is "
                                f"{context}", field)
     return tokens
 
@@ -137,7 +146,7 @@ def handle_lens(handler: RunnerHandler, body: Any) -> None:
                                       request.last or DEFAULT_LENS_POSITIONS)
     except ValueError as exc:
         field = "layers" if str(exc).startswith("layer") else "positions"
-        raise _http_error(400, str(exc), field) from None
+        raise http_error(400, str(exc), field) from None
     work = lens_pass(parts, tokens, positions, layers, request.top_k, _decoder(handler, engine),
                      chunk=engine.settings.prefill_step)
     _submit(handler, engine, _job("lens", tokens, work))
@@ -147,12 +156,12 @@ def handle_attention(handler: RunnerHandler, body: Any) -> None:
     engine, parts, request = _ready(handler, AttentionRequest.from_json, body)
     tokens = _encode(handler, engine, request.text, "text")
     if len(tokens) > MAX_ATTENTION_TOKENS:
-        raise _http_error(400, f"attention maps take at most {MAX_ATTENTION_TOKENS} tokens; this "
+        raise http_error(400, f"attention maps take at most {MAX_ATTENTION_TOKENS} tokens; this "
                                f"text has {len(tokens)}: shorten it", "text")
     n_layers = len(parts.layers)
     layer = request.layer + n_layers if request.layer < 0 else request.layer
     if not 0 <= layer < n_layers:
-        raise _http_error(400, f"layer {request.layer} is out of range: the model has {n_layers} "
+        raise http_error(400, f"layer {request.layer} is out of range: the model has {n_layers} "
                                f"blocks (0..{n_layers - 1}, or negative from the end)", "layer")
     work = attention_pass(parts, tokens, layer, _decoder(handler, engine),
                           chunk=engine.settings.prefill_step)
