@@ -3,6 +3,9 @@ process, driven by the real ``openai`` SDK (issue 20). Two real tiny-model runne
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -107,7 +110,10 @@ def _raw(router: mn.ServeInfo, request: str) -> bytes:
     """What the router answers to bytes no HTTP library would send."""
     with socket.create_connection(("127.0.0.1", router.port), timeout=15) as sock:
         sock.sendall(request.encode())
-        return sock.recv(4096)
+        answer = b""
+        while chunk := sock.recv(4096):  # to the end: the router closes after its answer
+            answer += chunk
+        return answer
 
 
 def test_closing_the_stream_cancels_at_the_runner(client: openai.OpenAI) -> None:
@@ -134,6 +140,29 @@ def test_it_follows_loads_and_unloads(router: mn.ServeInfo, client: openai.OpenA
     assert "route-c" not in {m.id for m in client.models.list()}
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="route-c", prompt="Hi", max_tokens=1)
+
+
+def test_a_runner_that_died_is_a_502_and_the_router_goes_on(router: mn.ServeInfo,
+                                                            client: openai.OpenAI,
+                                                            tiny_model_dir: Path) -> None:
+    mn.load(str(tiny_model_dir), name="route-d")
+    try:
+        pid = get_manager().get("route-d").pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # a real crash: the table still routes to it
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        body = b'{"model": "route-d", "prompt": "Hi", "max_tokens": 1}'
+        answer = _raw(router, f"POST /v1/completions HTTP/1.0\r\nHost: 127.0.0.1:{router.port}"
+                              f"\r\nAuthorization: Bearer {router.token}\r\nContent-Length: "
+                              f"{len(body)}\r\n\r\n{body.decode()}")
+        assert answer.startswith(b"HTTP/1.0 502"), answer[:200]
+        assert b"did not answer" in answer and b'"param": "model"' in answer
+        assert _greedy(client, A)  # the others are still served
+    finally:
+        with contextlib.suppress(Exception):
+            mn.unload("route-d")
 
 
 def test_serve_again_keeps_the_router_and_a_bad_call_is_one_line(router: mn.ServeInfo) -> None:

@@ -12,6 +12,7 @@ import os
 import secrets
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from .. import protocol
@@ -81,7 +82,22 @@ class Router:
                 stdin.flush()
             except (OSError, ValueError):
                 raise RunnerStartError(self.process.exit_message("early")) from None
+            self._wait_until_routed(set(routes))
         return sorted(routes)
+
+    def _wait_until_routed(self, names: set[str], timeout: float = 5.0) -> None:
+        """The router reads its stdin on a thread of its own: wait until ``/v1/models`` lists
+        exactly ``names``, so a request sent next is routed by the new table."""
+        import httpx2
+
+        deadline = time.monotonic() + timeout
+        headers = {"Authorization": f"Bearer {self.token}"}
+        while time.monotonic() < deadline and self.alive:
+            with contextlib.suppress(httpx2.HTTPError, ValueError, KeyError, TypeError):
+                answer = httpx2.get(self.base_url + "/models", headers=headers, timeout=2.0)
+                if {m["id"] for m in answer.json()["data"]} == names:
+                    return
+            time.sleep(0.01)
 
     def _on_event(self, event: ManagerEvent, _name: str | None) -> None:
         if event in ("loaded", "unloaded") and self.alive:

@@ -72,6 +72,7 @@ class RouterHandler(BaseHTTPRequestHandler):
             self._check_auth()
             handle()
         except _Refused as exc:
+            self.close_connection = True  # its body may be unread: never parse it as a request
             self._send_json(exc.status, error_body(exc.status, exc.message, exc.param, exc.code))
         except OSError:  # the client went away
             self.close_connection = True
@@ -137,8 +138,10 @@ class RouterHandler(BaseHTTPRequestHandler):
 
     def _forward(self, url: str, token: str, body: bytes, model: str) -> None:
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        started = False  # once the status line is out, an error can only end the stream
         try:
             with self.server.upstream.stream("POST", url, content=body, headers=headers) as up:
+                started = True
                 self.send_response(up.status_code)
                 for name in ("Content-Type", "Cache-Control"):
                     if name in up.headers:
@@ -150,7 +153,7 @@ class RouterHandler(BaseHTTPRequestHandler):
                     self.wfile.write(chunk)
                     self.wfile.flush()
         except httpx2.HTTPError as exc:
-            if self.close_connection:  # the answer had begun: nothing valid can follow
+            if started:  # the answer had begun: nothing valid can follow
                 print(f"router: {model!r} stream broke: {exc}", file=sys.stderr, flush=True)
                 return
             raise _Refused(502, f"the runner of {model!r} did not answer ({type(exc).__name__}); "
@@ -161,5 +164,7 @@ class RouterHandler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
