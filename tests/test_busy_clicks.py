@@ -4,7 +4,6 @@ channel, while the cell holds the kernel's main thread."""
 
 from __future__ import annotations
 
-import queue
 import time
 from pathlib import Path
 from typing import Any
@@ -35,18 +34,20 @@ print("heard:", listener.clicked.is_set(), "how:", listener.how)
 
 
 def _button_comm(kc: Any, msg_id: str, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            msg = kc.get_iopub_msg(timeout=1)
-        except queue.Empty:
-            continue
-        if msg["parent_header"].get("msg_id") != msg_id or msg["msg_type"] != "comm_open":
-            continue
-        state = msg["content"]["data"].get("state", {})
-        if state.get("_model_name") == "ButtonModel":
-            return str(msg["content"]["comm_id"])
-    raise AssertionError("the cell drew no button")
+    def button(msgs: list[dict]) -> bool:
+        return _button_id(msgs[-1]) is not None
+
+    opened = collect(kc, msg_id, timeout, until=button)[-1]
+    comm_id = _button_id(opened)
+    assert comm_id is not None, "the cell drew no button"
+    return comm_id
+
+
+def _button_id(msg: dict) -> str | None:
+    if msg["msg_type"] != "comm_open":
+        return None
+    state = msg["content"]["data"].get("state", {})
+    return str(msg["content"]["comm_id"]) if state.get("_model_name") == "ButtonModel" else None
 
 
 def _printed(kc: Any, msg_id: str, timeout: float) -> str:

@@ -47,15 +47,18 @@ def _refused(conn: RunnerConnection, name: str) -> Any:
 
 def save_prompt_cache(conn: RunnerConnection, request: CacheSaveRequest,
                       on_progress: Progress | None = None) -> SavedPromptCache:
-    result = _run(conn, "cache_save", request.to_json(), on_progress, _decode,
-                  _refused(conn, request.name))
-    assert isinstance(result, SavedPromptCache)
-    return result
+    return _cache_pass(conn, "cache_save", request, on_progress)
 
 
 def load_prompt_cache(conn: RunnerConnection, request: CacheLoadRequest,
                       on_progress: Progress | None = None) -> SavedPromptCache:
-    result = _run(conn, "cache_load", request.to_json(), on_progress, _decode,
+    return _cache_pass(conn, "cache_load", request, on_progress)
+
+
+def _cache_pass(conn: RunnerConnection, endpoint: str, request: CacheSaveRequest | CacheLoadRequest,
+                on_progress: Progress | None) -> SavedPromptCache:
+    """One save or load: the runner's prefill-only pass, its refusals as PromptCacheError."""
+    result = _run(conn, endpoint, request.to_json(), on_progress, _decode,
                   _refused(conn, request.name))
     assert isinstance(result, SavedPromptCache)
     return result
