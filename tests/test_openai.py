@@ -196,17 +196,22 @@ def test_models_lists_every_name(served: mn.ServeInfo, client: openai.OpenAI) ->
     assert answer.model == spec
 
 
-def test_closing_the_stream_cancels_within_a_step(client: openai.OpenAI) -> None:
-    stream = client.completions.create(model=NAME, prompt="Tell", max_tokens=450,
+def closing_cancels(client: openai.OpenAI, model: str, wait: float = 3.0) -> None:
+    """Read two chunks of a long stream, close it: the runner of ``model`` lets go of it."""
+    stream = client.completions.create(model=model, prompt="Tell", max_tokens=450,
                                        temperature=0.8, seed=1, stream=True)
     for got, _chunk in enumerate(stream):
         if got == 2:
             break
     stream.close()
-    deadline = time.monotonic() + 3
-    while mn.status(NAME).active_requests and time.monotonic() < deadline:
+    deadline = time.monotonic() + wait
+    while mn.status(model).active_requests and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert mn.status(NAME).active_requests == 0
+    assert mn.status(model).active_requests == 0
+
+
+def test_closing_the_stream_cancels_within_a_step(client: openai.OpenAI) -> None:
+    closing_cancels(client, NAME)
 
 
 def test_eight_streams_and_a_cell_at_once_match_each_alone(client: openai.OpenAI,

@@ -19,6 +19,7 @@ import mlx_notebook as mn
 from mlx_notebook.control.manager import get_manager
 from mlx_notebook.errors import InvalidArgumentError
 from tests.runner_process import pid_alive
+from tests.test_openai import closing_cancels
 
 A, B = "route-a", "route-b"
 
@@ -117,16 +118,7 @@ def _raw(router: mn.ServeInfo, request: str) -> bytes:
 
 
 def test_closing_the_stream_cancels_at_the_runner(client: openai.OpenAI) -> None:
-    stream = client.completions.create(model=A, prompt="Tell", max_tokens=450, temperature=0.8,
-                                       seed=1, stream=True)
-    for got, _chunk in enumerate(stream):
-        if got == 2:
-            break
-    stream.close()
-    deadline = time.monotonic() + 5
-    while mn.status(A).active_requests and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert mn.status(A).active_requests == 0
+    closing_cancels(client, A, wait=5.0)
 
 
 def test_it_follows_loads_and_unloads(router: mn.ServeInfo, client: openai.OpenAI,
