@@ -63,6 +63,11 @@ def find_openblas(environ: Mapping[str, str] | None = None,
     return next((c for c in _CANDIDATES if Path(c).exists()), None)
 
 
+def with_preload(env: Mapping[str, str], library: str) -> dict[str, str]:
+    """``env`` with ``library`` first in ``LD_PRELOAD`` (how a runner gets OpenBLAS)."""
+    return {**env, "LD_PRELOAD": ":".join(p for p in (library, env.get("LD_PRELOAD")) if p)}
+
+
 def expected_device(platform: str | None = None) -> Device:
     """Where MLX will run, without importing it: Metal on macOS, CUDA if installed, else CPU."""
     platform = sys.platform if platform is None else platform

@@ -32,7 +32,7 @@ from ..errors import (
     RunnerUnavailableError,
 )
 from ..protocol import Status
-from ..weight_format import find_openblas
+from ..weight_format import find_openblas, with_preload
 from .connection import REQUEST_TIMEOUT, STATUS_TIMEOUT, RunnerConnection
 from .process import RunnerProcess
 from .registry import Registry
@@ -107,7 +107,7 @@ class RunnerLaunch:
         library = find_openblas(env)
         if library is None:
             return env
-        return {**env, "LD_PRELOAD": ":".join(p for p in (library, env.get("LD_PRELOAD")) if p)}
+        return with_preload(env, library)
 
 
 class LocalProcess:

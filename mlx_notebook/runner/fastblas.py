@@ -31,8 +31,7 @@ def reexec_with_openblas(argv: list[str], module: str = "mlx_notebook.runner") -
     library = find_openblas()
     if library is None:
         return
-    env = dict(os.environ, **{REEXEC_ENV: "1"})
-    env["LD_PRELOAD"] = ":".join(p for p in (library, env.get("LD_PRELOAD", "")) if p)
+    env = weight_format.with_preload({**os.environ, REEXEC_ENV: "1"}, library)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
