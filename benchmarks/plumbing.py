@@ -15,8 +15,9 @@ the prompt never reaches its end-of-sequence token):
 - ``kernel``: ``%%mlx generate`` in a real kernel (nbclient), display coalescing included.
 
 On 2 shared cores the baseline alone swings by a quarter, so the paths are run
-interleaved (A B C D, A B C D, ...) and each reports its median and spread; the
-ratio and the microseconds per token of overhead are taken on the medians.
+interleaved, each round starting one path later (A B C D, B C D A, ...), with a short
+pause before each run, and each reports its median and spread; the ratio and the
+microseconds per token of overhead are taken on the medians.
 Prints JSON; writes the "Plumbing" section of docs/benchmarks.md unless --no-markdown.
 """
 
@@ -41,6 +42,7 @@ from mlx_notebook.protocol import CompletionRequest, SamplingOptions  # noqa: E4
 from tests.tiny_model import make_tiny_model  # noqa: E402
 
 PROMPT = "hello world"
+SETTLE_SECONDS = 0.3  # between two timed runs: on 2 cores, work left over would be timed too
 Run = Callable[[int], float]  # one generation of n tokens -> decode tokens per second
 
 
@@ -171,9 +173,14 @@ def main() -> None:
                 samples["mlx_lm_server"] = []
                 for run in paths.values():
                     run(16)  # warm-up
-                for _ in range(args.reps):
-                    for name, run in paths.items():
-                        samples[name].append(run(args.tokens))
+                names = list(paths)
+                for rep in range(args.reps):
+                    # Each round starts one path later (A B C D, B C D A, ...): no path always
+                    # follows the same one, whose process may still be tidying up (its
+                    # prompt cache insert, freed buffers); a pause lets that end first.
+                    for name in names[rep % len(names):] + names[:rep % len(names)]:
+                        time.sleep(SETTLE_SECONDS)
+                        samples[name].append(paths[name](args.tokens))
         finally:
             client.close()
             mn.unload(all=True)

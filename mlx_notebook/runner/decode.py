@@ -42,6 +42,12 @@ _CACHE_KEY = "model"  # one model per runner: every cache entry shares this key
 _DRAFT_KEY = "draft"  # the draft model's caches (speculative decoding), beside the model's
 _RANK_REPORT_SECONDS = 2.0  # how often rank 0 gathers the other ranks' memory for the status
 _KV_REPORT_STEPS = 16  # how often (in loop steps) the KV bytes for the status are measured
+# Requests that come in waves (mn.map, a pool of API clients) reach an idle worker a few
+# milliseconds apart. Right after batching, an idle worker that wakes for one request waits
+# this long for the rest of its wave, so they are read in one forward pass, not the first
+# alone and the others after it. A lone user's request never waits.
+_GATHER_SECONDS = 0.01
+_RECENT_BATCH_SECONDS = 1.0  # "right after batching": a batch step this recently
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,7 @@ class DecodeLoop:
         self._solo_uid = 0  # counts down from -1: never a BatchGenerator uid
         self._removals: list[str] = []  # stopped by a stop string; leave the batch next step
         self._last_report = 0.0
+        self._last_batched = -_RECENT_BATCH_SECONDS  # when a step last decoded >= 2 requests
         # A single runner warms the batch only when it first batches (its empty generator):
         # the first request is decoded alone, so a load need not wait for it.
         self._batch_warm = False
@@ -153,6 +160,8 @@ class DecodeLoop:
                 if not self.inspecting.busy:
                     mx.clear_cache()  # give freed buffers back between bursts
                 continue
+            if len(self.active) > 1:
+                self._last_batched = time.monotonic()
             _, responses = self.generator.next()
             for response in responses:
                 job = self.active.get(response.uid)
@@ -169,7 +178,11 @@ class DecodeLoop:
             return Plan.from_bytes(data) if data else Plan()
         plan = Plan(stop=self.mailbox.stopping.is_set())
         if not plan.stop:
-            for job in self.mailbox.take(block=not self.active and not self.inspecting.busy):
+            idle = not self.active and not self.inspecting.busy
+            recent = time.monotonic() - self._last_batched < _RECENT_BATCH_SECONDS
+            gather = _GATHER_SECONDS if idle and recent and dist is None else 0.0
+            for job in self.mailbox.take(block=idle, gather=gather,
+                                         most=self.settings.max_batch):
                 if isinstance(job, InspectJob):
                     if dist is None:
                         self.inspecting.add(job)

@@ -84,10 +84,12 @@ class Mailbox:
         with self._lock:
             return self._jobs.get(request_id)
 
-    def take(self, block: bool) -> list[Job]:
+    def take(self, block: bool, gather: float = 0.0, most: int = 0) -> list[Job]:
         """Every job posted since the last call; waits a little for one when ``block``.
 
-        The worker calls this once per step, between MLX calls: it is the heartbeat.
+        ``gather``: once a wait has brought a job, wait up to this many seconds more for
+        others posted with it (until ``most`` jobs are here). The worker calls this once
+        per step, between MLX calls: it is the heartbeat.
         """
         self.heartbeat = time.monotonic()
         try:
@@ -96,9 +98,19 @@ class Mailbox:
         except queue.Empty:
             return []
         items = [item]
+        deadline = time.monotonic() + gather if block and gather > 0 else 0.0
         while True:
             try:
                 items.append(self._inbox.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            wait = deadline - time.monotonic()
+            jobs = [i for i in items if i is not None]
+            if wait <= 0 or len(jobs) >= most:
+                return jobs
+            try:
+                items.append(self._inbox.get(timeout=wait))
             except queue.Empty:
                 return [i for i in items if i is not None]
 
