@@ -127,6 +127,25 @@ def test_logprobs_are_sorted_and_include_the_sampled_token(tiny):
         assert lp["logprob"] <= 0
 
 
+def test_fast_tokens_are_written_together_and_none_is_lost(tiny):
+    """Tokens made faster than one per flush interval share a line; all arrive, in order."""
+    from mlx_notebook.runner.server import _FLUSH_SECONDS
+
+    body = {"prompt": "hello", "options": {"max_tokens": 300}}
+    _, alone = tiny.complete(body)
+    _, events = tiny.complete(body)
+    chunks = [e for e in events if e["type"] == "chunk"]
+    done = events[-1]
+    assert done["type"] == "done"
+    tokens = [t for c in chunks for t in c["tokens"]]
+    assert tokens == [t for e in alone if e["type"] == "chunk" for t in e["tokens"]]  # greedy
+    assert len(tokens) == done["completion_tokens"]
+    rate = (done["completion_tokens"] - 1) / done["eval_duration"]
+    if rate * _FLUSH_SECONDS < 3:
+        pytest.skip(f"the tiny model made {rate:.0f} tok/s here: too slow to share lines")
+    assert len(chunks) < 0.75 * len(tokens), (len(chunks), len(tokens), rate)
+
+
 def test_cancel_mid_stream_then_next_request_works(tiny):
     request_id = "cancel-me"
     seen = []

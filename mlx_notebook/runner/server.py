@@ -67,6 +67,7 @@ from .tool_calls import tool_call_events, tool_support_error
 __all__ = ["HTTPError", "RunnerHandler", "RunnerServer", "ServerLimits"]
 
 _WAIT_SLICE = 0.05  # how often a streaming handler checks for a vanished client
+_FLUSH_SECONDS = 0.004  # a stream writes at most one line this often (plain chunks merged)
 _LINGER_SECONDS = 0.5  # after refusing a request: let its body arrive, so close() sends no RST
 _LINGER_BYTES = 1 << 20
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
@@ -589,6 +590,7 @@ class RunnerHandler(BaseHTTPRequestHandler):
         Batching what waits means a stream that falls behind catches up instead of lagging.
         """
         silent_since: float | None = None  # set on the first empty wait, never per token
+        last_write = 0.0  # the first event goes out at once
         while True:
             try:
                 event = job.events.get(timeout=_WAIT_SLICE)
@@ -597,12 +599,20 @@ class RunnerHandler(BaseHTTPRequestHandler):
                 continue
             silent_since = None
             events = [event]
+            # Tokens faster than one per _FLUSH_SECONDS go out together: one write, one
+            # wake-up of this thread and one line for the client to read per flush, not per
+            # token (a small model on a GPU makes a token in 1-3 ms). A sleep, not a wait on
+            # the queue: the worker's puts meanwhile wake nobody.
+            wait = last_write + _FLUSH_SECONDS - time.perf_counter()
+            if wait > 0 and not isinstance(event, (DoneEvent, ErrorEvent)):
+                time.sleep(wait)
             while not isinstance(events[-1], (DoneEvent, ErrorEvent)):
                 try:
                     events.append(job.events.get_nowait())
                 except queue.Empty:
                     break
             yield merge_chunks(events)
+            last_write = time.perf_counter()
             if isinstance(events[-1], (DoneEvent, ErrorEvent)):
                 return
 
