@@ -57,12 +57,19 @@ def _stream(client: Any, model: str, prompt: str, tokens: int,
             "decode_tps": (count - 1) / (end - first) if count > 1 and end > first else 0.0}
 
 
+USER_TURNS = {  # the 8 clients' user turns: short answers (prefill-bound) or long ones
+    "fact": "Tell me fact {tag}{i}.",
+    "story": "Write a long story about the number {tag}{i}.",
+}
+
+
 def _concurrent(client: Any, model: str, tokens: int, clients: int, tag: str,
-                counts_stop_token: bool = False) -> dict[str, Any]:
+                counts_stop_token: bool = False, turn: str = USER_TURNS["fact"]
+                ) -> dict[str, Any]:
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(lambda i: _stream(client, model, f"Tell me fact {tag}{i}.", tokens,
-                                                  counts_stop_token), range(clients)))
+        results = list(pool.map(lambda i: _stream(client, model, turn.format(tag=tag, i=i),
+                                                  tokens, counts_stop_token), range(clients)))
     wall = time.perf_counter() - start
     return {"aggregate_tps": sum(r["tokens"] for r in results) / wall,
             "mean_ttft": sum(r["ttft"] for r in results) / clients}
@@ -79,6 +86,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--reps", type=int, default=7, help="interleaved concurrent rounds each")
     parser.add_argument("--warm", type=int, default=2, help="untimed concurrent rounds each first")
+    parser.add_argument("--turns", choices=sorted(USER_TURNS), default="fact",
+                        help="the 8 clients' user turns: fact (short answers) or story (long)")
     args = parser.parse_args()
     reexec_like_runner()
     import openai
@@ -87,6 +96,7 @@ def main() -> None:
 
     folder = prepare_weights(args.model)
     out: dict[str, Any] = {"model": args.model, "weights": str(folder), "tokens": args.tokens,
+                           "turns": args.turns,
                            "reps": args.reps}
     mn.load(str(folder), name="bench")
     try:
@@ -95,6 +105,7 @@ def main() -> None:
                      "mlx_lm.server": (openai.OpenAI(base_url=server.url + "/v1", api_key="none"),
                                        str(folder), True)}
             haiku = "Write a haiku about the sea."
+            turn = USER_TURNS[args.turns]
             for name, (client, model, eos) in sides.items():
                 out[name] = {"first": _stream(client, model, haiku, args.tokens, eos),
                              "repeated": [], "concurrent": []}
@@ -103,13 +114,14 @@ def main() -> None:
                     out[name]["repeated"].append(_stream(client, model, haiku, args.tokens, eos))
             for client, model, eos in sides.values():
                 for warm in range(args.warm):  # both batch paths warm, untimed
-                    _concurrent(client, model, 8, args.clients, f"warm{warm}-", eos)
+                    _concurrent(client, model, 8, args.clients, f"warm{warm}-", eos, turn)
             same = out["mlx_notebook"]["first"]["text"] == out["mlx_lm.server"]["first"]["text"]
             out["same_greedy_text"] = same
             for rep in range(args.reps):  # interleaved: the machine's drift hits both
                 for name, (client, model, eos) in sides.items():
                     out[name]["concurrent"].append(
-                        _concurrent(client, model, args.tokens, args.clients, f"r{rep}-", eos))
+                        _concurrent(client, model, args.tokens, args.clients, f"r{rep}-", eos,
+                                    turn))
     finally:
         mn.unload(all=True)
     for name in sides:

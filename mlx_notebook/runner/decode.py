@@ -43,10 +43,9 @@ _DRAFT_KEY = "draft"  # the draft model's caches (speculative decoding), beside 
 _RANK_REPORT_SECONDS = 2.0  # how often rank 0 gathers the other ranks' memory for the status
 _KV_REPORT_STEPS = 16  # how often (in loop steps) the KV bytes for the status are measured
 # Requests that come in waves (mn.map, a pool of API clients) reach an idle worker a few
-# milliseconds apart. Right after batching, an idle worker that wakes for one request waits
-# this long for the rest of its wave, so they are read in one forward pass, not the first
-# alone and the others after it. A lone user's request never waits.
-_GATHER_SECONDS = 0.01
+# milliseconds apart. Right after batching, an idle worker woken by one request expects the
+# rest of its wave (runner/mailbox.py waits a few milliseconds for it), so they are read in
+# one forward pass, not the first alone and the others after it.
 _RECENT_BATCH_SECONDS = 1.0  # "right after batching": a batch step this recently
 
 
@@ -180,8 +179,7 @@ class DecodeLoop:
         if not plan.stop:
             idle = not self.active and not self.inspecting.busy
             recent = time.monotonic() - self._last_batched < _RECENT_BATCH_SECONDS
-            gather = _GATHER_SECONDS if idle and recent and dist is None else 0.0
-            for job in self.mailbox.take(block=idle, gather=gather,
+            for job in self.mailbox.take(block=idle, expect_wave=recent and dist is None,
                                          most=self.settings.max_batch):
                 if isinstance(job, InspectJob):
                     if dist is None:

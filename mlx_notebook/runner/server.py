@@ -15,6 +15,7 @@ the body.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 import io
@@ -73,6 +74,9 @@ _LINGER_BYTES = 1 << 20
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 _WILDCARDS = ("", "0.0.0.0", "::")
 _OWN_PATHS = frozenset(p for _, p in ENDPOINTS.values())
+# Requests that become a job for the worker (counted while they arrive: runner/mailbox.py).
+_GENERATING_PATHS = frozenset({ENDPOINTS["completion"][1], "/v1/chat/completions",
+                               "/v1/completions"})
 
 
 def _openai_wire() -> Any:
@@ -284,6 +288,19 @@ class RunnerHandler(BaseHTTPRequestHandler):
 
         return openai_error_body(exc)
 
+    def _route(self, method: str, path: str, raw: bytes) -> None:
+        if _openai_wire().is_openai_path(path):
+            from .openai_routes import handle_openai
+
+            handle_openai(self, method, path, _parse_json(raw) if method == "POST" else None)
+            return
+        name = next((n for n, (_, p) in ENDPOINTS.items() if p == path), None)
+        if name is None:
+            raise HTTPError(404, f"no such endpoint {path!r}")
+        if ENDPOINTS[name][0] != method:
+            raise HTTPError(405, f"{path} expects {ENDPOINTS[name][0]}, not {method}")
+        getattr(self, f"_handle_{name}")(_parse_json(raw) if method == "POST" else None)
+
     def _dispatch(self, method: str) -> None:
         try:
             self._check_host()
@@ -297,17 +314,10 @@ class RunnerHandler(BaseHTTPRequestHandler):
             self.read_deadline = math.inf
             self.connection.settimeout(self.server.limits.idle_timeout)  # bounds a stuck write
             path = self.path.split("?", 1)[0]
-            if _openai_wire().is_openai_path(path):
-                from .openai_routes import handle_openai
-
-                handle_openai(self, method, path, _parse_json(raw) if method == "POST" else None)
-                return
-            name = next((n for n, (_, p) in ENDPOINTS.items() if p == path), None)
-            if name is None:
-                raise HTTPError(404, f"no such endpoint {path!r}")
-            if ENDPOINTS[name][0] != method:
-                raise HTTPError(405, f"{path} expects {ENDPOINTS[name][0]}, not {method}")
-            getattr(self, f"_handle_{name}")(_parse_json(raw) if method == "POST" else None)
+            arriving = self.server.engine.mailbox.arriving() if method == "POST" \
+                and path in _GENERATING_PATHS else contextlib.nullcontext()
+            with arriving:
+                self._route(method, path, raw)
         except HTTPError as exc:
             if exc.close:
                 self.close_connection = True
