@@ -178,8 +178,9 @@ class DecodeLoop:
         plan = Plan(stop=self.mailbox.stopping.is_set())
         if not plan.stop:
             idle = not self.active and not self.inspecting.busy
-            recent = time.monotonic() - self._last_batched < _RECENT_BATCH_SECONDS
-            for job in self.mailbox.take(block=idle, expect_wave=recent and dist is None,
+            wave = idle and dist is None \
+                and time.monotonic() - self._last_batched < _RECENT_BATCH_SECONDS
+            for job in self.mailbox.take(block=idle, expect_wave=wave,
                                          most=self.settings.max_batch):
                 if isinstance(job, InspectJob):
                     if dist is None:

@@ -36,13 +36,14 @@ from ..protocol import (
     ToolCallEvent,
 )
 
-__all__ = ["CHAT_FIELDS", "COMPLETION_FIELDS", "OPENAI_PATHS", "OpenAIRequest", "WireError",
-           "parse_chat", "parse_completion", "error_body", "Support"]
+__all__ = ["CHAT_FIELDS", "COMPLETION_FIELDS", "GENERATION_PATHS", "OPENAI_PATHS",
+           "OpenAIRequest", "WireError", "parse_chat", "parse_completion", "error_body", "Support"]
 
 Support = Literal["supported", "refused", "ignored"]
 Kind = Literal["chat", "completion"]
 
-OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")  # each becomes a job
+OPENAI_PATHS = (*GENERATION_PATHS, "/v1/models")
 NO_LIMIT = 1 << 20  # "until the context is full": the server cuts it to the room left
 
 

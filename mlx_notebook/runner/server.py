@@ -74,9 +74,11 @@ _LINGER_BYTES = 1 << 20
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 _WILDCARDS = ("", "0.0.0.0", "::")
 _OWN_PATHS = frozenset(p for _, p in ENDPOINTS.values())
-# Requests that become a job for the worker (counted while they arrive: runner/mailbox.py).
-_GENERATING_PATHS = frozenset({ENDPOINTS["completion"][1], "/v1/chat/completions",
-                               "/v1/completions"})
+
+
+def _generates(path: str) -> bool:
+    """The request becomes a job for the worker (counted while it arrives: runner/mailbox.py)."""
+    return path == ENDPOINTS["completion"][1] or path in _openai_wire().GENERATION_PATHS
 
 
 def _openai_wire() -> Any:
@@ -315,7 +317,7 @@ class RunnerHandler(BaseHTTPRequestHandler):
             self.connection.settimeout(self.server.limits.idle_timeout)  # bounds a stuck write
             path = self.path.split("?", 1)[0]
             arriving = self.server.engine.mailbox.arriving() if method == "POST" \
-                and path in _GENERATING_PATHS else contextlib.nullcontext()
+                and _generates(path) else contextlib.nullcontext()
             with arriving:
                 self._route(method, path, raw)
         except HTTPError as exc:
